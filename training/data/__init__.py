@@ -1,0 +1,1 @@
+"""Datasets: the platform's dataset folder format, video decoding and batching."""
