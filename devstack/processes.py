@@ -1,0 +1,193 @@
+"""Background processes with pid files and log files: start detached, wait until ready,
+stop by pid (SIGTERM to the process group, SIGKILL after a grace period)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+
+class ServiceError(RuntimeError):
+    """A service did not start or did not become ready; the message holds its log tail."""
+
+
+def _start_time(pid: int) -> str | None:
+    """The kernel's start time of `pid` (field 22 of /proc/PID/stat), None if gone or a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] in ("Z", "X"):
+        return None
+    return fields[19]
+
+
+def pid_alive(pid: int) -> bool:
+    return _start_time(pid) is not None
+
+
+def log_tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+class Process:
+    """One long-running command. Its pid file holds `pid start_time` so a recycled pid is
+    never mistaken for it; its output goes to `log`."""
+
+    def __init__(self, name: str, argv: Sequence[str], *, run_dir: Path, env: Mapping[str, str] | None = None,
+                 cwd: Path | None = None, stop_signal: int = signal.SIGTERM, stop_timeout: float = 10.0):
+        self.name = name
+        self.argv = [str(a) for a in argv]
+        self.env = dict(env) if env is not None else None
+        self.cwd = cwd
+        self.stop_signal = stop_signal
+        self.stop_timeout = stop_timeout
+        self.pid_file = Path(run_dir) / f"{name}.pid"
+        self.log = Path(run_dir) / f"{name}.log"
+        self._popen: subprocess.Popen | None = None
+
+    # -- state ---------------------------------------------------------------------------
+    def pid(self) -> int | None:
+        """The pid if the process recorded in the pid file still runs, else None."""
+        if self._popen is not None and self._popen.poll() is not None:
+            return None
+        try:
+            pid_text, start = self.pid_file.read_text().split()
+        except (OSError, ValueError):
+            return None
+        pid = int(pid_text)
+        return pid if _start_time(pid) == start else None
+
+    def running(self) -> bool:
+        return self.pid() is not None
+
+    # -- start / stop --------------------------------------------------------------------
+    def start(self) -> int:
+        """Spawns the command in its own session (it outlives the caller) unless it runs."""
+        if (pid := self.pid()) is not None:
+            return pid
+        self.pid_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "ab") as log:
+            log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} start: {' '.join(self.argv)}\n".encode())
+            log.flush()
+            self._popen = subprocess.Popen(self.argv, env=self.env, cwd=self.cwd, stdin=subprocess.DEVNULL,
+                                           stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        pid = self._popen.pid
+        for _ in range(100):  # /proc entry appears at once; loop only guards a race
+            if (start := _start_time(pid)) is not None:
+                break
+            time.sleep(0.01)
+        else:
+            raise ServiceError(f"{self.name} exited at once:\n{log_tail(self.log)}")
+        self.pid_file.write_text(f"{pid} {start}\n")
+        return pid
+
+    def stop(self) -> bool:
+        """SIGTERM (or `stop_signal`) to the process group, SIGKILL after `stop_timeout`.
+        Returns True if something was running."""
+        pid = self.pid()
+        if pid is None:
+            self.pid_file.unlink(missing_ok=True)
+            return False
+        stop_pid(pid, self.stop_signal, self.stop_timeout, popen=self._popen)
+        self.pid_file.unlink(missing_ok=True)
+        return True
+
+    def check_alive(self) -> None:
+        if not self.running():
+            raise ServiceError(f"{self.name} is not running; last lines of {self.log}:\n{log_tail(self.log)}")
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    # members may all be zombies waiting for a reaper: count only live ones
+    return any(_pgid_of(p) == pgid and pid_alive(p) for p in _all_pids())
+
+
+def _all_pids() -> list[int]:
+    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
+
+
+def _pgid_of(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
+
+
+def stop_pid(pid: int, sig: int = signal.SIGTERM, timeout: float = 10.0,
+             popen: subprocess.Popen | None = None) -> None:
+    """Stops `pid` and, if it leads a process group, every process of that group."""
+    group = _pgid_of(pid) == pid
+    send = (lambda s: os.killpg(pid, s)) if group else (lambda s: os.kill(pid, s))
+
+    def alive() -> bool:
+        if popen is not None:
+            popen.poll()
+        return pid_alive(pid) or (group and _group_alive(pid))
+
+    try:
+        send(sig)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if alive():
+        try:
+            send(signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + 5
+        while alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    if popen is not None:
+        try:
+            popen.wait(timeout=1)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def wait_until(ready: Callable[[], bool], *, timeout: float, what: str,
+               processes: Sequence[Process] = (), interval: float = 0.25) -> float:
+    """Polls `ready()` (exceptions count as not ready) until True; fails fast if one of
+    `processes` dies. Returns the seconds waited."""
+    started = time.monotonic()
+    last_error: Exception | None = None
+    while True:
+        for proc in processes:
+            proc.check_alive()
+        try:
+            if ready():
+                return time.monotonic() - started
+        except Exception as exc:  # not ready yet
+            last_error = exc
+        if time.monotonic() - started > timeout:
+            logs = "\n".join(f"--- {p.log}:\n{log_tail(p.log)}" for p in processes)
+            raise ServiceError(f"{what} not ready after {timeout:.0f} s (last error: {last_error})\n{logs}")
+        time.sleep(interval)
+
+
+def run_checked(argv: Sequence[str], *, env: Mapping[str, str] | None = None, log: Path | None = None,
+                timeout: float = 300, cwd: Path | None = None) -> None:
+    """Runs a one-off command to completion; on failure raises with its output."""
+    result = subprocess.run([str(a) for a in argv], env=env, cwd=cwd, stdin=subprocess.DEVNULL,
+                            capture_output=True, text=True, timeout=timeout)
+    if log is not None:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "a") as f:
+            f.write(f"\n--- {' '.join(map(str, argv))} -> {result.returncode}\n{result.stdout}{result.stderr}")
+    if result.returncode != 0:
+        out = (result.stdout + result.stderr).strip().splitlines()[-30:]
+        raise ServiceError(f"{' '.join(map(str, argv))} failed ({result.returncode}):\n" + "\n".join(out))
