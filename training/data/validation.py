@@ -129,7 +129,7 @@ def _suite(table: DatasetTable, present: set[str], limits: ValidationLimits):
 
     E = gx.expectations
     columns = set(table.frame.columns)
-    video_regex = r"(?i)\.(" + "|".join(e.lstrip(".") for e in VIDEO_EXTENSIONS) + r")$"
+    video_regex = r"(?i)\.(?:" + "|".join(e.lstrip(".") for e in VIDEO_EXTENSIONS) + r")$"
     checks = [
         (E.ExpectColumnValuesToNotBeNull(column="file_name"), "file_name is empty", None),
         (E.ExpectColumnValuesToBeUnique(column="file_name"),
