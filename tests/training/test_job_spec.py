@@ -1,0 +1,256 @@
+"""The training job request: every validation rule, the JSON schema agreeing with the Python
+checks, defaults, states and stages."""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+
+import jsonschema
+import pytest
+
+from training import job_spec
+from training.catalog import load_catalog
+from training.job_spec import (JobState, Stage, check_training_params, job_conf_schema,
+                               job_stage, job_state, resolve_training_params,
+                               training_params_schema, validate_job_conf, validate_job_request)
+
+CATALOG = load_catalog()
+CAPTIONING = CATALOG.get("flamingo-tiny-captioning")        # ranks 1..16, default alpha 16
+CLASSIFICATION = CATALOG.get("videollama-tiny-classification")
+BIG = CATALOG.get("videollama3-7b-captioning")               # ranks 4..128
+
+
+def good_conf(**changes):
+    conf = {"job_id": "0f1e2d3c-job", "user": "user-1", "model_id": CAPTIONING.id,
+            "dataset_id": "ds-1", "output_name": "my-adapter_v1.0",
+            "training_params": {"epochs": 2, "learning_rate": 1e-3, "batch_size": 2,
+                                "lora_rank": 4, "lora_alpha": 8, "lora_dropout": 0.1,
+                                "target_modules": ["q_proj", "v_proj"]}}
+    conf.update(changes)
+    return conf
+
+
+def params_with(**changes):
+    return good_conf()["training_params"] | changes
+
+
+# ---------------------------------------------------------------- every rule, one by one
+
+def test_a_good_request_has_no_problem():
+    assert validate_job_request(CAPTIONING, ["video_captioning"], params_with(), "ok") == []
+    assert validate_job_conf(good_conf(), ["video_captioning", "video_classification"]) == []
+
+
+def test_an_empty_request_takes_every_default():
+    assert validate_job_request(CAPTIONING, ["video_captioning"], {}) == []
+    assert validate_job_request(CAPTIONING, ["video_captioning"], None) == []
+
+
+@pytest.mark.parametrize("field,value,expected", [
+    ("epochs", 0, "epochs must be >= 1 and <= 100, got 0"),
+    ("epochs", 101, "epochs must be >= 1 and <= 100, got 101"),
+    ("epochs", 2.5, "epochs must be an integer"),
+    ("epochs", "3", "epochs must be an integer"),
+    ("epochs", True, "epochs must be an integer"),
+    ("learning_rate", 0, "learning_rate must be > 0 and <= 1, got 0"),
+    ("learning_rate", -1e-4, "learning_rate must be > 0 and <= 1"),
+    ("learning_rate", 1.5, "learning_rate must be > 0 and <= 1, got 1.5"),
+    ("learning_rate", "fast", "learning_rate must be a number"),
+    ("learning_rate", float("nan"), "learning_rate must be a number"),
+    ("batch_size", 0, "batch_size must be >= 1 and <= 64, got 0"),
+    ("batch_size", 65, "batch_size must be >= 1 and <= 64, got 65"),
+    ("lora_alpha", 0, "lora_alpha must be >= 1"),
+    ("lora_alpha", 1.5, "lora_alpha must be an integer"),
+    ("lora_dropout", -0.1, "lora_dropout must be >= 0 and < 1, got -0.1"),
+    ("lora_dropout", 1, "lora_dropout must be >= 0 and < 1, got 1"),
+    ("lora_rank", 0, "lora_rank must be >= 1 and <= 128, got 0"),
+    ("lora_rank", 17, "lora_rank must be between 1 and 16 for model flamingo-tiny-captioning, got 17"),
+    ("target_modules", "q_proj", "target_modules must be a list of strings"),
+    ("target_modules", [1], "target_modules must be a list of strings"),
+    ("target_modules", ["q_proj", "vision_tower"], "target_modules: 'vision_tower' is not a known module"),
+    ("target_modules", ["q_proj", "q_proj"], "target_modules: q_proj listed more than once"),
+])
+def test_each_rule_names_the_field_and_the_value(field, value, expected):
+    problems = validate_job_request(CAPTIONING, None, params_with(**{field: value}))
+    assert len(problems) == 1, problems
+    assert problems[0].startswith(expected), problems
+
+
+def test_the_rank_range_is_the_models():
+    assert validate_job_request(BIG, None, {"lora_rank": 128}) == []
+    assert validate_job_request(BIG, None, {"lora_rank": 3}) == [
+        "lora_rank must be between 4 and 128 for model videollama3-7b-captioning, got 3"]
+    assert validate_job_request(CAPTIONING, None, {"lora_rank": 16}) == []
+
+
+def test_an_unknown_parameter_is_named():
+    assert validate_job_request(CAPTIONING, None, {"epoch": 3}) == [
+        "unknown training parameter 'epoch' (known: epochs, learning_rate, batch_size, "
+        "lora_rank, lora_alpha, lora_dropout, target_modules)"]
+
+
+def test_training_params_must_be_an_object():
+    assert validate_job_request(CAPTIONING, None, [1, 2]) == ["training_params must be an object, got list"]
+
+
+def test_target_modules_allowed_depend_on_the_architecture(monkeypatch):
+    narrow = job_spec.ARCHITECTURES["flamingo"].__class__(
+        name="flamingo", model_class="IdeficsForVisionText2Text",
+        allowed_target_modules=("q_proj", "v_proj"), default_target_modules=("q_proj",),
+        target_regex="x")
+    monkeypatch.setitem(job_spec.ARCHITECTURES, "flamingo", narrow)
+    assert validate_job_request(CAPTIONING, None, {"target_modules": ["q_proj", "o_proj"]}) == [
+        "target_modules: 'o_proj' is not allowed for flamingo models (allowed: q_proj, v_proj)"]
+
+
+@pytest.mark.parametrize("model,tasks,missing", [
+    (CAPTIONING, ["video_classification"], "caption"),
+    (CLASSIFICATION, ["video_captioning"], "label"),
+    (CLASSIFICATION, [], "label"),
+])
+def test_the_dataset_must_fit_the_model_type(model, tasks, missing):
+    problems = validate_job_request(model, tasks, {})
+    assert len(problems) == 1
+    assert f"needs a dataset for {model.model_type} (a '{missing}' for every clip)" in problems[0]
+    assert validate_job_request(model, [model.model_type], {}) == []
+
+
+@pytest.mark.parametrize("name", ["", "-lead", ".hidden", "has space", "a/b", "x" * 65, "é", 7, None])
+def test_output_name_must_be_safe(name):
+    conf = good_conf(output_name=name)
+    problems = validate_job_conf(conf)
+    assert len(problems) == 1 and problems[0].startswith("output_name must be 1 to 64 characters")
+
+
+@pytest.mark.parametrize("name", ["a", "A1", "my-adapter_v1.0", "x" * 64])
+def test_safe_output_names_pass(name):
+    assert validate_job_conf(good_conf(output_name=name)) == []
+
+
+def test_conf_ids_and_model_are_checked():
+    problems = validate_job_conf(good_conf(job_id="../x", user="", model_id="gpt-5"))
+    assert problems[0].startswith("job_id must be")
+    assert problems[1].startswith("user must be")
+    assert problems[2].startswith("model_id 'gpt-5' is not in the catalog (known: idefics-9b-captioning")
+
+
+def test_every_problem_is_reported_at_once():
+    problems = validate_job_request(CAPTIONING, ["video_classification"],
+                                    {"epochs": 0, "batch_size": 0, "lora_rank": 99}, "bad name")
+    assert len(problems) == 5
+
+
+# ---------------------------------------------------------------- the schema equals the checks
+
+VALUES = [None, True, False, -1, 0, 0.5, 1, 1.0, 2.5, 3, 16, 17, 64, 65, 100, 101, 128, 129, 1024,
+          1025, 1e-9, 1.5, "3", [], ["q_proj"], ["nope"], ["q_proj", "q_proj"], [3], {}]
+
+
+@pytest.mark.parametrize("field", list(job_spec.TRAINING_PARAM_NAMES))
+def test_the_json_schema_accepts_exactly_what_the_checks_accept(field):
+    validator = jsonschema.Draft202012Validator(training_params_schema())
+    for value in VALUES:
+        params = {field: value}
+        schema_ok = validator.is_valid(params)
+        check_ok = check_training_params(params) == []
+        assert schema_ok == check_ok, (field, value, check_training_params(params))
+
+
+def test_the_schema_rejects_unknown_parameters_like_the_checks():
+    validator = jsonschema.Draft202012Validator(training_params_schema())
+    assert not validator.is_valid({"epoch": 3})
+    assert check_training_params({"epoch": 3})
+
+
+def test_the_schema_defaults_are_valid_and_the_conf_schema_covers_the_conf():
+    params = {name: rule["default"] for name, rule in training_params_schema()["properties"].items()
+              if "default" in rule}
+    assert check_training_params(params) == []
+    schema = job_conf_schema()
+    assert set(schema) == {"job_id", "user", "model_id", "dataset_id", "training_params", "output_name"}
+    conf = good_conf()
+    for field, field_schema in schema.items():
+        jsonschema.validate(conf[field], field_schema)
+    for bad in ({"output_name": "bad name"}, {"model_id": "gpt-5"}, {"job_id": "../x"}):
+        ((field, value),) = bad.items()
+        assert not jsonschema.Draft202012Validator(schema[field]).is_valid(value)
+        assert validate_job_conf(good_conf(**bad))
+
+
+# ---------------------------------------------------------------- defaults
+
+def test_defaults_come_from_the_rules_and_the_model():
+    resolved = resolve_training_params(CAPTIONING, {})
+    assert resolved.as_dict() == {"epochs": 3, "learning_rate": 2e-4, "batch_size": 4,
+                                  "lora_rank": 8, "lora_alpha": CAPTIONING.default_alpha,
+                                  "lora_dropout": 0.05, "target_modules": ["q_proj", "v_proj"]}
+    assert resolve_training_params(BIG, {"lora_rank": 4}).lora_rank == 4
+    assert resolve_training_params(CAPTIONING, {"target_modules": []}).target_modules == ("q_proj", "v_proj")
+    assert resolve_training_params(CAPTIONING, {"epochs": 2.0}).epochs == 2
+
+
+def test_resolving_a_bad_request_raises():
+    with pytest.raises(ValueError, match="lora_rank must be between 1 and 16"):
+        resolve_training_params(CAPTIONING, {"lora_rank": 32})
+
+
+def test_cli_args_follow_the_engine_contract():
+    args = resolve_training_params(CAPTIONING, {"learning_rate": 1e-3}).cli_args()
+    assert args == ["--epochs", "3", "--learning-rate", "0.001", "--batch-size", "4",
+                    "--lora-rank", "8", "--lora-alpha", "16", "--lora-dropout", "0.05",
+                    "--target-modules", "q_proj,v_proj"]
+
+
+# ---------------------------------------------------------------- states and stages
+
+@pytest.mark.parametrize("run_state,stop,expected", [
+    ("queued", False, JobState.QUEUED), ("running", False, JobState.RUNNING),
+    ("success", False, JobState.COMPLETED), ("success", True, JobState.COMPLETED),
+    ("failed", False, JobState.FAILED), ("failed", True, JobState.STOPPED),
+    (None, False, JobState.FAILED),
+])
+def test_dag_run_states_map_to_job_states(run_state, stop, expected):
+    assert job_state(run_state, stop_requested=stop) == expected
+
+
+def test_a_running_run_with_no_task_started_is_still_queued():
+    assert job_state("running", task_states={"validate_inputs": "scheduled", "train": None}) == "queued"
+    assert job_state("running", task_states={"validate_inputs": "running"}) == "running"
+    with pytest.raises(ValueError):
+        job_state("exploded")
+
+
+def test_states_and_stages_are_the_documented_names():
+    assert job_spec.JOB_STATES == ("queued", "running", "completed", "failed", "stopped")
+    assert job_spec.STAGES == ("validating", "downloading", "training", "evaluating", "registering")
+    assert {str(s) for s in job_spec.TERMINAL_STATES} == {"completed", "failed", "stopped"}
+
+
+def test_the_stage_is_the_latest_started_task():
+    assert job_stage({}) is None
+    assert job_stage({"validate_inputs": "running"}) == Stage.VALIDATING
+    assert job_stage({"validate_inputs": "success", "prepare": "up_for_retry"}) == Stage.DOWNLOADING
+    assert job_stage({"validate_inputs": "success", "prepare": "success", "train": "running",
+                      "evaluate": None}) == Stage.TRAINING
+    assert job_stage(dict.fromkeys(job_spec.TASK_IDS, "success")) == Stage.REGISTERING
+
+
+def test_run_ids_and_links():
+    assert job_spec.dag_run_id("abc") == "train-abc"
+    assert job_spec.mlflow_run_ui_url("http://m:5000/", "3", "r1") == "http://m:5000/#/experiments/3/runs/r1"
+    assert job_spec.mlflow_experiment_name("u1") == "qlora/u1"
+
+
+def test_the_module_is_light():
+    code = ("import sys, training.job_spec; heavy = [m for m in ('torch', 'airflow', 'mlflow', "
+            "'pydantic', 'pandas', 'transformers') if m in sys.modules]; print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_combinations_of_good_values_pass():
+    for epochs, rank, dropout in itertools.product((1, 100), (1, 16), (0, 0.99)):
+        assert validate_job_request(CAPTIONING, None, {"epochs": epochs, "lora_rank": rank,
+                                                       "lora_dropout": dropout}) == []
