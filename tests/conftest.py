@@ -17,6 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from devstack.airflow import Airflow
+from devstack.api_server import APIServer
+from devstack.mlflow_server import MLflowServer
 from devstack.ports import free_ports
 from devstack.postgres import Postgres
 from devstack.seaweedfs import S3Settings, SeaweedFS
@@ -75,3 +78,64 @@ def s3_env(s3: S3Settings, monkeypatch: pytest.MonkeyPatch) -> S3Settings:
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
     return s3
+
+
+# -- MLflow ----------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def mlflow_uri(s3: S3Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Tracking URI of a real MLflow server whose artifacts go to the test S3 bucket."""
+    server = MLflowServer(tmp_path_factory.mktemp("mlflow"), free_ports(1)[0], s3)
+    server.start()
+    try:
+        server.wait_ready()
+        yield server.url
+    finally:
+        server.stop()
+
+
+# -- Airflow ---------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def airflow(s3: S3Settings, mlflow_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Airflow]:
+    """Airflow (api-server, scheduler, dag-processor) running the repo's dags/ with the S3 and
+    MLflow environment: `.url` (= `.base_url`), `.username`, `.password`, `.token()`."""
+    folder = tmp_path_factory.mktemp("airflow")
+    env = {**s3.env(), "MLFLOW_TRACKING_URI": mlflow_uri, "QLORA_CACHE_DIR": str(folder / "cache"),
+           "QLORA_GPU_POOL_SLOTS": "1"}
+    server = Airflow(folder, free_ports(1)[0], password=secrets.token_urlsafe(12),
+                     jwt_secret=secrets.token_urlsafe(32), secret_key=secrets.token_urlsafe(32), extra_env=env)
+    server.start()
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+# -- the API as a real server ----------------------------------------------------------------
+@dataclass(frozen=True)
+class ApiHandle:
+    base_url: str
+    database_url: str
+    jwt_secret: str
+    airflow: Airflow
+    mlflow_uri: str
+    s3: S3Settings
+
+
+@pytest.fixture(scope="session")
+def api_server(postgres_server: Postgres, s3: S3Settings, airflow: Airflow, mlflow_uri: str,
+               tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiHandle]:
+    """`uvicorn api.main:app` on PostgreSQL, the test S3, Airflow and MLflow: `.base_url`."""
+    database_url = postgres_server.create_database("qlora_api")
+    jwt_secret = secrets.token_urlsafe(48)
+    env = {**s3.env(), "MLFLOW_TRACKING_URI": mlflow_uri, "QLORA_ENV": "development",
+           "QLORA_DATABASE_URL": database_url, "QLORA_JWT_SECRET": jwt_secret,
+           "QLORA_AIRFLOW_URL": airflow.url, "QLORA_AIRFLOW_USERNAME": airflow.username,
+           "QLORA_AIRFLOW_PASSWORD": airflow.password, "QLORA_RECONCILE_INTERVAL_S": "2"}
+    server = APIServer(tmp_path_factory.mktemp("api"), free_ports(1)[0], env)
+    server.start()
+    try:
+        server.wait_ready()
+        yield ApiHandle(server.url, database_url, jwt_secret, airflow, mlflow_uri, s3)
+    finally:
+        server.stop()

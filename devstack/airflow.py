@@ -1,0 +1,122 @@
+"""Apache Airflow 3.3 as separate processes (api-server, scheduler, dag-processor) with the
+LocalExecutor, the simple auth manager and the repo's `dags/` and `plugins/`.
+
+Every process gets the S3, MLflow and QLORA_* environment so that tasks see it."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+import httpx
+
+from devstack.ports import HOST
+from devstack.processes import Process, run_checked, wait_until
+
+REPO = Path(__file__).resolve().parents[1]
+USERNAME = "admin"
+GPU_POOL = "gpu"
+
+
+class Airflow:
+    name = "airflow"
+
+    def __init__(self, folder: Path, port: int, *, password: str, jwt_secret: str, secret_key: str,
+                 extra_env: Mapping[str, str] = (), database_url: str | None = None,
+                 dags_folder: Path = REPO / "dags", plugins_folder: Path = REPO / "plugins"):
+        self.folder = Path(folder)
+        self.port = port
+        self.url = f"http://{HOST}:{port}"
+        self.username = USERNAME
+        self.password = password
+        self.passwords_file = self.folder / "passwords.json"
+        extra = dict(extra_env)
+        self.gpu_slots = int(extra.get("QLORA_GPU_POOL_SLOTS") or os.environ.get("QLORA_GPU_POOL_SLOTS") or 1)
+        airflow_env = {
+            "AIRFLOW_HOME": str(self.folder),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(dags_folder),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(plugins_folder),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__PARALLELISM": "4",
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": database_url or f"sqlite:///{self.folder / 'airflow.db'}",
+            "AIRFLOW__CORE__AUTH_MANAGER":
+                "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{USERNAME}:admin",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self.passwords_file),
+            "AIRFLOW__API__HOST": HOST,
+            "AIRFLOW__API__PORT": str(port),
+            "AIRFLOW__API__WORKERS": "1",
+            "AIRFLOW__API__BASE_URL": self.url,
+            "AIRFLOW__API__SECRET_KEY": secret_key,
+            "AIRFLOW__API_AUTH__JWT_SECRET": jwt_secret,  # the same in every process (task tokens)
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.url}/execution/",
+            "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.folder / "logs"),
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+            "PYTHONUNBUFFERED": "1",
+            "GIT_PYTHON_REFRESH": "quiet",
+        }
+        self.env = {**os.environ, **extra, **airflow_env}
+        airflow = [sys.executable, "-m", "airflow"]
+        run = self.folder / "run"
+        self.processes = [
+            Process("airflow-api-server", [*airflow, "api-server", "--host", HOST, "--port", str(port), "--workers", "1"],
+                    run_dir=run, env=self.env, cwd=self.folder),
+            Process("airflow-scheduler", [*airflow, "scheduler", "--skip-serve-logs"],
+                    run_dir=run, env=self.env, cwd=self.folder),
+            Process("airflow-dag-processor", [*airflow, "dag-processor"], run_dir=run, env=self.env, cwd=self.folder),
+        ]
+        self._airflow = airflow
+
+    @property
+    def base_url(self) -> str:
+        return self.url
+
+    def cli(self, *args: str, timeout: float = 300) -> None:
+        """Runs `airflow ARGS` to completion with this instance's configuration."""
+        run_checked([*self._airflow, *args], env=self.env, log=self.folder / "run" / "airflow-cli.log",
+                    timeout=timeout, cwd=self.folder)
+
+    def start(self) -> None:
+        """Migrates the metadata DB, creates the `gpu` pool and starts the processes."""
+        if all(p.running() for p in self.processes):
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.passwords_file.write_text(json.dumps({USERNAME: self.password}))
+        self.passwords_file.chmod(0o600)
+        self.cli("db", "migrate")
+        self.cli("pools", "set", GPU_POOL, str(self.gpu_slots), "Training tasks: one slot per GPU")
+        for process in self.processes:
+            process.start()
+
+    def token(self) -> str:
+        response = httpx.post(f"{self.url}/auth/token", json={"username": self.username, "password": self.password},
+                              timeout=10)
+        response.raise_for_status()
+        return response.json()["access_token"]
+
+    def health(self) -> dict:
+        return httpx.get(f"{self.url}/api/v2/monitor/health", timeout=5).json()
+
+    def healthy(self) -> bool:
+        """The metadata DB, the scheduler and the dag-processor report healthy, and a token is issued."""
+        health = self.health()
+        if not all((health.get(part) or {}).get("status") == "healthy"
+                   for part in ("metadatabase", "scheduler", "dag_processor")):
+            return False
+        return bool(self.token())
+
+    def wait_ready(self, timeout: float = 180) -> float:
+        return wait_until(self.healthy, timeout=timeout, what="Airflow", processes=self.processes, interval=0.5)
+
+    def stop(self) -> bool:
+        stopped = [p.stop() for p in reversed(self.processes)]
+        return any(stopped)
+
+    def pids(self) -> list[int]:
+        return [p for proc in self.processes if (p := proc.pid())]
