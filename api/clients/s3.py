@@ -1,0 +1,129 @@
+"""Thin boto3 wrapper for what the API does in S3: presign, HEAD, read JSON, delete a prefix."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from api.core.config import Settings
+
+log = logging.getLogger(__name__)
+
+_NOT_FOUND = {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}
+
+
+class S3Unavailable(Exception):
+    """S3 could not be reached or refused the request."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    content_type: str | None
+
+
+def _client(settings: Settings, endpoint_url: str | None):  # type: ignore[no-untyped-def]
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint_url,
+        region_name=settings.aws_region,
+        aws_access_key_id=settings.aws_access_key_id,
+        aws_secret_access_key=settings.aws_secret_access_key,
+        config=Config(
+            signature_version="s3v4",
+            s3={"addressing_style": "path"} if endpoint_url else {},
+            connect_timeout=5,
+            read_timeout=30,
+            retries={"max_attempts": 2, "mode": "standard"},
+        ),
+    )
+
+
+class S3Storage:
+    """The bucket of the platform. Presigned URLs use the public endpoint when one is set."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.bucket = settings.s3_bucket
+        self.presign_expiry_s = settings.presigned_url_expiry_s
+        self._client = _client(settings, settings.s3_endpoint_url)
+        public = settings.public_s3_endpoint_url
+        self._presign_client = _client(settings, public) if public else self._client
+
+    def ensure_bucket(self) -> None:
+        try:
+            self._client.head_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") not in _NOT_FOUND:
+                raise S3Unavailable(f"cannot access bucket {self.bucket}: {exc}") from exc
+            self._client.create_bucket(Bucket=self.bucket)
+        except BotoCoreError as exc:
+            raise S3Unavailable(f"cannot reach S3: {exc}") from exc
+
+    def presign_put(self, key: str, expires_in: int | None = None) -> str:
+        try:
+            return self._presign_client.generate_presigned_url(
+                "put_object",
+                Params={"Bucket": self.bucket, "Key": key},
+                ExpiresIn=expires_in or self.presign_expiry_s,
+                HttpMethod="PUT",
+            )
+        except (BotoCoreError, ClientError) as exc:
+            raise S3Unavailable(f"cannot presign an upload URL: {exc}") from exc
+
+    def head(self, key: str) -> ObjectInfo | None:
+        try:
+            resp = self._client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in _NOT_FOUND:
+                return None
+            raise S3Unavailable(f"cannot HEAD s3://{self.bucket}/{key}: {exc}") from exc
+        except BotoCoreError as exc:
+            raise S3Unavailable(f"cannot reach S3: {exc}") from exc
+        return ObjectInfo(key=key, size=int(resp["ContentLength"]), content_type=resp.get("ContentType"))
+
+    def get_json(self, key: str) -> Any | None:
+        """The JSON document at `key`, or None when there is none."""
+        try:
+            body = self._client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in _NOT_FOUND:
+                return None
+            raise S3Unavailable(f"cannot read s3://{self.bucket}/{key}: {exc}") from exc
+        except BotoCoreError as exc:
+            raise S3Unavailable(f"cannot reach S3: {exc}") from exc
+        try:
+            return json.loads(body)
+        except ValueError:
+            log.warning("s3://%s/%s is not valid JSON", self.bucket, key)
+            return None
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Deletes every object under `prefix` (paginated); returns how many were deleted."""
+        if not prefix or not prefix.endswith("/"):
+            raise ValueError(f"refusing to delete a prefix that is not a folder: {prefix!r}")
+        deleted = 0
+        try:
+            paginator = self._client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                keys = [{"Key": obj["Key"]} for obj in page.get("Contents", [])]
+                for start in range(0, len(keys), 1000):
+                    batch = keys[start : start + 1000]
+                    resp = self._client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+                    if resp.get("Errors"):
+                        first = resp["Errors"][0]
+                        raise S3Unavailable(f"cannot delete {first.get('Key')}: {first.get('Message')}")
+                    deleted += len(batch)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "NoSuchBucket":
+                return deleted
+            raise S3Unavailable(f"cannot delete s3://{self.bucket}/{prefix}: {exc}") from exc
+        except BotoCoreError as exc:
+            raise S3Unavailable(f"cannot reach S3: {exc}") from exc
+        return deleted

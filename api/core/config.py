@@ -1,0 +1,82 @@
+"""Settings of the API, read from the environment (see the configuration contract in README)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEV_JWT_SECRET = "dev-secret-change-me-in-production"
+DEFAULT_DATABASE_URL = f"sqlite:///{REPO_ROOT / '.stack' / 'api.db'}"
+
+
+class Settings(BaseSettings):
+    """Every setting of the service; `QLORA_*` variables plus boto3's standard AWS ones."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="QLORA_", extra="ignore", validate_by_name=True, hide_input_in_errors=True
+    )
+
+    env: Literal["development", "production"] = "development"
+    database_url: str = DEFAULT_DATABASE_URL
+
+    jwt_secret: str = DEV_JWT_SECRET
+    access_token_expire_minutes: int = Field(default=60 * 24, ge=1)
+
+    # S3: boto3's standard variables, so boto3, MLflow and Airflow agree.
+    s3_bucket: str = "qlora"
+    s3_endpoint_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("AWS_ENDPOINT_URL_S3")
+    )
+    public_s3_endpoint_url: str | None = None
+    aws_access_key_id: str | None = Field(
+        default=None, validation_alias=AliasChoices("AWS_ACCESS_KEY_ID")
+    )
+    aws_secret_access_key: str | None = Field(
+        default=None, validation_alias=AliasChoices("AWS_SECRET_ACCESS_KEY")
+    )
+    aws_region: str = Field(default="us-east-1", validation_alias=AliasChoices("AWS_DEFAULT_REGION"))
+
+    # Uploads
+    presigned_url_expiry_s: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
+    max_upload_bytes: int = Field(default=5 * 1024**3, ge=1)
+    #: a dataset whose upload is not completed within this time is expired and its objects deleted
+    upload_expiry_s: int = Field(default=24 * 3600, ge=1)
+
+    # Airflow
+    airflow_url: str = "http://127.0.0.1:8080"
+    airflow_username: str = "admin"
+    airflow_password: str = "admin"
+    airflow_timeout_s: float = 10.0
+    dataset_validation_dag_id: str = "dataset_validation"
+
+    #: period of the background reconcile loop; 0 disables it (tests)
+    reconcile_interval_s: float = Field(default=15.0, ge=0)
+    #: run Alembic migrations and seed the model catalog at start-up
+    migrate_on_startup: bool = True
+
+    @model_validator(mode="after")
+    def _refuse_dev_secret_in_production(self) -> Settings:
+        if self.env == "production":
+            if self.jwt_secret == DEV_JWT_SECRET:
+                raise ValueError(
+                    "QLORA_JWT_SECRET is the development secret; production needs its own secret "
+                    "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`)"
+                )
+            if len(self.jwt_secret) < 32:
+                raise ValueError("QLORA_JWT_SECRET must be at least 32 characters in production")
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """Settings from the environment, read once."""
+    return Settings()

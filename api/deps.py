@@ -1,0 +1,65 @@
+"""Typed dependencies of the routers (the app's state holds the shared clients)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from api.clients.airflow import AirflowApi
+from api.clients.s3 import S3Storage
+from api.core.config import Settings
+from api.core.security import InvalidToken, decode_access_token
+from api.models import User
+
+
+def get_settings_dep(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    with request.app.state.sessionmaker() as session:
+        yield session
+
+
+def get_s3(request: Request) -> S3Storage:
+    return request.app.state.s3
+
+
+def get_airflow(request: Request) -> AirflowApi:
+    return request.app.state.airflow
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+SessionDep = Annotated[Session, Depends(get_session)]
+S3Dep = Annotated[S3Storage, Depends(get_s3)]
+AirflowDep = Annotated[AirflowApi, Depends(get_airflow)]
+
+_bearer = HTTPBearer(auto_error=False, description="The `access_token` from `POST /v1/auth/login`.")
+
+
+def _unauthorized(detail: str) -> HTTPException:
+    return HTTPException(status.HTTP_401_UNAUTHORIZED, detail=detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+def get_current_user(
+    session: SessionDep,
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> User:
+    if credentials is None or not credentials.credentials:
+        raise _unauthorized("Not authenticated: send `Authorization: Bearer <access_token>`")
+    try:
+        user_id = decode_access_token(credentials.credentials, settings)
+    except InvalidToken as exc:
+        raise _unauthorized(f"Could not validate credentials: {exc}") from None
+    user = session.get(User, user_id)
+    if user is None:
+        raise _unauthorized("Could not validate credentials: user no longer exists")
+    return user
+
+
+CurrentUser = Annotated[User, Depends(get_current_user)]

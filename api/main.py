@@ -1,0 +1,183 @@
+"""The FastAPI application: everything under `/v1`, OpenAPI at `/v1/openapi.json`, Swagger at `/v1/docs`.
+
+Run it with `uvicorn api.main:app` (settings from the environment) or build one with
+`create_app(settings)`. At start-up it migrates the database to head, seeds the model catalog
+and starts the background loop that settles datasets with Airflow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from api.clients.airflow import AirflowApi, AirflowClient, AirflowError
+from api.clients.s3 import S3Storage, S3Unavailable
+from api.core.config import Settings, get_settings
+from api.db import make_engine, make_sessionmaker, upgrade_to_head
+from api.routers import auth, datasets, models
+from api.services.catalog import seed_catalog
+from api.services.datasets import reconcile_all
+from api.services.errors import ServiceError
+
+log = logging.getLogger("api")
+
+API_PREFIX = "/v1"
+DESCRIPTION = """
+Fine-tune video captioning and classification models with QLoRA.
+
+1. `POST /v1/auth/signup`, then `POST /v1/auth/login` for a bearer token.
+2. `POST /v1/datasets/upload-initiate`, `PUT` the `.zip` to the returned `upload_url`,
+   then `POST /v1/datasets/upload-complete`; poll `GET /v1/datasets/{id}` until `ready`.
+3. Pick a base model from `GET /v1/models/allowed`.
+
+Every error is JSON: `{"detail": "..."}`.
+"""
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    s3: S3Storage | None = None,
+    airflow: AirflowApi | None = None,
+) -> FastAPI:
+    """Builds the app; `s3`/`airflow` replace the clients made from the settings."""
+    settings = settings or get_settings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = make_engine(settings.database_url)
+        app.state.engine = engine
+        app.state.sessionmaker = make_sessionmaker(engine)
+        if settings.migrate_on_startup:
+            await asyncio.to_thread(_migrate_and_seed, app)
+        app.state.s3 = s3 or S3Storage(settings)
+        owned_airflow = airflow is None
+        app.state.airflow = airflow or AirflowClient.from_settings(settings)
+        try:
+            await asyncio.to_thread(app.state.s3.ensure_bucket)
+        except S3Unavailable as exc:
+            log.warning("S3 bucket check failed at start-up: %s", exc)
+        loop_task = None
+        if settings.reconcile_interval_s > 0:
+            loop_task = asyncio.create_task(_reconcile_loop(app, settings.reconcile_interval_s))
+        try:
+            yield
+        finally:
+            if loop_task is not None:
+                loop_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await loop_task
+            if owned_airflow:
+                app.state.airflow.close()
+            engine.dispose()
+
+    app = FastAPI(
+        title="QLoRA Orchestration Service",
+        version="1.0.0",
+        description=DESCRIPTION,
+        openapi_url=f"{API_PREFIX}/openapi.json",
+        docs_url=f"{API_PREFIX}/docs",
+        redoc_url=f"{API_PREFIX}/redoc",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    for router in (auth.router, datasets.router, models.router):
+        app.include_router(router, prefix=API_PREFIX)
+
+    @app.get(f"{API_PREFIX}/health", tags=["health"], summary="Liveness: the process answers")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    _install_error_handlers(app)
+    return app
+
+
+def _migrate_and_seed(app: FastAPI) -> None:
+    upgrade_to_head(app.state.engine)
+    with app.state.sessionmaker() as session:
+        seed_catalog(session)
+
+
+def reconcile_once(app: FastAPI) -> int:
+    """One pass: expire stale uploads, settle validating datasets. Returns how many changed."""
+    with app.state.sessionmaker() as session:
+        return reconcile_all(session, app.state.s3, app.state.airflow, app.state.settings)
+
+
+async def _reconcile_loop(app: FastAPI, interval_s: float) -> None:
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            changed = await asyncio.to_thread(reconcile_once, app)
+            if changed:
+                log.info("reconcile: %d datasets changed", changed)
+        except Exception:  # the loop must survive any one failed pass
+            log.exception("reconcile pass failed")
+
+
+# --- errors: always {"detail": ...} ---------------------------------------------------------
+def _format_validation_errors(errors: list[dict[str, Any]]) -> str:
+    parts = []
+    for error in errors:
+        loc = [str(p) for p in error.get("loc", ()) if p not in ("body", "query", "path", "header")]
+        where = ".".join(loc) or "request"
+        message = str(error.get("msg", "is invalid"))
+        if error.get("type") == "json_invalid":
+            where, message = "body", "is not valid JSON"
+        elif error.get("type") == "missing":
+            message = "is required"
+        parts.append(f"{where}: {message}")
+    return "; ".join(parts) or "Invalid request"
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        route = request.scope.get("route")
+        extra = getattr(route, "openapi_extra", None) or {}
+        code = extra.get("x-validation-status", status.HTTP_422_UNPROCESSABLE_CONTENT)
+        errors = [
+            {"loc": list(e.get("loc", ())), "msg": str(e.get("msg")), "type": e.get("type")} for e in exc.errors()
+        ]
+        return JSONResponse({"detail": _format_validation_errors(errors), "errors": errors}, status_code=code)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = exc.detail if exc.status_code != 404 or exc.detail != "Not Found" else "Not Found: no such route"
+        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(ServiceError)
+    async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+
+    @app.exception_handler(S3Unavailable)
+    async def s3_unavailable(_: Request, exc: S3Unavailable) -> JSONResponse:
+        log.warning("S3 unavailable: %s", exc)
+        return JSONResponse({"detail": "Storage (S3) is unavailable; retry later"}, status_code=503)
+
+    @app.exception_handler(AirflowError)
+    async def airflow_unavailable(_: Request, exc: AirflowError) -> JSONResponse:
+        log.warning("Airflow error: %s", exc)
+        return JSONResponse({"detail": "The pipeline service (Airflow) is unavailable; retry later"}, status_code=503)
+
+    @app.exception_handler(Exception)
+    async def unhandled(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse({"detail": "Internal server error"}, status_code=500)
+
+
+def __getattr__(name: str) -> Any:
+    """`api.main:app` for uvicorn, built on first access from the environment's settings."""
+    if name == "app":
+        global app
+        app = create_app()
+        return app
+    raise AttributeError(name)

@@ -1,0 +1,19 @@
+"""ORM models of the service database (the API is its only writer)."""
+
+from api.models.base import Base
+from api.models.base_model import BaseModel
+from api.models.dataset import Dataset, DatasetStage, DatasetStatus
+from api.models.training_job import ACTIVE_TRAINING_STATUSES, TrainingJob, TrainingStatus
+from api.models.user import User
+
+__all__ = [
+    "ACTIVE_TRAINING_STATUSES",
+    "Base",
+    "BaseModel",
+    "Dataset",
+    "DatasetStage",
+    "DatasetStatus",
+    "TrainingJob",
+    "TrainingStatus",
+    "User",
+]

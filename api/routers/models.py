@@ -1,0 +1,53 @@
+"""`/v1/models`: the catalog of base models users may fine-tune."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, status
+from sqlalchemy import select
+
+from api.deps import CurrentUser, SessionDep, SettingsDep
+from api.models import BaseModel
+from api.schemas.common import ErrorResponse
+from api.schemas.models import ModelDetail, SupportedLoraParams
+from training import storage
+
+router = APIRouter(prefix="/models", tags=["models"], responses={401: {"model": ErrorResponse}})
+
+
+def to_detail(row: BaseModel, bucket: str) -> ModelDetail:
+    return ModelDetail(
+        id=row.id,
+        name=row.name,
+        description=row.description,
+        model_type=row.model_type,  # type: ignore[arg-type]
+        base_architecture=row.base_architecture,  # type: ignore[arg-type]
+        version=row.version,
+        tiny=row.tiny,
+        supported_lora_params=SupportedLoraParams(
+            min_rank=row.min_rank, max_rank=row.max_rank, default_alpha=row.default_alpha
+        ),
+        default_target_modules=list(row.default_target_modules),
+        allowed_target_modules=list(row.allowed_target_modules),
+        architecture_class=row.architecture_class,
+        checkpoint=row.checkpoint,
+        weights_uri=storage.s3_uri(bucket, storage.model_prefix(row.id)),
+    )
+
+
+@router.get("/allowed", response_model=list[ModelDetail], summary="Models available for QLoRA fine-tuning")
+def list_allowed(_: CurrentUser, session: SessionDep, settings: SettingsDep) -> list[ModelDetail]:
+    rows = session.scalars(select(BaseModel).where(BaseModel.active.is_(True)).order_by(BaseModel.id))
+    return [to_detail(row, settings.s3_bucket) for row in rows]
+
+
+@router.get(
+    "/{model_id}",
+    response_model=ModelDetail,
+    responses={404: {"model": ErrorResponse, "description": "Model not found"}},
+    summary="One allowed model with its LoRA limits",
+)
+def get_model(model_id: str, _: CurrentUser, session: SessionDep, settings: SettingsDep) -> ModelDetail:
+    row = session.get(BaseModel, model_id)
+    if row is None or not row.active:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"Model {model_id[:128]!r} not found")
+    return to_detail(row, settings.s3_bucket)

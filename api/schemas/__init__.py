@@ -1,0 +1,1 @@
+"""Pydantic request and response bodies, named as in the API spec."""

@@ -1,0 +1,266 @@
+"""The dataset lifecycle: initiate an upload, complete it, reconcile with Airflow and the
+validation report, expire uploads never completed, delete.
+
+    awaiting_upload --complete--> validating --run success + valid report--> ready
+          |                           `--run failed / invalid report / run lost--> failed
+          `--not completed in time (objects deleted)--> expired
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import exists, select
+from sqlalchemy.orm import Session
+
+from api.clients.airflow import AirflowApi, AirflowError, DagRun
+from api.clients.s3 import S3Storage, S3Unavailable
+from api.core.config import Settings
+from api.models import ACTIVE_TRAINING_STATUSES, Dataset, DatasetStage, TrainingJob, User
+from api.models.base import as_utc, new_id, utcnow
+from api.schemas.datasets import UploadInitiateRequest
+from api.services.errors import Conflict, InvalidInput, NotFound
+from api.services.file_names import check_file_type, sanitize_file_name
+from training import storage
+
+log = logging.getLogger(__name__)
+
+#: a validating dataset whose run Airflow does not know after this long ends failed
+LOST_RUN_GRACE = timedelta(minutes=5)
+#: report keys copied into `Dataset.stats`
+STATS_KEYS = ("clip_count", "tasks", "labels", "captions", "splits", "video", "errors")
+MAX_ERRORS_IN_DETAIL = 10
+
+
+def validation_run_id(dataset_id: str) -> str:
+    return f"validate-{dataset_id}"
+
+
+class DatasetService:
+    """One request's (or one reconcile pass's) view of the datasets."""
+
+    def __init__(self, session: Session, s3: S3Storage, airflow: AirflowApi, settings: Settings) -> None:
+        self.session = session
+        self.s3 = s3
+        self.airflow = airflow
+        self.settings = settings
+
+    # --- queries ----------------------------------------------------------------------------
+    def _owned(self, owner: User, dataset_id: str) -> Dataset:
+        dataset = self.session.get(Dataset, dataset_id)
+        if dataset is None or dataset.owner_id != owner.id:
+            raise NotFound("Dataset not found")
+        return dataset
+
+    def get(self, owner: User, dataset_id: str) -> Dataset:
+        dataset = self._owned(owner, dataset_id)
+        self.refresh([dataset])
+        return dataset
+
+    def list(self, owner: User) -> Sequence[Dataset]:
+        datasets = self.session.scalars(
+            select(Dataset).where(Dataset.owner_id == owner.id).order_by(Dataset.created_at.desc(), Dataset.id)
+        ).all()
+        self.refresh(datasets)
+        return datasets
+
+    # --- upload -----------------------------------------------------------------------------
+    def initiate(self, owner: User, request: UploadInitiateRequest) -> tuple[Dataset, str]:
+        check_file_type(request.file_type)
+        safe_name = sanitize_file_name(request.file_name)
+        name = request.dataset_name.strip()
+        if not name:
+            raise InvalidInput("dataset_name must not be blank")
+        dataset_id = new_id()
+        dataset = Dataset(
+            id=dataset_id,
+            owner_id=owner.id,
+            name=name,
+            description=request.dataset_description.strip(),
+            file_name=safe_name,
+            s3_key=storage.dataset_upload_key(dataset_id, safe_name),
+        )
+        dataset.set_stage(DatasetStage.AWAITING_UPLOAD)
+        # presign first: if S3 is misconfigured no row is written
+        url = self.s3.presign_put(dataset.s3_key, self.settings.presigned_url_expiry_s)
+        self.session.add(dataset)
+        self.session.commit()
+        return dataset, url
+
+    def complete(self, owner: User, dataset_id: str, s3_key: str) -> Dataset:
+        dataset = self._owned(owner, dataset_id)
+        if s3_key != dataset.s3_key:
+            raise InvalidInput("s3_key does not match the key returned by upload-initiate for this dataset")
+        stage = DatasetStage(dataset.stage)
+        if stage in (DatasetStage.VALIDATING, DatasetStage.READY, DatasetStage.FAILED):
+            return dataset  # already completed: idempotent, nothing triggered again
+        if stage is DatasetStage.EXPIRED or self._upload_expired(dataset, utcnow()):
+            if stage is not DatasetStage.EXPIRED:
+                self._expire(dataset)
+                self.session.commit()
+            raise InvalidInput("The upload window of this dataset has expired; initiate a new upload")
+        info = self.s3.head(dataset.s3_key)
+        if info is None:
+            raise InvalidInput("No object at s3_key: PUT the archive to upload_url before completing the upload")
+        if info.size == 0:
+            raise InvalidInput("The uploaded archive is empty")
+        if info.size > self.settings.max_upload_bytes:
+            self.s3.delete_prefix(storage.dataset_prefix(dataset.id))
+            raise InvalidInput(
+                f"The uploaded archive is {info.size} bytes; the limit is {self.settings.max_upload_bytes} bytes "
+                "(the object was deleted)"
+            )
+        run_id = validation_run_id(dataset.id)
+        # raises AirflowError (-> 503) before anything changes, so the upload stays completable
+        self.airflow.trigger_dag_run(
+            self.settings.dataset_validation_dag_id, run_id, {"dataset_id": dataset.id, "s3_key": dataset.s3_key}
+        )
+        dataset.airflow_run_id = run_id
+        dataset.upload_size_bytes = info.size
+        dataset.upload_completed_at = utcnow()
+        dataset.set_stage(DatasetStage.VALIDATING)
+        self.session.commit()
+        return dataset
+
+    # --- delete -----------------------------------------------------------------------------
+    def delete(self, owner: User, dataset_id: str) -> None:
+        dataset = self._owned(owner, dataset_id)
+        in_use = self.session.scalar(
+            select(
+                exists().where(TrainingJob.dataset_id == dataset.id, TrainingJob.status.in_(ACTIVE_TRAINING_STATUSES))
+            )
+        )
+        if in_use:
+            raise Conflict("Dataset is used by a queued or running training job; stop the job or wait for it to end")
+        if dataset.stage == DatasetStage.VALIDATING:
+            self.refresh([dataset])
+            if dataset.stage == DatasetStage.VALIDATING:
+                raise Conflict("Dataset is being validated; delete it once it is ready or in error")
+        self.s3.delete_prefix(storage.dataset_prefix(dataset.id))
+        self.session.delete(dataset)
+        self.session.commit()
+
+    # --- reconciliation ---------------------------------------------------------------------
+    def refresh(self, datasets: Sequence[Dataset]) -> int:
+        """Expires stale uploads and settles validating datasets among `datasets`.
+
+        One Airflow request for all validating ones; S3 is read only for runs that ended.
+        Outside failures are logged and leave the datasets as they were. Returns changes.
+        """
+        now = utcnow()
+        changed = 0
+        for dataset in datasets:
+            if dataset.stage == DatasetStage.AWAITING_UPLOAD and self._upload_expired(dataset, now):
+                try:
+                    self._expire(dataset)
+                    changed += 1
+                except S3Unavailable as exc:
+                    log.warning("cannot expire dataset %s yet: %s", dataset.id, exc)
+        validating = [d for d in datasets if d.stage == DatasetStage.VALIDATING]
+        if validating:
+            try:
+                runs = self.airflow.list_dag_runs(
+                    self.settings.dataset_validation_dag_id,
+                    [d.airflow_run_id or validation_run_id(d.id) for d in validating],
+                )
+            except AirflowError as exc:
+                log.warning("cannot reconcile %d datasets with Airflow: %s", len(validating), exc)
+                runs = None
+            if runs is not None:
+                for dataset in validating:
+                    try:
+                        changed += self._settle(dataset, runs.get(dataset.airflow_run_id or ""), now)
+                    except S3Unavailable as exc:
+                        log.warning("cannot read the report of dataset %s: %s", dataset.id, exc)
+        if changed:
+            self.session.commit()
+        return changed
+
+    def _settle(self, dataset: Dataset, run: DagRun | None, now: datetime) -> int:
+        if run is None:
+            completed = as_utc(dataset.upload_completed_at) or as_utc(dataset.created_at)
+            if completed is not None and now - completed > LOST_RUN_GRACE:
+                dataset.set_stage(
+                    DatasetStage.FAILED,
+                    f"Validation run {dataset.airflow_run_id} no longer exists in Airflow; upload the dataset again",
+                )
+                return 1
+            return 0
+        if not run.terminal:
+            return 0
+        report = self.s3.get_json(storage.dataset_report_key(dataset.id))
+        if isinstance(report, dict):
+            self._apply_report(dataset, report)
+        if run.state == "success":
+            if not isinstance(report, dict):
+                dataset.set_stage(
+                    DatasetStage.FAILED, f"Validation run {run.run_id} succeeded but wrote no validation report"
+                )
+            elif report.get("valid") is True:
+                dataset.set_stage(DatasetStage.READY)
+            else:
+                dataset.set_stage(DatasetStage.FAILED, _errors_detail(report))
+            return 1
+        if isinstance(report, dict) and report.get("valid") is False:
+            dataset.set_stage(DatasetStage.FAILED, _errors_detail(report))
+        else:
+            dataset.set_stage(
+                DatasetStage.FAILED,
+                f"Validation run {run.run_id} ended {run.state} without a validation report "
+                "(the task crashed or was killed before validating); see the run's logs in Airflow",
+            )
+        return 1
+
+    @staticmethod
+    def _apply_report(dataset: Dataset, report: dict[str, Any]) -> None:
+        dataset.file_count = _int(report.get("file_count"))
+        dataset.total_size_bytes = _int(report.get("total_size_bytes"))
+        dataset.stats = {key: report.get(key) for key in STATS_KEYS if key in report}
+
+    def _upload_expired(self, dataset: Dataset, now: datetime) -> bool:
+        # never before the presigned URL itself expires, or a late PUT would leave an orphan
+        window = max(self.settings.upload_expiry_s, self.settings.presigned_url_expiry_s)
+        created = as_utc(dataset.created_at)
+        return created is not None and now - created > timedelta(seconds=window)
+
+    def _expire(self, dataset: Dataset) -> None:
+        self.s3.delete_prefix(storage.dataset_prefix(dataset.id))
+        dataset.set_stage(
+            DatasetStage.EXPIRED,
+            "The upload was not completed in time; its objects were deleted. Initiate a new upload",
+        )
+
+
+def reconcile_all(session: Session, s3: S3Storage, airflow: AirflowApi, settings: Settings, batch: int = 500) -> int:
+    """One pass of the background loop over every user's unsettled datasets."""
+    service = DatasetService(session, s3, airflow, settings)
+    window = max(settings.upload_expiry_s, settings.presigned_url_expiry_s)
+    cutoff = utcnow() - timedelta(seconds=window)
+    validating = session.scalars(
+        select(Dataset).where(Dataset.stage == DatasetStage.VALIDATING.value).order_by(Dataset.updated_at).limit(batch)
+    ).all()
+    stale = session.scalars(
+        select(Dataset)
+        .where(Dataset.stage == DatasetStage.AWAITING_UPLOAD.value, Dataset.created_at < cutoff)
+        .limit(batch)
+    ).all()
+    return service.refresh([*validating, *stale])
+
+
+def _errors_detail(report: dict[str, Any]) -> str:
+    errors = [str(e) for e in report.get("errors") or []]
+    if not errors:
+        return "Validation failed (the report lists no errors)"
+    shown = "; ".join(errors[:MAX_ERRORS_IN_DETAIL])
+    more = len(errors) - MAX_ERRORS_IN_DETAIL
+    return f"Validation failed: {shown}" + (f" (and {more} more)" if more > 0 else "")
+
+
+def _int(value: Any) -> int:
+    try:
+        return max(0, int(value))
+    except (TypeError, ValueError):
+        return 0
