@@ -50,6 +50,11 @@ def mlflow_experiment_name(user: str) -> str:
     return f"qlora/{user}"
 
 
+def registered_model_name(user: str, output_name: str) -> str:
+    """The MLflow registered model of a job's adapter: per user, so names never collide."""
+    return f"{user}.{output_name}"
+
+
 def mlflow_run_ui_url(ui_base_url: str, experiment_id: str, run_id: str) -> str:
     return f"{ui_base_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
 

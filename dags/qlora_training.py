@@ -1,0 +1,516 @@
+"""
+### QLoRA training
+
+Fine-tunes a catalog model on a validated dataset with QLoRA. The API (`POST /v1/trainings`)
+triggers one run per job with run id `train-{job_id}` and the job as conf; operators can also
+trigger it from this form, which validates the conf with the same rules as the API
+(`training/job_spec.py`).
+
+1. **validate_inputs** (*validating*): the model is in the catalog, the dataset's validation
+   report in S3 says it is valid and fits the model type, the LoRA rank is in the model's range,
+   the target modules are the architecture's. A bad request fails at once, without retry.
+2. **prepare** (*downloading*): model `s3://$QLORA_S3_BUCKET/models/{model_id}/` and dataset
+   `datasets/{dataset_id}/files/` into the worker cache `$QLORA_CACHE_DIR` (skipped when already
+   there). Transient S3 errors are retried.
+3. **train** (*training*, queue `gpu`, pool `gpu`: as many trainings at once as the pool has
+   slots): runs `python -m training run` in a child process, streams its log here, tracks it in
+   the MLflow run created for the job (experiment `qlora/{user}`, run name `output_name`, tags
+   `job_id`, `user`, `dataset_id`, `model_id`; its id is pushed to XCom `mlflow_run_id` before
+   training starts). Stopping the run (mark it failed) sends SIGTERM: the engine finishes its
+   step, saves the adapter so far, and it is uploaded to `trainings/{job_id}/adapter/`.
+   Never retried (a retry would redo the compute).
+4. **evaluate** (*evaluating*): reads the final metrics (`metrics.json`: adapter and base model
+   on the held-out split).
+5. **register** (*registering*): the adapter in `s3://$QLORA_S3_BUCKET/trainings/{job_id}/adapter/`
+   and a version of the registered model `{user}.{output_name}` in the MLflow Model Registry.
+6. **finalize**: returns `{output_path, metrics, mlflow_run_id, registered_model}` (XCom
+   `return_value`).
+
+The train task has an extra link **MLflow run** to its run in the MLflow UI
+(`$QLORA_MLFLOW_UI_URL`, else `$MLFLOW_TRACKING_URI`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import deque
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import Param, dag, get_current_context, task
+from airflow.sdk.exceptions import AirflowFailException
+
+from training import job_spec, storage
+from training.catalog import load_catalog
+
+try:  # plugins/ is on sys.path in every Airflow process (core.plugins_folder)
+    from qlora_mlflow_link import MLflowRunLink, mlflow_ui_base_url
+except ImportError:  # pragma: no cover - a deployment without the repo's plugins folder
+    MLflowRunLink = None
+    mlflow_ui_base_url = None
+
+log = logging.getLogger(__name__)
+
+#: exit codes of `python -m training run` (training/cli.py)
+ENGINE_EXIT_BAD_INPUT, ENGINE_EXIT_STOPPED = 2, 75
+#: the engine has this long after SIGTERM to save its adapter (Airflow sends SIGKILL ~5 s later)
+STOP_GRACE_S = 4.0
+TRANSIENT = dict(retries=3, retry_delay=timedelta(seconds=5), retry_exponential_backoff=2.0,
+                 max_retry_delay=timedelta(minutes=2))
+
+
+# --- configuration and small helpers (heavy libraries are imported inside functions) --------
+
+def _bucket() -> str:
+    return os.environ.get("QLORA_S3_BUCKET", "qlora")
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("QLORA_CACHE_DIR") or str(Path(__file__).resolve().parents[1] / ".cache")
+    return Path(base)
+
+
+def _output_dir(job_id: str) -> Path:
+    return _cache_dir() / "trainings" / job_id / "output"
+
+
+def _s3():
+    import boto3
+    from botocore.config import Config
+
+    style = "path" if os.environ.get("AWS_ENDPOINT_URL_S3") else "auto"
+    return boto3.client("s3", config=Config(s3={"addressing_style": style}, connect_timeout=10,
+                                            read_timeout=120,
+                                            retries={"max_attempts": 4, "mode": "standard"}))
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """Network trouble, throttling and 5xx are worth a retry; anything else is not."""
+    from botocore.exceptions import (BotoCoreError, ClientError, ConnectionError as BotoConnectionError,
+                                     ReadTimeoutError)
+
+    if isinstance(exc, ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        code = exc.response.get("Error", {}).get("Code", "")
+        return status >= 500 or status == 429 or code in {
+            "SlowDown", "Throttling", "RequestTimeout", "InternalError", "ServiceUnavailable"}
+    return isinstance(exc, (BotoConnectionError, ReadTimeoutError, ConnectionError, TimeoutError)) or (
+        isinstance(exc, BotoCoreError) and "connect" in type(exc).__name__.lower())
+
+
+def _s3_failure(what: str, exc: Exception) -> Exception:
+    """The exception to raise for a failed S3 call: itself when transient (the task retries),
+    else an AirflowFailException (no retry)."""
+    if _is_transient(exc):
+        log.warning("transient S3 error while %s: %s (will retry)", what, exc)
+        return exc
+    return AirflowFailException(f"S3 error while {what}: {exc}")
+
+
+def _s3_call(what: str, fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except AirflowFailException:
+        raise
+    except Exception as exc:
+        failure = _s3_failure(what, exc)
+        if failure is exc:
+            raise
+        raise failure from exc
+
+
+def _is_missing(exc: BaseException) -> bool:
+    response = getattr(exc, "response", None) or {}
+    return str(response.get("Error", {}).get("Code", "")) in {"404", "NoSuchKey", "NotFound"}
+
+
+def _params() -> dict[str, Any]:
+    return dict(get_current_context()["params"])
+
+
+def _model(model_id: str):
+    model = load_catalog().get(model_id)
+    if model is None:
+        raise AirflowFailException(f"model {model_id!r} is not in the catalog")
+    return model
+
+
+def _sync_prefix(client, prefix: str, dest: Path, what: str) -> tuple[Path, int]:
+    """Mirrors `s3://bucket/prefix` into `dest` (files whose size already matches are kept);
+    returns the folder and the number of files downloaded."""
+    objects = []
+    paginator = client.get_paginator("list_objects_v2")
+    for page in _s3_call(f"listing {what}", lambda: list(paginator.paginate(Bucket=_bucket(), Prefix=prefix))):
+        objects.extend(page.get("Contents", []))
+    if not objects:
+        raise AirflowFailException(f"{what} not found: nothing under {storage.s3_uri(_bucket(), prefix)}")
+    downloaded = 0
+    for obj in objects:
+        rel = obj["Key"][len(prefix):]
+        if not rel or rel.endswith("/") or ".." in rel.split("/") or rel.startswith("/"):
+            continue
+        target = dest / rel
+        if target.is_file() and target.stat().st_size == obj["Size"]:
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.{os.getpid()}.part")
+        _s3_call(f"downloading {obj['Key']}", client.download_file, _bucket(), obj["Key"], str(partial))
+        os.replace(partial, target)  # readers never see a half-written file
+        downloaded += 1
+    return dest, downloaded
+
+
+def _upload_folder(client, folder: Path, prefix: str, deadline: float | None = None) -> list[str]:
+    keys = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        if deadline is not None and time.monotonic() > deadline:
+            log.warning("upload of %s cut short by the stop deadline", folder)
+            break
+        key = prefix + path.relative_to(folder).as_posix()
+        _s3_call(f"uploading {key}", client.upload_file, str(path), _bucket(), key)
+        keys.append(key)
+    return keys
+
+
+def _adapter_files(output: Path) -> Path | None:
+    """The folder holding the adapter the engine wrote (the output folder or its `adapter/`)."""
+    for folder in (output, output / "adapter"):
+        if (folder / "adapter_config.json").is_file():
+            return folder
+    return None
+
+
+# --- MLflow (the job's run is created here, so its id is known before training starts) -----
+
+def _tracking_uri() -> str | None:
+    return os.environ.get("MLFLOW_TRACKING_URI") or None
+
+
+def _mlflow_client():
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=_tracking_uri())
+
+
+def _start_mlflow_run(params: dict[str, Any], model) -> tuple[str, str]:
+    from mlflow.exceptions import MlflowException
+
+    client = _mlflow_client()
+    name = job_spec.mlflow_experiment_name(params["user"])
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            experiment_id = client.create_experiment(name, tags={"user": params["user"]})
+        except MlflowException:  # created meanwhile by another job of the same user
+            experiment_id = client.get_experiment_by_name(name).experiment_id
+    else:
+        experiment_id = experiment.experiment_id
+    context = get_current_context()
+    run = client.create_run(experiment_id, run_name=params["output_name"], tags={
+        "job_id": params["job_id"], "user": params["user"], "dataset_id": params["dataset_id"],
+        "model_id": params["model_id"], "model_type": model.model_type,
+        "base_architecture": model.base_architecture, "output_name": params["output_name"],
+        "airflow_dag_id": job_spec.DAG_ID, "airflow_run_id": context["run_id"],
+    })
+    return experiment_id, run.info.run_id
+
+
+def _end_mlflow_run(run_id: str, status: str, reason: str) -> None:
+    """Marks the run ended when the engine could not (killed, crashed before its own end)."""
+    try:
+        client = _mlflow_client()
+        run = client.get_run(run_id)
+        if run.info.status in ("RUNNING", "SCHEDULED"):
+            client.set_tag(run_id, "failure_reason", reason[:5000])
+            client.set_terminated(run_id, status=status)
+    except Exception as exc:  # never hide the real failure behind a tracking error
+        log.warning("could not end MLflow run %s: %s", run_id, exc)
+
+
+# --- the engine child process -------------------------------------------------------------
+
+def _die_with_parent() -> None:
+    """In the child: receive SIGKILL when the task process dies (even by SIGKILL), so no
+    orphan keeps a GPU; then a process group of its own (it gets signals only from us)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+    os.setsid()
+
+
+def run_engine(command: list[str], env: dict[str, str], *, on_line=None) -> tuple[int, bool, list[str]]:
+    """Runs the engine, streaming its output to the task log; SIGTERM/SIGINT received by the
+    task are forwarded to it. Returns (exit code, stop requested, last lines of output)."""
+    tail: deque[str] = deque(maxlen=40)
+    stop = {"requested": False, "at": 0.0}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               bufsize=1, env=env, preexec_fn=_die_with_parent, errors="replace")
+
+    def forward(signum, _frame):
+        if not stop["requested"]:
+            stop.update(requested=True, at=time.monotonic())
+            log.warning("received %s: asking the training to stop (it saves its adapter)",
+                        signal.Signals(signum).name)
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+
+    previous = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            previous[sig] = signal.signal(sig, forward)
+        except ValueError:  # not the main thread: rely on the process group's signals
+            pass
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            line = line.rstrip("\n")
+            for part in line.split("\r"):  # progress bars redraw with \r
+                if part.strip():
+                    tail.append(part)
+                    log.info("[engine] %s", part)
+                    if on_line is not None:
+                        on_line(part)
+        code = process.wait()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return code, stop["requested"], list(tail)
+
+
+def _describe_exit(code: int, tail: list[str]) -> str:
+    if code < 0:
+        return f"the training process was killed by {signal.Signals(-code).name}"
+    errors = [line for line in tail if line.lower().startswith("error")]
+    last = errors[-1] if errors else (tail[-1] if tail else "no output")
+    if code == ENGINE_EXIT_BAD_INPUT:
+        return f"the training rejected its input: {last}"
+    return f"the training failed (exit code {code}): {last}"
+
+
+# --- the DAG ------------------------------------------------------------------------------
+
+def _dag_params() -> dict[str, Param]:
+    params = {}
+    for name, schema in job_spec.job_conf_schema().items():
+        schema = dict(schema)
+        default = schema.pop("default", None)
+        description = schema.pop("description", None)
+        params[name] = (Param(default, description=description, **schema) if default is not None
+                        else Param(description=description, **schema))
+    return params
+
+
+@dag(
+    dag_id=job_spec.DAG_ID,
+    schedule=None,
+    catchup=False,
+    max_active_runs=64,
+    params=_dag_params(),
+    doc_md=__doc__,
+    tags=["qlora", "training"],
+    default_args={"owner": "qlora", "retries": 0},
+)
+def qlora_training():
+
+    @task(**TRANSIENT)
+    def validate_inputs() -> dict[str, Any]:
+        params = _params()
+        if problems := job_spec.validate_job_conf(params):
+            raise AirflowFailException("invalid training job: " + "; ".join(problems))
+        model = _model(params["model_id"])
+        dataset_id = params["dataset_id"]
+        key = storage.dataset_report_key(dataset_id)
+        try:
+            body = _s3().get_object(Bucket=_bucket(), Key=key)["Body"].read()
+        except Exception as exc:
+            if _is_missing(exc):
+                raise AirflowFailException(
+                    f"dataset {dataset_id} has no validation report ({storage.s3_uri(_bucket(), key)}): "
+                    "it does not exist or was never validated") from exc
+            raise _s3_failure("reading the dataset's validation report", exc) from exc
+        try:
+            report = json.loads(body)
+        except ValueError as exc:
+            raise AirflowFailException(f"the validation report of dataset {dataset_id} is not JSON") from exc
+        if not report.get("valid"):
+            errors = "; ".join((report.get("errors") or [])[:3]) or "no details"
+            raise AirflowFailException(f"dataset {dataset_id} is not valid: {errors}")
+        if problems := job_spec.validate_job_request(model, report.get("tasks") or [],
+                                                     params.get("training_params")):
+            raise AirflowFailException("invalid training job: " + "; ".join(problems))
+        resolved = job_spec.resolve_training_params(model, params.get("training_params"))
+        log.info("job %s: %s on dataset %s (%s clips), params %s", params["job_id"], model.id,
+                 dataset_id, report.get("clip_count"), resolved.as_dict())
+        return {"model_type": model.model_type, "training_params": resolved.as_dict(),
+                "clip_count": report.get("clip_count")}
+
+    @task(queue="gpu", **TRANSIENT)
+    def prepare(spec: dict[str, Any]) -> dict[str, str]:
+        params = _params()
+        client = _s3()
+        started = time.monotonic()
+        model_dir, n_model = _sync_prefix(client, storage.model_prefix(params["model_id"]),
+                                          _cache_dir() / "models" / params["model_id"],
+                                          f"model {params['model_id']}")
+        data_dir, n_data = _sync_prefix(client, storage.dataset_files_prefix(params["dataset_id"]),
+                                        _cache_dir() / "datasets" / params["dataset_id"] / "files",
+                                        f"dataset {params['dataset_id']}")
+        log.info("cache ready in %.1f s (%d model and %d dataset files downloaded): %s, %s",
+                 time.monotonic() - started, n_model, n_data, model_dir, data_dir)
+        return {"model_dir": str(model_dir), "data_dir": str(data_dir)}
+
+    @task(queue="gpu", pool="gpu", retries=0)
+    def train(spec: dict[str, Any], paths: dict[str, str]) -> dict[str, Any]:
+        context = get_current_context()
+        ti = context["ti"]
+        params = _params()
+        model = _model(params["model_id"])
+        job_id = params["job_id"]
+        output = _output_dir(job_id)
+        shutil.rmtree(output, ignore_errors=True)  # a fresh training (a stopped job stays stopped)
+        output.mkdir(parents=True)
+
+        # local cache if this worker prepared it, else the engine reads S3 itself
+        model_src = paths["model_dir"] if Path(paths["model_dir"]).is_dir() else \
+            storage.s3_uri(_bucket(), storage.model_prefix(params["model_id"]))
+        data_src = paths["data_dir"] if Path(paths["data_dir"]).is_dir() else \
+            storage.s3_uri(_bucket(), storage.dataset_files_prefix(params["dataset_id"]))
+        resolved = job_spec.TrainingParams(**{**spec["training_params"],
+                                              "target_modules": tuple(spec["training_params"]["target_modules"])})
+        command = [sys.executable, "-m", "training", "run", "--model", model_src, "--data", data_src,
+                   "--task", spec["model_type"], "--output", str(output), *resolved.cli_args(),
+                   "--run-name", params["output_name"], "--job-id", job_id]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "QLORA_JOB_ID": job_id}
+        run_id = None
+        if _tracking_uri():
+            experiment_id, run_id = _start_mlflow_run(params, model)
+            ti.xcom_push(key=job_spec.XCOM_MLFLOW_RUN_ID, value=run_id)
+            ti.xcom_push(key=job_spec.XCOM_MLFLOW_EXPERIMENT_ID, value=experiment_id)
+            if MLflowRunLink is not None and (base := mlflow_ui_base_url()):
+                # the link works while the run trains (Airflow itself stores it only at the end)
+                ti.xcom_push(key=MLflowRunLink().xcom_key,
+                             value=job_spec.mlflow_run_ui_url(base, experiment_id, run_id))
+            log.info("MLflow run %s (experiment %s) created for job %s", run_id, experiment_id, job_id)
+            command += ["--mlflow-uri", _tracking_uri(),
+                        "--experiment", job_spec.mlflow_experiment_name(params["user"])]
+            # MLflow's documented hand-over: start_run() resumes the run named by MLFLOW_RUN_ID
+            env.update(MLFLOW_RUN_ID=run_id, MLFLOW_EXPERIMENT_ID=experiment_id,
+                       MLFLOW_TRACKING_URI=_tracking_uri())
+        else:
+            command += ["--mlflow-uri", "none"]
+            env.pop("MLFLOW_TRACKING_URI", None)
+        log.info("running: %s", " ".join(command))
+
+        started = time.monotonic()
+        code, stop_requested, tail = run_engine(command, env)
+        elapsed = time.monotonic() - started
+        log.info("training process exited with code %s after %.1f s", code, elapsed)
+
+        if stop_requested or code == ENGINE_EXIT_STOPPED:
+            # upload the partial adapter inside the grace period Airflow leaves before SIGKILL
+            adapter = _adapter_files(output)
+            where = "no adapter was saved"
+            if adapter is not None:
+                _upload_folder(_s3(), adapter, storage.adapter_prefix(job_id),
+                               deadline=time.monotonic() + STOP_GRACE_S)
+                where = "partial adapter at " + storage.s3_uri(_bucket(), storage.adapter_prefix(job_id))
+            if run_id:
+                _end_mlflow_run(run_id, "KILLED", "stopped by request")
+            raise AirflowFailException(f"training stopped by request; {where}")
+        if code != 0:
+            reason = _describe_exit(code, tail)
+            if run_id:
+                _end_mlflow_run(run_id, "FAILED", reason)
+            raise AirflowFailException(reason)
+        if _adapter_files(output) is None:
+            raise AirflowFailException(f"the training exited 0 but wrote no adapter to {output}")
+        return {"output_dir": str(output), "mlflow_run_id": run_id, "train_seconds": round(elapsed, 2)}
+
+    @task(queue="gpu")
+    def evaluate(trained: dict[str, Any]) -> dict[str, Any]:
+        path = Path(trained["output_dir"]) / "metrics.json"
+        if not path.is_file():
+            raise AirflowFailException(f"the training wrote no metrics ({path} is missing)")
+        metrics = json.loads(path.read_text())
+        log.info("final metrics: %s", json.dumps(metrics, indent=1))
+        return metrics
+
+    @task(queue="gpu", **TRANSIENT)
+    def register(trained: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
+        params = _params()
+        job_id = params["job_id"]
+        client = _s3()
+        prefix = storage.adapter_prefix(job_id)
+        output = Path(trained["output_dir"])
+        adapter = _adapter_files(output)
+        assert adapter is not None
+        keys = _upload_folder(client, adapter, prefix)
+        if (output / "metrics.json").is_file() and adapter != output:
+            _s3_call("uploading metrics.json", client.upload_file, str(output / "metrics.json"),
+                     _bucket(), prefix + "metrics.json")
+        output_path = storage.s3_uri(_bucket(), prefix)
+        log.info("adapter uploaded to %s (%d files)", output_path, len(keys))
+        registered = None
+        if run_id := trained.get("mlflow_run_id"):
+            registered = _register_model(run_id, params, output_path)
+        return {"output_path": output_path, "registered_model": registered}
+
+    @task
+    def finalize(trained: dict[str, Any], metrics: dict[str, Any], registered: dict[str, Any]) -> dict[str, Any]:
+        params = _params()
+        result = {"job_id": params["job_id"], "status": str(job_spec.JobState.COMPLETED),
+                  "output_path": registered["output_path"], "metrics": metrics,
+                  "mlflow_run_id": trained.get("mlflow_run_id"),
+                  "registered_model": registered["registered_model"],
+                  "train_seconds": trained.get("train_seconds")}
+        log.info("job %s completed: %s", params["job_id"], json.dumps(result))
+        return result
+
+    spec = validate_inputs()
+    paths = prepare(spec)
+    trained = train(spec, paths)
+    if MLflowRunLink is not None:
+        trained.operator.operator_extra_links = (MLflowRunLink(),)
+    metrics = evaluate(trained)
+    registered = register(trained, metrics)
+    finalize(trained, metrics, registered)
+
+
+def _register_model(run_id: str, params: dict[str, Any], output_path: str) -> dict[str, Any]:
+    """A version of `{user}.{output_name}` for this run (the engine's own if it registered one)."""
+    from mlflow.exceptions import MlflowException
+
+    client = _mlflow_client()
+    name = job_spec.registered_model_name(params["user"], params["output_name"])
+    existing = client.search_model_versions(f"run_id = '{run_id}'")
+    if existing:
+        version = existing[0]
+        log.info("the engine registered %s version %s", version.name, version.version)
+        return {"name": version.name, "version": str(version.version)}
+    try:
+        client.create_registered_model(name, tags={"user": params["user"]},
+                                       description=f"QLoRA adapters of {params['user']} named {params['output_name']}")
+    except MlflowException as exc:
+        if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
+            raise
+    version = client.create_model_version(name, source=output_path, run_id=run_id, tags={
+        "job_id": params["job_id"], "dataset_id": params["dataset_id"], "model_id": params["model_id"]})
+    log.info("registered %s version %s (source %s)", name, version.version, output_path)
+    return {"name": name, "version": str(version.version)}
+
+
+qlora_training_dag = qlora_training()
