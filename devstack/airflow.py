@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -115,8 +116,8 @@ class Airflow:
         return wait_until(self.healthy, timeout=timeout, what="Airflow", processes=self.processes, interval=0.5)
 
     def stop(self) -> bool:
-        stopped = [p.stop() for p in reversed(self.processes)]
-        return any(stopped)
+        with ThreadPoolExecutor(len(self.processes)) as pool:  # each takes up to ~5 s to exit
+            return any(list(pool.map(Process.stop, self.processes)))
 
     def pids(self) -> list[int]:
         return [p for proc in self.processes if (p := proc.pid())]

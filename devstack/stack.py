@@ -1,0 +1,162 @@
+"""The whole local stack of `make up`: SeaweedFS (S3), MLflow, Airflow and the API on fixed
+loopback ports, with state, secrets, pid files and logs under `.stack/`."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import threading
+from concurrent.futures import ThreadPoolExecutor
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from devstack.airflow import Airflow
+from devstack.api_server import APIServer
+from devstack.mlflow_server import MLflowServer
+from devstack.ports import HOST, port_open
+from devstack.processes import ServiceError
+from devstack.secrets_file import load_or_create
+from devstack.seaweedfs import SeaweedFS
+from devstack.seed import seed_tiny_models
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Ports:
+    api: int = 8000
+    airflow: int = 8080
+    mlflow: int = 5000
+    s3: int = 9000
+    s3_master: int = 9333
+    s3_volume: int = 9340
+    s3_filer: int = 8888
+    s3_admin: int = 23646
+
+    @classmethod
+    def shifted(cls, offset: int) -> Ports:
+        """Every port + `offset` (QLORA_STACK_PORT_OFFSET: a second stack beside the first)."""
+        return cls(**{k: v + offset for k, v in cls().__dict__.items()})
+
+
+class Stack:
+    def __init__(self, folder: Path | None = None, ports: Ports | None = None):
+        self.folder = Path(folder or os.environ.get("QLORA_STACK_DIR") or REPO / ".stack").resolve()
+        self.ports = ports or Ports.shifted(int(os.environ.get("QLORA_STACK_PORT_OFFSET", "0")))
+        self.secrets = load_or_create(self.folder / "secrets.env")
+        self.bucket = os.environ.get("QLORA_S3_BUCKET", "qlora")
+        p, s = self.ports, self.secrets
+        self.s3 = SeaweedFS(self.folder / "seaweedfs", s3_port=p.s3, master_port=p.s3_master, volume_port=p.s3_volume,
+                            filer_port=p.s3_filer, admin_port=p.s3_admin, access_key=s["S3_ACCESS_KEY"],
+                            secret_key=s["S3_SECRET_KEY"], bucket=self.bucket)
+        self.mlflow = MLflowServer(self.folder / "mlflow", p.mlflow, self.s3.settings)
+        self.env = self._client_env()
+        task_env = {k: v for k, v in self.env.items() if k not in ("QLORA_JWT_SECRET", "QLORA_AIRFLOW_PASSWORD")}
+        self.airflow = Airflow(self.folder / "airflow", p.airflow, password=s["AIRFLOW_ADMIN_PASSWORD"],
+                               jwt_secret=s["AIRFLOW_JWT_SECRET"], secret_key=s["AIRFLOW_API_SECRET_KEY"],
+                               extra_env=task_env, database_url=os.environ.get("QLORA_AIRFLOW_DATABASE_URL"))
+        self.api = APIServer(self.folder / "api", p.api, self.env)
+        self.services = [self.s3, self.mlflow, self.airflow, self.api]
+
+    def _client_env(self) -> dict[str, str]:
+        """Every variable a shell (or the API, or a task) needs to talk to this stack."""
+        return {
+            **self.s3.settings.env(),
+            "MLFLOW_TRACKING_URI": self.mlflow.url,
+            "QLORA_ENV": os.environ.get("QLORA_ENV", "development"),
+            "QLORA_DATABASE_URL": os.environ.get("QLORA_DATABASE_URL", f"sqlite:///{self.folder / 'api.db'}"),
+            "QLORA_JWT_SECRET": self.secrets["QLORA_JWT_SECRET"],
+            "QLORA_AIRFLOW_URL": f"http://{HOST}:{self.ports.airflow}",
+            "QLORA_AIRFLOW_USERNAME": "admin",
+            "QLORA_AIRFLOW_PASSWORD": self.secrets["AIRFLOW_ADMIN_PASSWORD"],
+            "QLORA_API_URL": f"http://{HOST}:{self.ports.api}",
+            "QLORA_CACHE_DIR": os.environ.get("QLORA_CACHE_DIR", str(REPO / ".cache")),
+            "QLORA_GPU_POOL_SLOTS": os.environ.get("QLORA_GPU_POOL_SLOTS", "1"),
+        }
+
+    def write_env_file(self) -> Path:
+        path = self.folder / "stack.env"
+        path.write_text("# `source .stack/stack.env` to talk to the local stack (written by `make up`)\n"
+                        + "".join(f"export {k}={shlex.quote(v)}\n" for k, v in self.env.items()))
+        path.chmod(0o600)
+        return path
+
+    # -- lifecycle -------------------------------------------------------------------------
+    @staticmethod
+    def _healthy(service) -> bool:
+        try:
+            return bool(service.pids()) and service.healthy()
+        except Exception:
+            return False
+
+    def _check_ports_free(self) -> None:
+        for service in self.services:
+            if not service.pids() and port_open(service.port):
+                raise ServiceError(f"port {service.port} (for {service.name}) is taken by another program; "
+                                   "stop it or set QLORA_STACK_PORT_OFFSET")
+
+    def up(self, log=print, seed: bool = True) -> bool:
+        """Starts what is not running and waits until every service answers. Returns False if
+        everything was already running."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.write_env_file()
+        if all(self._healthy(s) for s in self.services):
+            if seed:
+                self._seed(log)
+            return False
+        self._check_ports_free()
+        started = time.monotonic()
+        self.s3.start()
+        self.mlflow.start()
+        failure: list[BaseException] = []
+
+        def start_airflow() -> None:  # db migrate + pool: runs while S3 and MLflow boot
+            try:
+                self.airflow.start()
+            except BaseException as exc:
+                failure.append(exc)
+
+        airflow_thread = threading.Thread(target=start_airflow)
+        airflow_thread.start()
+        try:
+            log(f"  s3       ready in {self.s3.wait_ready():5.1f} s")
+            self.api.start()
+            log(f"  mlflow   ready in {self.mlflow.wait_ready():5.1f} s")
+            airflow_thread.join()
+            if failure:
+                raise failure[0]
+            log(f"  api      ready in {self.api.wait_ready():5.1f} s")
+            log(f"  airflow  ready in {self.airflow.wait_ready():5.1f} s")
+        finally:
+            airflow_thread.join()
+        log(f"all services answer ({time.monotonic() - started:.1f} s)")
+        if seed:
+            self._seed(log)
+        return True
+
+    def _seed(self, log) -> None:
+        for line in seed_tiny_models(self.s3.settings, self.folder / "seed.log"):
+            log(f"  {line}")
+
+    def down(self, log=print) -> None:
+        stopped = {"api": self.api.stop()}  # first the API, so nothing triggers new runs; then the rest together
+        rest = (self.airflow, self.mlflow, self.s3)
+        with ThreadPoolExecutor(len(rest)) as pool:
+            stopped.update(zip((r.name for r in rest), pool.map(lambda r: r.stop(), rest)))
+        names = [name for name, was_running in stopped.items() if was_running]
+        log(f"stopped: {', '.join(names)}" if names else "nothing was running")
+
+    def status(self) -> list[tuple[str, list[int], int, bool]]:
+        return [(s.name, s.pids(), s.port, self._healthy(s)) for s in self.services]
+
+    def summary(self) -> str:
+        e = self.env
+        return "\n".join([
+            f"API          {e['QLORA_API_URL']}/v1   (docs: {e['QLORA_API_URL']}/v1/docs)",
+            f"Airflow UI   {e['QLORA_AIRFLOW_URL']}   user admin / {self.secrets['AIRFLOW_ADMIN_PASSWORD']}",
+            f"MLflow UI    {e['MLFLOW_TRACKING_URI']}",
+            f"S3           {e['AWS_ENDPOINT_URL_S3']}   bucket {self.bucket}   "
+            f"key {e['AWS_ACCESS_KEY_ID']} / secret {e['AWS_SECRET_ACCESS_KEY']}",
+            f"state, logs  {self.folder}   (secrets: secrets.env; shell: source {self.folder / 'stack.env'})",
+        ])
