@@ -27,11 +27,11 @@ def sanitize_file_name(file_name: str) -> str:
     name = re.split(r"[\\/]", name)[-1]
     name = name.split(":")[-1]  # C:evil.zip, alternate data streams
     name = _UNSAFE.sub("_", name.strip())
-    name = re.sub(r"_{2,}", "_", name).lstrip("._-")
+    name = re.sub(r"_{2,}", "_", name)
     stem, dot, ext = name.rpartition(".")
     if not dot or f".{ext.lower()}" not in SUPPORTED_EXTENSIONS:
         raise InvalidInput(f"Unsupported archive type for file_name {file_name[:100]!r}; {_SUPPORTED}")
-    stem = stem.rstrip("._-")
+    stem = stem.strip("._-")  # no hidden files, no `..`
     if not stem:
         raise InvalidInput(f"file_name {file_name[:100]!r} has no usable characters before the extension")
     ext = ext.lower()
