@@ -25,6 +25,7 @@ def build_tiny(architecture: str, task: str, out: str | Path, *, labels: list[st
     config = family.tiny_config(tokenizer, prep)
     torch.manual_seed(seed)
     model = family.model_class()(config)
+    family.tiny_init(model)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     prep.save_pretrained(out)

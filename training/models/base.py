@@ -61,6 +61,9 @@ class Family:
     def tiny_preprocessing(self) -> Preprocessing:
         raise NotImplementedError
 
+    def tiny_init(self, model) -> None:
+        """Adjusts the random init of a freshly built tiny model (default: nothing)."""
+
     def default_preprocessing(self, config) -> Preprocessing:
         """Preprocessing for a checkpoint that carries no `preprocessing_config.json`."""
         raise NotImplementedError

@@ -45,6 +45,12 @@ class FlamingoFamily(Family):
                              pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
                              eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False)
 
+    def tiny_init(self, model) -> None:
+        # The perceiver's latents start as randn (std 1) and its random attention adds ~0.02,
+        # so every frame would resample to nearly the same latents; small latents let the
+        # frames through, as in a trained model.
+        torch.nn.init.normal_(model.model.perceiver_resampler.latents, mean=0.0, std=0.02)
+
     def default_preprocessing(self, config) -> Preprocessing:
         return Preprocessing(architecture=self.name, frames=8, image_size=int(config.vision_config.image_size),
                              image_mean=IDEFICS_MEAN, image_std=IDEFICS_STD,

@@ -1,0 +1,87 @@
+"""`python -m training evaluate` and `python -m training predict`: a trained adapter on a fresh base."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from training.config import ArgumentError
+from training.loading import TRAINING_INFO_FILE, load_adapter_model, read_base_model
+from training.model_info import ModelInfo
+
+
+def _setup(args: argparse.Namespace):
+    from transformers.utils import logging as hf_logging
+
+    from training.quantization import compute_dtype, device
+    from training.remote import resolve
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    adapter = resolve(args.adapter, "adapter")
+    base = read_base_model(resolve(args.model, "model"), source=args.model)
+    info = ModelInfo.load(adapter)
+    train_info = json.loads((adapter / TRAINING_INFO_FILE).read_text()) if (adapter / TRAINING_INFO_FILE).is_file() else {}
+    dev = device()
+    model, id2label = load_adapter_model(base, adapter, args.quantization, dev)
+    frames = args.frames or train_info.get("frames") or base.prep.frames
+    task = getattr(args, "task", None) or (info.task if info else None) or train_info.get("task")
+    if task is None:
+        raise ArgumentError("--task is needed: the adapter does not record its task")
+    return base, model, id2label, frames, task, train_info, dev, compute_dtype(dev)
+
+
+def evaluate_command(args: argparse.Namespace) -> int:
+    from training.data.loader import ClipDataset, read_examples, split_examples
+    from training.evaluation import evaluate
+    from training.remote import resolve
+
+    base, model, id2label, frames, task, train_info, dev, dtype = _setup(args)
+    rows = read_examples(resolve(args.data, "data"), task)
+    if args.split == "all":
+        examples = [e for e, _ in rows]
+    else:
+        seed = args.seed if args.seed is not None else train_info.get("seed", 42)
+        splits = split_examples(rows, task, seed, train_info.get("validation_fraction", 0.2))
+        examples = splits.train if args.split == "train" else splits.held_out
+    label2id = {l: i for i, l in id2label.items()} if id2label else None
+    if label2id:
+        unknown = sorted({e.label for e in examples} - set(label2id))
+        if unknown:
+            raise ArgumentError(f"labels {', '.join(unknown)} are not among the adapter's labels")
+    dataset = ClipDataset(examples, task=task, family=base.family, prep=base.prep, tokenizer=base.tokenizer,
+                          frames=frames, label2id=label2id)
+    dataset.check_clips()
+    metrics = evaluate(model, base.family, task, base.prep, dataset, dev=dev, dtype=dtype, batch_size=8,
+                       id2label=id2label)
+    text = json.dumps({"task": task, "split": args.split, "adapter": metrics}, indent=2)
+    if args.output:
+        Path(args.output).write_text(text + "\n")
+    print(text)
+    return 0
+
+
+def predict_command(args: argparse.Namespace) -> int:
+    from training.data.loader import ClipDataset, Example
+    from training.evaluation import classify, generate_captions
+
+    base, model, id2label, frames, task, _, dev, dtype = _setup(args)
+    clip = Path(args.clip)
+    if not clip.is_file():
+        raise ArgumentError(f"--clip {clip} does not exist")
+    example = Example(clip.name, clip, label=next(iter(id2label.values())) if id2label else None, caption="")
+    label2id = {l: i for i, l in id2label.items()} if id2label else None
+    dataset = ClipDataset([example], task=task, family=base.family, prep=base.prep, tokenizer=base.tokenizer,
+                          frames=frames, label2id=label2id)
+    dataset.check_clips()
+    if task == "video_classification":
+        probs = classify(model, base.family, base.prep, dataset, 0, dev, dtype)
+        best = int(probs.argmax())
+        result = {"clip": str(clip), "label": id2label[best],
+                  "probabilities": {id2label[i]: round(float(p), 6) for i, p in enumerate(probs)}}
+    else:
+        caption = generate_captions(model, base.family, base.prep, dataset, [0], dev, dtype)[0]
+        result = {"clip": str(clip), "caption": caption}
+    print(json.dumps(result))
+    return 0

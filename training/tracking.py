@@ -1,0 +1,139 @@
+"""MLflow tracking of one training (active when `--mlflow-uri` or `MLFLOW_TRACKING_URI` is set).
+
+One run per training (a resumed training continues the same run): every parameter, tags
+(job_id, dataset, base_model, task), per-step loss / learning_rate / samples_per_second /
+progress, per-epoch eval metrics, system metrics, the log file, the adapter as an artifact and
+a registered model version. Metrics go into a queue that a background thread sends with
+`log_batch` about once a second, so logging never waits on the network inside the loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from pathlib import Path
+
+log = logging.getLogger("training")
+
+
+class NullTracker:
+    run_id: str | None = None
+    run_url: str | None = None
+
+    def start(self, **_) -> None: ...
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+    def set_tags(self, tags: dict[str, str]) -> None: ...
+    def log_artifacts(self, folder: Path, artifact_path: str) -> None: ...
+    def log_file(self, path: Path, artifact_path: str | None = None) -> None: ...
+    def register(self, artifact_path: str, name: str) -> str | None: return None
+    def end(self, status: str = "FINISHED") -> None: ...
+
+
+class MlflowTracker(NullTracker):
+    def __init__(self, uri: str, flush_interval: float = 1.0) -> None:
+        from mlflow import MlflowClient
+
+        self.uri = uri
+        self.client = MlflowClient(tracking_uri=uri)
+        self.flush_interval = flush_interval
+        self._queue: queue.Queue = queue.Queue()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._monitor = None
+        self.run_id = None
+
+    def start(self, *, experiment: str, run_name: str | None, params: dict[str, str], tags: dict[str, str],
+              run_id: str | None = None, system_metrics: bool = True) -> None:
+        from mlflow.entities import Param, RunTag
+
+        if run_id:
+            self.run_id = run_id
+            self.client.update_run(run_id, status="RUNNING")
+        else:
+            exp = self.client.get_experiment_by_name(experiment)
+            exp_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
+            run = self.client.create_run(exp_id, run_name=run_name, tags={k: v for k, v in tags.items() if v})
+            self.run_id = run.info.run_id
+            self.client.log_batch(self.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()],
+                                  tags=[RunTag("mlflow.source.name", "python -m training run")])
+        self._thread = threading.Thread(target=self._flush_loop, name="mlflow-metrics", daemon=True)
+        self._thread.start()
+        if system_metrics:
+            try:
+                from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+                self._monitor = SystemMetricsMonitor(self.run_id, sampling_interval=5, samples_before_logging=1,
+                                                     resume_logging=bool(run_id), tracking_uri=self.uri)
+                self._monitor.start()
+            except Exception as exc:  # psutil missing or the like: not worth failing a training
+                log.warning("system metrics disabled: %s", exc)
+        log.info("mlflow run %s at %s", self.run_id, self.uri)
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        for key, value in metrics.items():
+            self._queue.put((key, float(value), now, step))
+
+    def _drain(self) -> None:
+        from mlflow.entities import Metric
+
+        batch = []
+        while True:
+            try:
+                key, value, ts, step = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            batch.append(Metric(key, value, ts, step))
+        for start in range(0, len(batch), 1000):  # MLflow's per-request limit
+            try:
+                self.client.log_batch(self.run_id, metrics=batch[start:start + 1000])
+            except Exception as exc:
+                log.warning("mlflow metrics not logged: %s", exc)
+
+    def _flush_loop(self) -> None:
+        while not self._stop.wait(self.flush_interval):
+            self._drain()
+        self._drain()
+
+    def flush(self) -> None:
+        self._drain()
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(self.run_id, key, str(value))
+
+    def log_artifacts(self, folder: Path, artifact_path: str) -> None:
+        self.client.log_artifacts(self.run_id, str(folder), artifact_path)
+
+    def log_file(self, path: Path, artifact_path: str | None = None) -> None:
+        if Path(path).is_file():
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def register(self, artifact_path: str, name: str) -> str | None:
+        """A new version of registered model `name` pointing at the run's adapter artifact."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.create_registered_model(name)
+        except MlflowException:
+            pass  # already registered
+        source = f"{self.client.get_run(self.run_id).info.artifact_uri.rstrip('/')}/{artifact_path}"
+        version = self.client.create_model_version(name, source=source, run_id=self.run_id)
+        return str(version.version)
+
+    def end(self, status: str = "FINISHED") -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=10)
+        if self._monitor is not None:
+            try:
+                self._monitor.finish()
+            except Exception:
+                pass
+        self.client.set_terminated(self.run_id, status=status)
+
+
+def make_tracker(uri: str | None) -> NullTracker:
+    return MlflowTracker(uri) if uri else NullTracker()

@@ -1,0 +1,393 @@
+"""`python -m training run`: the QLoRA fine-tuning loop, in one readable function.
+
+Stop and resume: SIGTERM or SIGINT sets a flag; the loop finishes the step it is in, saves a
+checkpoint (trainable weights, optimizer, scheduler, RNG states, step) under
+`OUTPUT/checkpoints/` and the adapter so far in OUTPUT, marks the MLflow run KILLED with the
+reason, and exits with code 75 (see training/cli.py). A second signal exits at once.
+`--resume` reloads the last checkpoint and replays the same seeded batch order, so the result
+equals an uninterrupted run with the same seed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from training.architectures import get_architecture
+from training.catalog import load_catalog
+from training.config import DEFAULT_MAX_RANK, DEFAULT_MIN_RANK, ArgumentError, TrainArgs
+from training.data.loader import ClipDataset, collate, epoch_batches, read_examples, split_examples
+from training.loading import LABEL_MAP_FILE, TRAINING_INFO_FILE, read_base_model
+from training.model_info import ModelInfo
+
+log = logging.getLogger("training")
+EXIT_OK, EXIT_STOPPED = 0, 75
+LOG_FILE = "train.log"
+CHECKPOINTS = "checkpoints"
+
+
+class StopFlag:
+    """Set by SIGTERM/SIGINT; a second signal raises KeyboardInterrupt (exit without saving)."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+
+    def __bool__(self) -> bool:
+        return self.reason is not None
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, _frame) -> None:
+        name = signal.Signals(signum).name
+        if self.reason is not None:
+            raise KeyboardInterrupt(f"second {name}")
+        self.reason = f"stopped by {name}"
+        log.warning("%s: finishing the current step, then saving a checkpoint and the adapter", name)
+
+
+def setup_logging(output: Path) -> None:
+    output.mkdir(parents=True, exist_ok=True)
+    logger = logging.getLogger("training")
+    logger.setLevel(logging.INFO)
+    logger.handlers.clear()
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s")
+    for handler in (logging.StreamHandler(sys.stderr), logging.FileHandler(output / LOG_FILE)):
+        handler.setFormatter(fmt)
+        logger.addHandler(handler)
+    logger.propagate = False
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def _seed_all(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _rank_limits(base, args: TrainArgs) -> tuple[int, int, int | None, str]:
+    entry = load_catalog().get(base.catalog_id) if base.catalog_id else None
+    if entry:
+        return entry.min_rank, entry.max_rank, entry.default_alpha, f"catalog model {entry.id}"
+    return DEFAULT_MIN_RANK, DEFAULT_MAX_RANK, None, "this model"
+
+
+def _trainable_state(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(output: Path, model, optimizer, scheduler, step: int, extra: dict) -> Path:
+    from safetensors.torch import save_file
+
+    root = output / CHECKPOINTS
+    final = root / f"step-{step:07d}"
+    tmp = root / f".tmp-{step:07d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(_trainable_state(model), str(tmp / "trainable.safetensors"))
+    state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+             "rng_cpu": torch.get_rng_state(),
+             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None, **extra}
+    torch.save(state, tmp / "state.pt")
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    (root / "latest").write_text(final.name + "\n")
+    for old in sorted(p for p in root.glob("step-*") if p != final)[:-1]:  # keep the last two
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(output: Path) -> Path | None:
+    marker = output / CHECKPOINTS / "latest"
+    if marker.is_file():
+        path = output / CHECKPOINTS / marker.read_text().strip()
+        if (path / "state.pt").is_file():
+            return path
+    return None
+
+
+def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
+    from safetensors.torch import load_file
+
+    weights = load_file(str(path / "trainable.safetensors"))
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in weights.items():
+            params[name].copy_(value.to(params[name].device, params[name].dtype))
+    state = torch.load(path / "state.pt", weights_only=False)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng_cpu"])
+    if state.get("rng_cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng_cuda"])
+    return state
+
+
+def _progress_bar(total: int, initial: int):
+    if not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
+
+
+def run_training(args: TrainArgs) -> int:
+    """Validates everything, trains, evaluates, saves; returns the process exit code."""
+    args.validate()
+    output = Path(args.output)
+    setup_logging(output)
+    stop = StopFlag()
+    stop.install()
+    started = time.time()
+
+    # ---- inputs, all checked before any training -------------------------------------------
+    from training.remote import resolve
+
+    base = read_base_model(resolve(args.model, "model"), source=args.model)
+    arch = get_architecture(base.family.name)
+    min_rank, max_rank, catalog_alpha, where = _rank_limits(base, args)
+    args.check_rank(min_rank, max_rank, where)
+    args.check_targets(arch.allowed_target_modules, arch.name)
+    targets = args.target_modules or list(arch.default_target_modules)
+    alpha = args.lora_alpha or catalog_alpha or 2 * args.lora_rank
+    frames = args.frames or base.prep.frames
+
+    data_dir = resolve(args.data, "data")
+    splits = split_examples(read_examples(data_dir, args.task), args.task, args.seed, args.validation_fraction)
+    label2id = id2label = None
+    if args.task == "video_classification":
+        labels = sorted({e.label for e in splits.train + splits.held_out})
+        if len(labels) < 2:
+            raise ArgumentError(f"video_classification needs at least 2 labels, the dataset has {len(labels)}")
+        label2id = {label: i for i, label in enumerate(labels)}
+        id2label = {i: label for label, i in label2id.items()}
+    common = dict(task=args.task, family=base.family, prep=base.prep, tokenizer=base.tokenizer, frames=frames,
+                  label2id=label2id)
+    train_set, held_set = ClipDataset(splits.train, **common), ClipDataset(splits.held_out, **common)
+    train_set.check_clips()
+    held_set.check_clips()
+    log.info("data: %d train / %d held-out clips (%s split), %d frames per clip", len(train_set), len(held_set),
+             splits.source, frames)
+
+    # ---- model -----------------------------------------------------------------------------
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import get_linear_schedule_with_warmup
+
+    from training.evaluation import evaluate
+    from training.modeling import attach_classifier, batch_loss
+    from training.quantization import compute_dtype, device, load_base_model
+    from training.tracking import make_tracker
+
+    _seed_all(args.seed)
+    dev, dtype = device(), compute_dtype(device())
+    model = load_base_model(base.folder, base.family, args.quantization, dev, extra_skip=("classifier",))
+    if args.quantization == "nf4":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=args.gradient_checkpointing)
+    elif args.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.enable_input_require_grads()
+    keep = list(base.family.trainable_modules)
+    if label2id:
+        attach_classifier(model, len(label2id), args.seed)
+        keep.append("classifier")
+    lora = LoraConfig(r=args.lora_rank, lora_alpha=alpha, lora_dropout=args.lora_dropout,
+                      target_modules=arch.target_regex.format(targets="|".join(targets)),
+                      modules_to_save=keep or None)
+    try:
+        model = get_peft_model(model, lora)
+    except ValueError as exc:
+        raise ArgumentError(f"LoRA targets {', '.join(targets)}: {exc}") from None
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    n_trainable, n_total = sum(p.numel() for p in trainable), sum(p.numel() for p in model.parameters())
+    log.info("model: %s (%s), %s on %s, LoRA r=%d alpha=%d targets=%s, %d trainable / %d parameters",
+             base.config.model_type, base.family.name, args.quantization, dev.type, args.lora_rank, alpha,
+             ",".join(targets), n_trainable, n_total)
+
+    if dev.type == "cuda" and args.quantization == "nf4":
+        import bitsandbytes as bnb
+
+        optimizer = bnb.optim.PagedAdamW8bit(trainable, lr=args.learning_rate, weight_decay=args.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(trainable, lr=args.learning_rate, weight_decay=args.weight_decay)
+    steps_per_epoch = math.ceil(len(train_set) / args.batch_size)
+    total_steps = min(steps_per_epoch * args.epochs, args.max_steps or 10**12)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(args.warmup_ratio * total_steps), total_steps)
+
+    step, run_id = 0, None
+    checkpoint = latest_checkpoint(output) if args.resume else None
+    if args.resume and checkpoint is None:
+        log.info("--resume: no checkpoint in %s, starting from step 0", output)
+    if checkpoint:
+        state = load_checkpoint(checkpoint, model, optimizer, scheduler)
+        step, run_id = state["step"], state.get("mlflow_run_id")
+        log.info("resumed from %s (step %d of %d)", checkpoint.name, step, total_steps)
+
+    tracker = make_tracker(args.mlflow_uri)
+    tags = {"job_id": args.job_id or "", "dataset": args.data, "base_model": base.catalog_id or args.model,
+            "task": args.task, "architecture": base.family.name}
+    tracker.start(experiment=args.experiment or "qlora-training", run_name=args.run_name, params={
+        **args.as_params(), "lora_alpha_used": alpha, "target_modules_used": ",".join(targets), "frames_used": frames,
+        "train_examples": len(train_set), "held_out_examples": len(held_set), "split_source": splits.source,
+        "trainable_parameters": n_trainable, "total_parameters": n_total, "device": dev.type,
+        "total_steps": total_steps}, tags=tags, run_id=run_id)
+
+    def save_all(reason: str | None) -> None:
+        extra = {"mlflow_run_id": tracker.run_id, "reason": reason}
+        save_checkpoint(output, model, optimizer, scheduler, step, extra)
+        save_adapter(output, model, base, args, label2id, splits, targets, alpha, frames, step, total_steps)
+
+    # ---- the loop --------------------------------------------------------------------------
+    bar = _progress_bar(total_steps, step)
+    model.train()
+    window_start, window_samples = time.perf_counter(), 0
+    status = "FINISHED"
+    try:
+        first_epoch = step // steps_per_epoch
+        for epoch in range(first_epoch, args.epochs):
+            for i, indices in enumerate(epoch_batches(len(train_set), args.batch_size, args.seed, epoch)):
+                if epoch * steps_per_epoch + i < step:
+                    continue  # done before the checkpoint we resumed from
+                if stop or step >= total_steps:
+                    break
+                batch = collate([train_set[j] for j in indices], base.tokenizer.pad_token_id)
+                loss, _ = batch_loss(model, base.family, args.task, base.prep, batch, dev, dtype)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                window_samples += len(indices)
+                now = time.perf_counter()
+                metrics = {"loss": float(loss), "learning_rate": scheduler.get_last_lr()[0],
+                           "samples_per_second": window_samples / max(now - window_start, 1e-9),
+                           "progress": step / total_steps, "epoch": epoch + (i + 1) / steps_per_epoch}
+                window_start, window_samples = now, 0
+                tracker.log_metrics(metrics, step)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{metrics['loss']:.4f}", epoch=epoch + 1)
+                else:
+                    log.info("step %d/%d epoch %d loss %.4f lr %.2e %.1f samples/s progress %.3f", step, total_steps,
+                             epoch + 1, metrics["loss"], metrics["learning_rate"], metrics["samples_per_second"],
+                             metrics["progress"])
+                if step % args.checkpoint_every == 0 and step < total_steps:
+                    save_checkpoint(output, model, optimizer, scheduler, step,
+                                    {"mlflow_run_id": tracker.run_id, "reason": "periodic"})
+                if args.step_delay:
+                    time.sleep(args.step_delay)
+            if stop:
+                break
+            if step == min((epoch + 1) * steps_per_epoch, total_steps):  # a full epoch ended here
+                metrics = evaluate(model, base.family, args.task, base.prep, held_set, dev=dev, dtype=dtype,
+                                   batch_size=args.batch_size, id2label=id2label, should_stop=lambda: bool(stop))
+                if metrics:
+                    log.info("epoch %d eval: %s", epoch + 1, _numbers(metrics))
+                    tracker.log_metrics({f"epoch_{k}": v for k, v in _numbers(metrics).items()}, step)
+            if step >= total_steps:
+                break
+
+        if stop:
+            save_all(stop.reason)
+            log.warning("%s at step %d/%d: checkpoint and adapter saved in %s; exit code %d", stop.reason, step,
+                        total_steps, output, EXIT_STOPPED)
+            tracker.set_tags({"stop_reason": stop.reason, "stopped_at_step": str(step)})
+            tracker.log_file(output / LOG_FILE, "logs")
+            status = "KILLED"
+            return EXIT_STOPPED
+
+        # ---- final evaluation of the adapter and of the base model ----------------------------
+        if bar is not None:
+            bar.close()
+            bar = None
+        adapter_metrics = evaluate(model, base.family, args.task, base.prep, held_set, dev=dev, dtype=dtype,
+                                   batch_size=args.batch_size, id2label=id2label)
+        with model.disable_adapter():
+            base_metrics = evaluate(model, base.family, args.task, base.prep, held_set, dev=dev, dtype=dtype,
+                                    batch_size=args.batch_size, id2label=id2label)
+        summary = {"task": args.task, "steps": step, "adapter": adapter_metrics, "base": base_metrics,
+                   "held_out_examples": len(held_set), "split_source": splits.source,
+                   "train_seconds": round(time.time() - started, 2)}
+        save_adapter(output, model, base, args, label2id, splits, targets, alpha, frames, step, total_steps)
+        (output / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+        log.info("adapter metrics: %s", _numbers(adapter_metrics))
+        log.info("base model metrics: %s", _numbers(base_metrics))
+        tracker.log_metrics({**{f"final_{k}": v for k, v in _numbers(adapter_metrics).items()},
+                             **{f"base_{k}": v for k, v in _numbers(base_metrics).items()}}, step)
+        tracker.log_artifacts(_adapter_files(output), "adapter")
+        version = tracker.register("adapter", args.registered_model_name or args.run_name
+                                   or f"qlora-{base.catalog_id or base.family.name}-{args.task}")
+        if version:
+            tracker.set_tags({"registered_model_version": version})
+            log.info("registered model version %s", version)
+        if args.output_uri:
+            from training.remote import upload_folder
+
+            log.info("uploaded %d files to %s", upload_folder(_adapter_files(output), args.output_uri), args.output_uri)
+        log.info("done in %.1f s: %s", time.time() - started, output)
+        tracker.log_file(output / LOG_FILE, "logs")
+        return EXIT_OK
+    except KeyboardInterrupt:
+        status = "KILLED"
+        log.warning("interrupted twice: exiting without saving")
+        return EXIT_STOPPED
+    except BaseException:
+        status = "FAILED"
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+        tracker.end(status)
+
+
+def _numbers(metrics: dict) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _adapter_files(output: Path) -> Path:
+    """A folder with only the files of the adapter (not checkpoints or logs), for upload."""
+    folder = output / ".adapter"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
+    for path in output.iterdir():
+        if path.is_file() and path.name != LOG_FILE:
+            os.link(path, folder / path.name) if hasattr(os, "link") else shutil.copy2(path, folder / path.name)
+    return folder
+
+
+def save_adapter(output: Path, model, base, args: TrainArgs, label2id, splits, targets, alpha, frames, step,
+                 total_steps) -> None:
+    """adapter_model.safetensors + adapter_config.json, tokenizer, preprocessing, label map."""
+    model.save_pretrained(str(output))
+    base.tokenizer.save_pretrained(str(output))
+    prep = base.prep
+    prep.frames = frames
+    prep.save_pretrained(output)
+    if label2id:
+        (output / LABEL_MAP_FILE).write_text(json.dumps(
+            {"label2id": label2id, "id2label": {str(i): l for l, i in label2id.items()}}, indent=2) + "\n")
+    ModelInfo(architecture=base.family.name, task=args.task, catalog_id=base.catalog_id,
+              labels=sorted(label2id or [])).save(output)
+    info = {"base_model": args.model, "catalog_id": base.catalog_id, "task": args.task, "seed": args.seed,
+            "validation_fraction": args.validation_fraction, "split_source": splits.source, "frames": frames,
+            "lora_rank": args.lora_rank, "lora_alpha": alpha, "target_modules": targets,
+            "quantization": args.quantization, "steps": step, "total_steps": total_steps,
+            "complete": step >= total_steps}
+    (output / TRAINING_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
