@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Response, status
+from pydantic import TypeAdapter
 
 from api.deps import AirflowDep, CurrentUser, S3Dep, SessionDep, SettingsDep
 from api.models import Dataset
@@ -31,10 +32,6 @@ def get_service(session: SessionDep, s3: S3Dep, airflow: AirflowDep, settings: S
 
 
 ServiceDep = Annotated[DatasetService, Depends(get_service)]
-
-
-def to_summary(dataset: Dataset, bucket: str) -> DatasetSummary:
-    return DatasetSummary.model_validate(_fields(dataset, bucket))
 
 
 def to_detail(dataset: Dataset, bucket: str) -> DatasetDetail:
@@ -99,9 +96,18 @@ def upload_complete(body: UploadCompleteRequest, user: CurrentUser, service: Ser
     return UploadCompleteResponse(message="Dataset processing initiated", dataset_id=dataset.id)
 
 
+_SUMMARIES = TypeAdapter(list[DatasetSummary])
+
+
 @router.get("", response_model=list[DatasetSummary], summary="The user's datasets, newest first")
-def list_datasets(user: CurrentUser, service: ServiceDep, settings: SettingsDep) -> list[DatasetSummary]:
-    return [to_summary(d, settings.s3_bucket) for d in service.list(user)]
+def list_datasets(user: CurrentUser, service: ServiceDep, settings: SettingsDep) -> Response:
+    prefix = f"s3://{settings.s3_bucket}/"
+    items = [
+        {**row, "s3_path": prefix + row["s3_key"], "created_at": as_utc(row["created_at"])}
+        for row in service.list(user)
+    ]
+    # serialized once here (validated against the schema) rather than twice by FastAPI
+    return Response(_SUMMARIES.dump_json(_SUMMARIES.validate_python(items)), media_type="application/json")
 
 
 @router.get(

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import exists, select
+from sqlalchemy import RowMapping, exists, select
 from sqlalchemy.orm import Session
 
 from api.clients.airflow import AirflowApi, AirflowError, DagRun
@@ -33,6 +33,20 @@ LOST_RUN_GRACE = timedelta(minutes=5)
 #: report keys copied into `Dataset.stats`
 STATS_KEYS = ("clip_count", "tasks", "labels", "captions", "splits", "video", "errors")
 MAX_ERRORS_IN_DETAIL = 10
+UNSETTLED_STAGES = (DatasetStage.AWAITING_UPLOAD.value, DatasetStage.VALIDATING.value)
+#: what the list endpoint reads (no stats JSON, no ORM objects)
+LIST_COLUMNS = (
+    Dataset.id,
+    Dataset.name,
+    Dataset.description,
+    Dataset.s3_key,
+    Dataset.status,
+    Dataset.stage,
+    Dataset.error,
+    Dataset.created_at,
+    Dataset.file_count,
+    Dataset.total_size_bytes,
+)
 
 
 def validation_run_id(dataset_id: str) -> str:
@@ -60,12 +74,25 @@ class DatasetService:
         self.refresh([dataset])
         return dataset
 
-    def list(self, owner: User) -> Sequence[Dataset]:
-        datasets = self.session.scalars(
-            select(Dataset).where(Dataset.owner_id == owner.id).order_by(Dataset.created_at.desc(), Dataset.id)
+    def list(self, owner: User) -> Sequence[RowMapping]:
+        """The owner's datasets, newest first, as plain rows of `LIST_COLUMNS`.
+
+        Only unsettled datasets (awaiting upload or validating) are loaded as ORM objects and
+        reconciled (in bulk); the list itself is one column query, which keeps 1,000 rows cheap.
+        """
+        unsettled = self.session.scalars(
+            select(Dataset).where(Dataset.owner_id == owner.id, Dataset.stage.in_(UNSETTLED_STAGES))
         ).all()
-        self.refresh(datasets)
-        return datasets
+        self.refresh(unsettled)
+        return (
+            self.session.execute(
+                select(*LIST_COLUMNS)
+                .where(Dataset.owner_id == owner.id)
+                .order_by(Dataset.created_at.desc(), Dataset.id)
+            )
+            .mappings()
+            .all()
+        )
 
     # --- upload -----------------------------------------------------------------------------
     def initiate(self, owner: User, request: UploadInitiateRequest) -> tuple[Dataset, str]:
