@@ -7,9 +7,10 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# torch's CPU build (torch==2.13.0+cpu in the lock file) comes from pip's configured wheel folder
-# here; on a machine without it, point TORCH_INDEX at PyTorch's CPU wheel index (see README).
-TORCH_INDEX ?=
+# torch's CPU build (torch==2.13.0+cpu in the lock file) is on PyTorch's index, not on PyPI. That
+# index is asked for torch alone, once, before the rest (where a wheel folder in pip's config
+# already has torch, the lookup fails fast and the local wheel is used). TORCH_INDEX= skips it.
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 PYTEST_ARGS ?=
 
 .PHONY: install up down status test bench clean
@@ -18,7 +19,9 @@ PYTEST_ARGS ?=
 $(STAMP): requirements.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Python 3.11 is required (set PYTHON=...)")'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -r requirements.lock $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
+	$(PY) -m pip install -q --no-deps --retries 0 --timeout 15 "$$(grep '^torch==' requirements.lock)" \
+		$(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
+	$(PY) -m pip install -q -r requirements.lock
 	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
