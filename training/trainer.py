@@ -70,6 +70,12 @@ def setup_logging(output: Path) -> None:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    import warnings
+
+    # gradient checkpointing of frozen (vision) blocks and deprecations: noise in a job log
+    warnings.filterwarnings("ignore", message=".*requires_grad=True.*")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*use_reentrant.*")
 
 
 def _seed_all(seed: int) -> None:
@@ -276,7 +282,7 @@ def run_training(args: TrainArgs) -> int:
                 step += 1
                 window_samples += len(indices)
                 now = time.perf_counter()
-                metrics = {"loss": float(loss), "learning_rate": scheduler.get_last_lr()[0],
+                metrics = {"loss": float(loss.detach()), "learning_rate": scheduler.get_last_lr()[0],
                            "samples_per_second": window_samples / max(now - window_start, 1e-9),
                            "progress": step / total_steps, "epoch": epoch + (i + 1) / steps_per_epoch}
                 window_start, window_samples = now, 0
