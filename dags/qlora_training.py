@@ -13,12 +13,13 @@ trigger it from this form, which validates the conf with the same rules as the A
    `datasets/{dataset_id}/files/` into the worker cache `$QLORA_CACHE_DIR` (skipped when already
    there). Transient S3 errors are retried.
 3. **train** (*training*, queue `gpu`, pool `gpu`: as many trainings at once as the pool has
-   slots): runs `python -m training run` in a child process, streams its log here, tracks it in
-   the MLflow run created for the job (experiment `qlora/{user}`, run name `output_name`, tags
-   `job_id`, `user`, `dataset_id`, `model_id`; its id is pushed to XCom `mlflow_run_id` before
-   training starts). Stopping the run (mark it failed) sends SIGTERM: the engine finishes its
-   step, saves the adapter so far, and it is uploaded to `trainings/{job_id}/adapter/`.
-   Never retried (a retry would redo the compute).
+   slots): runs `python -m training run` in a child process and streams its log here. The
+   engine tracks the training in one MLflow run (experiment `qlora/{user}`, run name
+   `output_name`); the task tags it with `job_id`, `user`, `dataset_id`, `model_id` and pushes
+   its id to XCom `mlflow_run_id` as soon as the engine announces it (before the first step).
+   Stopping the run (mark it failed) sends SIGTERM: the engine finishes its step and saves the
+   adapter so far, which is uploaded to `trainings/{job_id}/adapter/`. Never retried (a retry
+   would redo the compute); a killed engine fails the run with the signal's name.
 4. **evaluate** (*evaluating*): reads the final metrics (`metrics.json`: adapter and base model
    on the held-out split).
 5. **register** (*registering*): the adapter in `s3://$QLORA_S3_BUCKET/trainings/{job_id}/adapter/`
@@ -35,6 +36,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -59,8 +61,11 @@ except ImportError:  # pragma: no cover - a deployment without the repo's plugin
 
 log = logging.getLogger(__name__)
 
-#: exit codes of `python -m training run` (training/cli.py)
+#: what `python -m training run` provides (training/cli.py, training/trainer.py): exit codes,
+#: its log file in the output folder, its log line naming the MLflow run it created
 ENGINE_EXIT_BAD_INPUT, ENGINE_EXIT_STOPPED = 2, 75
+ENGINE_LOG_FILE = "train.log"
+ENGINE_RUN_LINE = re.compile(r"mlflow run ([0-9a-f]{32}) at ")
 #: the engine has this long after SIGTERM to save its adapter (Airflow sends SIGKILL ~5 s later)
 STOP_GRACE_S = 4.0
 TRANSIENT = dict(retries=3, retry_delay=timedelta(seconds=5), retry_exponential_backoff=2.0,
@@ -168,24 +173,25 @@ def _sync_prefix(client, prefix: str, dest: Path, what: str) -> tuple[Path, int]
     return dest, downloaded
 
 
-def _upload_folder(client, folder: Path, prefix: str, deadline: float | None = None) -> list[str]:
+def _upload_files(client, files: list[Path], prefix: str, deadline: float | None = None) -> list[str]:
     keys = []
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    for path in files:
         if deadline is not None and time.monotonic() > deadline:
-            log.warning("upload of %s cut short by the stop deadline", folder)
+            log.warning("upload to %s cut short by the stop deadline", prefix)
             break
-        key = prefix + path.relative_to(folder).as_posix()
+        key = prefix + path.name
         _s3_call(f"uploading {key}", client.upload_file, str(path), _bucket(), key)
         keys.append(key)
     return keys
 
 
-def _adapter_files(output: Path) -> Path | None:
-    """The folder holding the adapter the engine wrote (the output folder or its `adapter/`)."""
-    for folder in (output, output / "adapter"):
-        if (folder / "adapter_config.json").is_file():
-            return folder
-    return None
+def _adapter_files(output: Path) -> list[Path]:
+    """The files of the adapter the engine saved at the top of its output folder (weights,
+    config, tokenizer, preprocessing, metrics), without its log, checkpoints and temp folders."""
+    if not (output / "adapter_config.json").is_file():
+        return []
+    return sorted(p for p in output.iterdir()
+                  if p.is_file() and p.name != ENGINE_LOG_FILE and not p.name.startswith("."))
 
 
 # --- MLflow (the job's run is created here, so its id is known before training starts) -----
@@ -200,27 +206,56 @@ def _mlflow_client():
     return MlflowClient(tracking_uri=_tracking_uri())
 
 
-def _start_mlflow_run(params: dict[str, Any], model) -> tuple[str, str]:
-    from mlflow.exceptions import MlflowException
+class MlflowRunWatcher:
+    """Reads the engine's output for its MLflow run id (`mlflow run <id> at <uri>`, logged as
+    soon as the run exists, before the first step); then pushes it to XCom at once (for the API
+    and the extra link) and adds the job's tags the engine does not know."""
 
-    client = _mlflow_client()
-    name = job_spec.mlflow_experiment_name(params["user"])
-    experiment = client.get_experiment_by_name(name)
-    if experiment is None:
+    def __init__(self, ti, params: dict[str, Any]) -> None:
+        self.ti, self.params = ti, params
+        self.run_id: str | None = None
+        self.experiment_id: str | None = None
+
+    def __call__(self, line: str) -> None:
+        if self.run_id is None and (match := ENGINE_RUN_LINE.search(line)):
+            self.found(match.group(1))
+
+    def found(self, run_id: str) -> None:
+        self.run_id = run_id
+        self.ti.xcom_push(key=job_spec.XCOM_MLFLOW_RUN_ID, value=run_id)
         try:
-            experiment_id = client.create_experiment(name, tags={"user": params["user"]})
-        except MlflowException:  # created meanwhile by another job of the same user
-            experiment_id = client.get_experiment_by_name(name).experiment_id
-    else:
-        experiment_id = experiment.experiment_id
-    context = get_current_context()
-    run = client.create_run(experiment_id, run_name=params["output_name"], tags={
-        "job_id": params["job_id"], "user": params["user"], "dataset_id": params["dataset_id"],
-        "model_id": params["model_id"], "model_type": model.model_type,
-        "base_architecture": model.base_architecture, "output_name": params["output_name"],
-        "airflow_dag_id": job_spec.DAG_ID, "airflow_run_id": context["run_id"],
-    })
-    return experiment_id, run.info.run_id
+            client = _mlflow_client()
+            self.experiment_id = client.get_run(run_id).info.experiment_id
+            self.ti.xcom_push(key=job_spec.XCOM_MLFLOW_EXPERIMENT_ID, value=self.experiment_id)
+            if MLflowRunLink is not None and (base := mlflow_ui_base_url()):
+                # the link works while the run trains (Airflow itself stores it only at the end)
+                self.ti.xcom_push(key=MLflowRunLink().xcom_key,
+                                  value=job_spec.mlflow_run_ui_url(base, self.experiment_id, run_id))
+            context = get_current_context()
+            for key, value in {"job_id": self.params["job_id"], "user": self.params["user"],
+                               "dataset_id": self.params["dataset_id"], "dataset": self.params["dataset_id"],
+                               "model_id": self.params["model_id"], "output_name": self.params["output_name"],
+                               "airflow_dag_id": job_spec.DAG_ID, "airflow_run_id": context["run_id"]}.items():
+                client.set_tag(run_id, key, value)
+            log.info("MLflow run %s (experiment %s) tracks job %s", run_id, self.experiment_id,
+                     self.params["job_id"])
+        except Exception as exc:  # tracking extras must not fail the training
+            log.warning("could not tag MLflow run %s: %s", run_id, exc)
+
+    def recover(self, experiment_name: str) -> None:
+        """When the log line was missed: the run tagged with this job id."""
+        if self.run_id is not None:
+            return
+        try:
+            client = _mlflow_client()
+            experiment = client.get_experiment_by_name(experiment_name)
+            runs = client.search_runs([experiment.experiment_id],
+                                      f"tags.job_id = '{self.params['job_id']}'",
+                                      order_by=["attributes.start_time DESC"], max_results=1) if experiment else []
+            if runs:
+                self.found(runs[0].info.run_id)
+        except Exception as exc:
+            log.warning("could not find the MLflow run of job %s: %s", self.params["job_id"], exc)
 
 
 def _end_mlflow_run(run_id: str, status: str, reason: str) -> None:
@@ -375,98 +410,97 @@ def qlora_training():
 
     @task(queue="gpu", pool="gpu", retries=0)
     def train(spec: dict[str, Any], paths: dict[str, str]) -> dict[str, Any]:
-        context = get_current_context()
-        ti = context["ti"]
+        ti = get_current_context()["ti"]
         params = _params()
-        model = _model(params["model_id"])
         job_id = params["job_id"]
         output = _output_dir(job_id)
         shutil.rmtree(output, ignore_errors=True)  # a fresh training (a stopped job stays stopped)
         output.mkdir(parents=True)
+        adapter_uri = storage.s3_uri(_bucket(), storage.adapter_prefix(job_id))
 
-        # local cache if this worker prepared it, else the engine reads S3 itself
+        # the local cache if this worker prepared it, else the engine reads S3 itself
         model_src = paths["model_dir"] if Path(paths["model_dir"]).is_dir() else \
             storage.s3_uri(_bucket(), storage.model_prefix(params["model_id"]))
         data_src = paths["data_dir"] if Path(paths["data_dir"]).is_dir() else \
             storage.s3_uri(_bucket(), storage.dataset_files_prefix(params["dataset_id"]))
         resolved = job_spec.TrainingParams(**{**spec["training_params"],
                                               "target_modules": tuple(spec["training_params"]["target_modules"])})
+        experiment = job_spec.mlflow_experiment_name(params["user"])
         command = [sys.executable, "-m", "training", "run", "--model", model_src, "--data", data_src,
                    "--task", spec["model_type"], "--output", str(output), *resolved.cli_args(),
-                   "--run-name", params["output_name"], "--job-id", job_id]
+                   "--run-name", params["output_name"], "--job-id", job_id, "--output-uri", adapter_uri]
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "QLORA_JOB_ID": job_id}
-        run_id = None
+        watcher = MlflowRunWatcher(ti, params)
         if _tracking_uri():
-            experiment_id, run_id = _start_mlflow_run(params, model)
-            ti.xcom_push(key=job_spec.XCOM_MLFLOW_RUN_ID, value=run_id)
-            ti.xcom_push(key=job_spec.XCOM_MLFLOW_EXPERIMENT_ID, value=experiment_id)
-            if MLflowRunLink is not None and (base := mlflow_ui_base_url()):
-                # the link works while the run trains (Airflow itself stores it only at the end)
-                ti.xcom_push(key=MLflowRunLink().xcom_key,
-                             value=job_spec.mlflow_run_ui_url(base, experiment_id, run_id))
-            log.info("MLflow run %s (experiment %s) created for job %s", run_id, experiment_id, job_id)
-            command += ["--mlflow-uri", _tracking_uri(),
-                        "--experiment", job_spec.mlflow_experiment_name(params["user"])]
-            # MLflow's documented hand-over: start_run() resumes the run named by MLFLOW_RUN_ID
-            env.update(MLFLOW_RUN_ID=run_id, MLFLOW_EXPERIMENT_ID=experiment_id,
-                       MLFLOW_TRACKING_URI=_tracking_uri())
+            command += ["--mlflow-uri", _tracking_uri(), "--experiment", experiment,
+                        "--registered-model-name", job_spec.registered_model_name(params["user"], params["output_name"])]
         else:
-            command += ["--mlflow-uri", "none"]
             env.pop("MLFLOW_TRACKING_URI", None)
         log.info("running: %s", " ".join(command))
 
         started = time.monotonic()
-        code, stop_requested, tail = run_engine(command, env)
+        code, stop_requested, tail = run_engine(command, env, on_line=watcher)
         elapsed = time.monotonic() - started
         log.info("training process exited with code %s after %.1f s", code, elapsed)
+        if _tracking_uri():
+            watcher.recover(experiment)
 
         if stop_requested or code == ENGINE_EXIT_STOPPED:
             # upload the partial adapter inside the grace period Airflow leaves before SIGKILL
-            adapter = _adapter_files(output)
+            files = _adapter_files(output)
             where = "no adapter was saved"
-            if adapter is not None:
-                _upload_folder(_s3(), adapter, storage.adapter_prefix(job_id),
-                               deadline=time.monotonic() + STOP_GRACE_S)
-                where = "partial adapter at " + storage.s3_uri(_bucket(), storage.adapter_prefix(job_id))
-            if run_id:
-                _end_mlflow_run(run_id, "KILLED", "stopped by request")
+            if files:
+                _upload_files(_s3(), files, storage.adapter_prefix(job_id), deadline=time.monotonic() + STOP_GRACE_S)
+                where = f"partial adapter at {adapter_uri}"
+            if watcher.run_id:
+                _end_mlflow_run(watcher.run_id, "KILLED", "stopped by request")
             raise AirflowFailException(f"training stopped by request; {where}")
         if code != 0:
             reason = _describe_exit(code, tail)
-            if run_id:
-                _end_mlflow_run(run_id, "FAILED", reason)
+            if watcher.run_id:
+                _end_mlflow_run(watcher.run_id, "FAILED", reason)
             raise AirflowFailException(reason)
-        if _adapter_files(output) is None:
+        if not _adapter_files(output):
             raise AirflowFailException(f"the training exited 0 but wrote no adapter to {output}")
-        return {"output_dir": str(output), "mlflow_run_id": run_id, "train_seconds": round(elapsed, 2)}
+        return {"output_dir": str(output), "mlflow_run_id": watcher.run_id,
+                "mlflow_experiment_id": watcher.experiment_id, "train_seconds": round(elapsed, 2)}
 
-    @task(queue="gpu")
+    @task(queue="gpu", **TRANSIENT)
     def evaluate(trained: dict[str, Any]) -> dict[str, Any]:
+        """The final metrics the engine measured on the held-out split (adapter and base)."""
+        params = _params()
         path = Path(trained["output_dir"]) / "metrics.json"
-        if not path.is_file():
-            raise AirflowFailException(f"the training wrote no metrics ({path} is missing)")
-        metrics = json.loads(path.read_text())
+        if path.is_file():
+            metrics = json.loads(path.read_text())
+        else:  # another worker trained: the engine uploaded its output with the adapter
+            key = storage.adapter_prefix(params["job_id"]) + "metrics.json"
+            try:
+                metrics = json.loads(_s3().get_object(Bucket=_bucket(), Key=key)["Body"].read())
+            except Exception as exc:
+                if _is_missing(exc):
+                    raise AirflowFailException(f"the training wrote no metrics ({path}, "
+                                               f"{storage.s3_uri(_bucket(), key)})") from exc
+                raise _s3_failure("reading metrics.json", exc) from exc
         log.info("final metrics: %s", json.dumps(metrics, indent=1))
         return metrics
 
     @task(queue="gpu", **TRANSIENT)
     def register(trained: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
         params = _params()
-        job_id = params["job_id"]
-        client = _s3()
-        prefix = storage.adapter_prefix(job_id)
-        output = Path(trained["output_dir"])
-        adapter = _adapter_files(output)
-        assert adapter is not None
-        keys = _upload_folder(client, adapter, prefix)
-        if (output / "metrics.json").is_file() and adapter != output:
-            _s3_call("uploading metrics.json", client.upload_file, str(output / "metrics.json"),
-                     _bucket(), prefix + "metrics.json")
+        prefix = storage.adapter_prefix(params["job_id"])
         output_path = storage.s3_uri(_bucket(), prefix)
-        log.info("adapter uploaded to %s (%d files)", output_path, len(keys))
+        client = _s3()
+        # the engine uploads its output (--output-uri); upload again only what is missing
+        listed = _s3_call("listing the adapter", client.list_objects_v2, Bucket=_bucket(), Prefix=prefix)
+        in_s3 = {o["Key"][len(prefix):] for o in listed.get("Contents", [])}
+        missing = [p for p in _adapter_files(Path(trained["output_dir"])) if p.name not in in_s3]
+        _upload_files(client, missing, prefix)
+        if "adapter_config.json" not in in_s3 | {p.name for p in missing}:
+            raise AirflowFailException(f"no adapter in {output_path} and none on this worker")
+        log.info("adapter in %s (%d files uploaded here)", output_path, len(missing))
         registered = None
         if run_id := trained.get("mlflow_run_id"):
-            registered = _register_model(run_id, params, output_path)
+            registered = _register_model(run_id, params)
         return {"output_path": output_path, "registered_model": registered}
 
     @task
@@ -490,26 +524,27 @@ def qlora_training():
     finalize(trained, metrics, registered)
 
 
-def _register_model(run_id: str, params: dict[str, Any], output_path: str) -> dict[str, Any]:
-    """A version of `{user}.{output_name}` for this run (the engine's own if it registered one)."""
+def _register_model(run_id: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The registered model version of the job's run: the engine's (it registers the adapter
+    artifact of its run), else one created here from that artifact."""
     from mlflow.exceptions import MlflowException
 
     client = _mlflow_client()
-    name = job_spec.registered_model_name(params["user"], params["output_name"])
     existing = client.search_model_versions(f"run_id = '{run_id}'")
     if existing:
         version = existing[0]
-        log.info("the engine registered %s version %s", version.name, version.version)
+        log.info("adapter registered as %s version %s", version.name, version.version)
         return {"name": version.name, "version": str(version.version)}
+    name = job_spec.registered_model_name(params["user"], params["output_name"])
     try:
-        client.create_registered_model(name, tags={"user": params["user"]},
-                                       description=f"QLoRA adapters of {params['user']} named {params['output_name']}")
+        client.create_registered_model(name)
     except MlflowException as exc:
         if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
             raise
-    version = client.create_model_version(name, source=output_path, run_id=run_id, tags={
-        "job_id": params["job_id"], "dataset_id": params["dataset_id"], "model_id": params["model_id"]})
-    log.info("registered %s version %s (source %s)", name, version.version, output_path)
+    source = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/adapter"
+    version = client.create_model_version(name, source=source, run_id=run_id,
+                                          tags={"job_id": params["job_id"]})
+    log.info("registered %s version %s (source %s)", name, version.version, source)
     return {"name": name, "version": str(version.version)}
 
 

@@ -302,6 +302,7 @@ RUNNER = f"""
         run = dag.test(run_conf=conf)
         seconds = time.perf_counter() - start
         tis = {{ti.task_id: [str(ti.state), ti.try_number] for ti in run.get_task_instances()}}
+        durations = {{ti.task_id: round(ti.duration or 0, 2) for ti in run.get_task_instances()}}
         with create_session() as session:
             xcoms = {{f"{{x.task_id}}.{{x.key}}": XComModel.deserialize_value(x)
                      for x in session.query(XComModel).filter(XComModel.run_id == run.run_id)}}
@@ -315,7 +316,7 @@ RUNNER = f"""
             ti = next(t for t in run.get_task_instances() if t.task_id == "train")
             links = {{name: train.get_extra_links(ti, name) for name in train.extra_links}}
         results[name] = {{"state": str(run.state), "tis": tis, "seconds": round(seconds, 2),
-                         "xcoms": xcoms, "links": links}}
+                         "xcoms": xcoms, "links": links, "durations": durations}}
     print({MARK!r} + json.dumps(results, default=str))
 """
 
@@ -369,10 +370,11 @@ def test_a_tiny_job_trains_end_to_end(airflow_env, s3, mlflow_uri, tmp_path):
     from training.data.synthetic import make_dataset
 
     client = s3.client()
-    model_id = "flamingo-tiny-captioning"
+    model_id = "flamingo-tiny-classification"  # classification evaluates faster than captioning
     model_dir = tmp_path / "model"
     build = subprocess.run([sys.executable, "-m", "training", "build-tiny", "--architecture", "flamingo",
-                            "--task", "video_captioning", "--out", str(model_dir), "--catalog-id", model_id],
+                            "--task", "video_classification", "--out", str(model_dir), "--catalog-id", model_id,
+                            "--labels", "blue,red"],
                            capture_output=True, text=True, timeout=300)
     assert build.returncode == 0, build.stderr[-3000:]
     for path in model_dir.rglob("*"):
@@ -388,10 +390,10 @@ def test_a_tiny_job_trains_end_to_end(airflow_env, s3, mlflow_uri, tmp_path):
 
     job_id = f"job-{uuid.uuid4().hex[:8]}"
     conf = {"job_id": job_id, "user": "alice", "model_id": model_id, "dataset_id": dataset_id,
-            "output_name": "tiny-captions", "training_params": {"epochs": 1, "batch_size": 2, "lora_rank": 4}}
+            "output_name": "tiny-colours", "training_params": {"epochs": 1, "batch_size": 2, "lora_rank": 4}}
     env = {**airflow_env, **s3.env(), "MLFLOW_TRACKING_URI": mlflow_uri}
     run = _run_dags(env, {"tiny": conf}, tmp_path)["tiny"]
-    print("dag.test seconds for a tiny job:", run["seconds"])
+    print("dag.test seconds for a tiny job:", run["seconds"], "per task:", run["durations"])
     assert run["state"] == "success", ((tmp_path / "dag-test.log").read_text()[-6000:], run)
     assert all(run["tis"][t] == ["success", 1] for t in TASKS), run["tis"]
 
@@ -414,7 +416,7 @@ def test_a_tiny_job_trains_end_to_end(airflow_env, s3, mlflow_uri, tmp_path):
     mlflow = MlflowClient(tracking_uri=mlflow_uri)
     mlflow_run = mlflow.get_run(run_id)
     assert mlflow_run.info.status == "FINISHED"
-    assert mlflow_run.info.run_name == "tiny-captions"
+    assert mlflow_run.info.run_name == "tiny-colours"
     assert mlflow.get_experiment(experiment_id).name == "qlora/alice"
     tags = mlflow_run.data.tags
     assert (tags["job_id"], tags["user"], tags["dataset_id"], tags["model_id"]) == (job_id, "alice", dataset_id, model_id)
