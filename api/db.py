@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -45,5 +45,8 @@ def upgrade_to_head(engine: Engine) -> None:
 
     config = Config(str(Path(__file__).with_name("alembic.ini")))
     with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            # several API processes starting at once migrate one after the other
+            connection.execute(text("SELECT pg_advisory_xact_lock(724113)"))
         config.attributes["connection"] = connection
         command.upgrade(config, "head")

@@ -31,7 +31,9 @@ log = logging.getLogger(__name__)
 #: a validating dataset whose run Airflow does not know after this long ends failed
 LOST_RUN_GRACE = timedelta(minutes=5)
 #: report keys copied into `Dataset.stats`
-STATS_KEYS = ("clip_count", "tasks", "labels", "captions", "splits", "video", "errors")
+STATS_KEYS = (
+    "clip_count", "tasks", "labels", "captions", "splits", "video", "source", "errors", "error_count", "row_numbering"
+)
 MAX_ERRORS_IN_DETAIL = 10
 UNSETTLED_STAGES = (DatasetStage.AWAITING_UPLOAD.value, DatasetStage.VALIDATING.value)
 #: what the list endpoint reads (no stats JSON, no ORM objects)
@@ -282,7 +284,8 @@ def _errors_detail(report: dict[str, Any]) -> str:
     if not errors:
         return "Validation failed (the report lists no errors)"
     shown = "; ".join(errors[:MAX_ERRORS_IN_DETAIL])
-    more = len(errors) - MAX_ERRORS_IN_DETAIL
+    total = report.get("error_count")
+    more = (total if isinstance(total, int) and total >= len(errors) else len(errors)) - MAX_ERRORS_IN_DETAIL
     return f"Validation failed: {shown}" + (f" (and {more} more)" if more > 0 else "")
 
 

@@ -165,12 +165,14 @@ def test_reconcile_to_error_names_the_report_errors(client, auth, initiate, airf
     complete(client, auth, started)
     errors = ["metadata.csv row 3: file_name 'clips/missing.mp4' does not exist",
               "clips/bad.mp4: not a decodable video"]
-    write_report(s3, dataset_id, valid=False, errors=errors, file_count=2)
+    write_report(s3, dataset_id, valid=False, errors=errors + [f"clips/c{i}.mp4: too short" for i in range(18)],
+                 error_count=45, file_count=2)
     airflow.states[f"validate-{dataset_id}"] = "failed"
     detail = client.get(f"/v1/datasets/{dataset_id}", headers=auth).json()
     assert (detail["status"], detail["stage"]) == ("error", "failed")
     assert "row 3" in detail["error"] and "clips/missing.mp4" in detail["error"] and "clips/bad.mp4" in detail["error"]
-    assert detail["stats"]["errors"] == errors
+    assert "(and 35 more)" in detail["error"]
+    assert detail["stats"]["errors"][:2] == errors and detail["stats"]["error_count"] == 45
 
 
 def test_run_failed_without_report_is_error_with_reason(client, auth, initiate, airflow) -> None:
