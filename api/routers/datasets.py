@@ -71,9 +71,7 @@ def _fields(dataset: Dataset, bucket: str) -> dict[str, Any]:
     description="Creates the dataset (stage `awaiting_upload`) and returns a presigned URL; `PUT` the `.zip` "
     "archive to it, then call `upload-complete`. Uploads not completed in time expire and are deleted.",
 )
-def upload_initiate(
-    body: UploadInitiateRequest, user: CurrentUser, service: ServiceDep, settings: SettingsDep
-) -> UploadInitiateResponse:
+def upload_initiate(body: UploadInitiateRequest, user: CurrentUser, service: ServiceDep) -> UploadInitiateResponse:
     dataset, url = service.initiate(user, body)
     return UploadInitiateResponse(upload_url=url, dataset_id=dataset.id, s3_key=dataset.s3_key)
 
