@@ -367,26 +367,8 @@ def test_bad_requests_fail_in_validate_inputs_without_retry(airflow_env, s3, tmp
 @pytest.mark.stack
 @pytest.mark.e2e
 def test_a_tiny_job_trains_end_to_end(airflow_env, s3, mlflow_uri, tmp_path):
-    from training.data.synthetic import make_dataset
-
     client = s3.client()
-    model_id = "flamingo-tiny-classification"  # classification evaluates faster than captioning
-    model_dir = tmp_path / "model"
-    build = subprocess.run([sys.executable, "-m", "training", "build-tiny", "--architecture", "flamingo",
-                            "--task", "video_classification", "--out", str(model_dir), "--catalog-id", model_id,
-                            "--labels", "blue,red"],
-                           capture_output=True, text=True, timeout=300)
-    assert build.returncode == 0, build.stderr[-3000:]
-    for path in model_dir.rglob("*"):
-        if path.is_file():
-            client.upload_file(str(path), s3.bucket, storage.model_prefix(model_id) + path.relative_to(model_dir).as_posix())
-    dataset_id = f"ds-{uuid.uuid4().hex[:8]}"
-    data_dir = make_dataset(tmp_path / "data", 8)
-    for path in data_dir.rglob("*"):
-        if path.is_file():
-            client.upload_file(str(path), s3.bucket,
-                               storage.dataset_files_prefix(dataset_id) + path.relative_to(data_dir).as_posix())
-    _put_report(client, s3.bucket, dataset_id, valid=True, tasks=["video_classification", "video_captioning"])
+    model_id, dataset_id = _seed_tiny_job(client, s3.bucket, tmp_path)
 
     job_id = f"job-{uuid.uuid4().hex[:8]}"
     conf = {"job_id": job_id, "user": "alice", "model_id": model_id, "dataset_id": dataset_id,
@@ -424,3 +406,79 @@ def test_a_tiny_job_trains_end_to_end(airflow_env, s3, mlflow_uri, tmp_path):
     assert len(mlflow.search_runs([experiment_id], f"tags.job_id = '{job_id}'")) == 1  # one run per job
     versions = mlflow.search_model_versions(f"run_id = '{run_id}'")
     assert [v.name for v in versions] == [result["registered_model"]["name"]]
+
+
+def _seed_tiny_job(client, bucket: str, tmp_path: Path, clips: int = 8) -> tuple[str, str]:
+    """A tiny classification model and a generated dataset (with its report) in S3."""
+    from training.data.synthetic import make_dataset
+
+    model_id = "flamingo-tiny-classification"
+    model_dir = tmp_path / "model"
+    if not model_dir.is_dir():
+        build = subprocess.run([sys.executable, "-m", "training", "build-tiny", "--architecture", "flamingo",
+                                "--task", "video_classification", "--out", str(model_dir), "--catalog-id",
+                                model_id, "--labels", "blue,red"], capture_output=True, text=True, timeout=300)
+        assert build.returncode == 0, build.stderr[-3000:]
+    for path in model_dir.rglob("*"):
+        if path.is_file():
+            client.upload_file(str(path), bucket, storage.model_prefix(model_id) + path.relative_to(model_dir).as_posix())
+    dataset_id = f"ds-{uuid.uuid4().hex[:8]}"
+    data_dir = make_dataset(tmp_path / dataset_id, clips)
+    for path in data_dir.rglob("*"):
+        if path.is_file():
+            client.upload_file(str(path), bucket,
+                               storage.dataset_files_prefix(dataset_id) + path.relative_to(data_dir).as_posix())
+    _put_report(client, bucket, dataset_id, valid=True, tasks=["video_classification", "video_captioning"])
+    return model_id, dataset_id
+
+
+@pytest.mark.stack
+@pytest.mark.e2e
+def test_sigterm_stops_the_training_and_keeps_the_partial_adapter(airflow_env, s3, mlflow_uri, tmp_path):
+    """What a stop does to the train task: SIGTERM (Airflow's kill) -> the engine saves its
+    adapter and exits 75 -> the adapter is uploaded, the MLflow run is KILLED, the run fails."""
+    client = s3.client()
+    model_id, dataset_id = _seed_tiny_job(client, s3.bucket, tmp_path, clips=16)
+    job_id = f"job-{uuid.uuid4().hex[:8]}"
+    conf = {"job_id": job_id, "user": "bob", "model_id": model_id, "dataset_id": dataset_id,
+            "output_name": "long-one", "training_params": {"epochs": 100, "batch_size": 1, "lora_rank": 4}}
+    env = {**airflow_env, **s3.env(), "MLFLOW_TRACKING_URI": mlflow_uri}
+    runner = subprocess.Popen([sys.executable, "-c", textwrap.dedent(RUNNER), str(DAG_FILE), json.dumps({"stop": conf})],
+                              env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    stop_sent = engine_exited = None
+    try:
+        assert runner.stdout is not None
+        for line in runner.stdout:
+            lines.append(line)
+            if stop_sent is None and "step 2/" in line:
+                stop_sent = time.monotonic()
+                runner.send_signal(signal.SIGTERM)
+            if engine_exited is None and "training process exited with code" in line:
+                engine_exited = time.monotonic()
+        runner.wait(timeout=120)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+    output = "".join(lines)
+    assert stop_sent is not None, output[-6000:]
+    exited = [line for line in lines if "training process exited with code" in line]
+    assert exited and "exited with code 75" in exited[0], output[-6000:]
+    print(f"stop: SIGTERM to engine exit (adapter saved) {engine_exited - stop_sent:.2f} s")
+    assert engine_exited - stop_sent < 5  # Airflow sends SIGKILL ~5 s after SIGTERM
+    result = json.loads(next(line for line in lines if line.startswith(MARK))[len(MARK):])["stop"]
+    assert result["state"] == "failed"
+    assert result["tis"]["train"] == ["failed", 1]
+    assert result["tis"]["evaluate"][0] == "upstream_failed"
+    adapter_prefix = storage.adapter_prefix(job_id)
+    assert f"training stopped by request; partial adapter at s3://{s3.bucket}/{adapter_prefix}" in output
+    keys = {o["Key"][len(adapter_prefix):] for o in
+            client.list_objects_v2(Bucket=s3.bucket, Prefix=adapter_prefix).get("Contents", [])}
+    assert {"adapter_model.safetensors", "adapter_config.json"} <= keys
+    run_id = result["xcoms"]["train.mlflow_run_id"]
+    from mlflow.tracking import MlflowClient
+
+    mlflow_run = MlflowClient(tracking_uri=mlflow_uri).get_run(run_id)
+    assert mlflow_run.info.status == "KILLED"
+    assert mlflow_run.data.tags["job_id"] == job_id
+    assert result["links"]["MLflow run"].endswith(f"/runs/{run_id}")
