@@ -31,6 +31,10 @@ from devstack.postgres import Postgres
 from devstack.seaweedfs import SeaweedFS
 
 
+ROUNDS = 4
+WARM_UP_S = 0.5
+
+
 @dataclass
 class Result:
     name: str
@@ -58,7 +62,7 @@ async def load(base: str, name: str, method: str, path: str, headers: dict[str, 
     errors = 0
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(base_url=base, headers=headers, limits=limits, timeout=60) as http:
-        warm_end = time.perf_counter() + 1.0
+        warm_end = time.perf_counter() + WARM_UP_S
         end = warm_end + seconds
 
         async def worker() -> None:
@@ -169,19 +173,28 @@ def main() -> None:
         initiate = {"file_name": "clips.zip", "file_type": "application/zip", "dataset_name": "bench",
                     "dataset_description": "benchmark upload"}
         print(f"API on {args.db} ({database_url.split('://')[0]}), uvicorn 1 worker; "
-              f"{args.datasets} datasets for the list user; {args.seconds:.0f} s per route after 1 s warm-up")
+              f"{args.datasets} datasets for the list user; {args.seconds:.0f} s per route in {ROUNDS} slices alternating with the trivial route, "
+              f"each after a {WARM_UP_S} s warm-up")
 
         def run(name: str, method: str, path: str, headers: dict[str, str], body: dict | None = None) -> Result:
-            return asyncio.run(load(base, name, method, path, headers, body, args.clients, args.seconds))
+            return asyncio.run(load(base, name, method, path, headers, body, args.clients, args.seconds / ROUNDS))
 
-        pairs = []
-        trivial = run("GET /v1/auth/me", "GET", "/v1/auth/me", list_headers)
-        route = run(f"GET /v1/datasets ({args.datasets} rows)", "GET", "/v1/datasets", list_headers)
-        pairs.append((route, trivial))
-        trivial = run("GET /v1/auth/me", "GET", "/v1/auth/me", init_headers)
-        route = run("POST /v1/datasets/upload-initiate", "POST", "/v1/datasets/upload-initiate", init_headers,
-                    initiate)
-        pairs.append((route, trivial))
+        def paired(name: str, method: str, path: str, headers: dict[str, str], body: dict | None = None):
+            """Route and trivial route alternate in ROUNDS slices, so load drift hits both alike."""
+            trivial, route = Result("GET /v1/auth/me", [], 0.0, 0), Result(name, [], 0.0, 0)
+            for _ in range(ROUNDS):
+                for total, result in ((trivial, run(trivial.name, "GET", "/v1/auth/me", headers)),
+                                      (route, run(name, method, path, headers, body))):
+                    total.latencies_ms += result.latencies_ms
+                    total.seconds += result.seconds
+                    total.errors += result.errors
+            return route, trivial
+
+        pairs = [
+            paired(f"GET /v1/datasets ({args.datasets} rows)", "GET", "/v1/datasets", list_headers),
+            paired("POST /v1/datasets/upload-initiate", "POST", "/v1/datasets/upload-initiate", init_headers,
+                   initiate),
+        ]
         print_table(pairs, args.clients)
     finally:
         for service in reversed(services):
