@@ -114,6 +114,50 @@ def _fail(report: dict, s3_key: str) -> None:
     raise AirflowFailException("dataset is invalid: " + "; ".join(report["errors"][:5]))
 
 
+def _is_transient(exc: BaseException) -> bool:
+    """Network trouble or an S3 server error/throttle: worth a retry. Anything else is not."""
+    from botocore.exceptions import (ClientError, ConnectionClosedError, ConnectTimeoutError,
+                                     EndpointConnectionError, ReadTimeoutError)
+
+    if isinstance(exc, (EndpointConnectionError, ConnectionClosedError, ConnectTimeoutError,
+                        ReadTimeoutError, ConnectionError, TimeoutError)):
+        return True
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        return status >= 500 or error.get("Code") in ("SlowDown", "RequestTimeout", "Throttling",
+                                                       "ThrottlingException", "InternalError")
+    return False
+
+
+def _guarded(step):
+    """Runs a task body: transient errors propagate (Airflow retries them); any other failure
+    still leaves a report (valid: false) and fails the run without retries."""
+    import functools
+
+    @functools.wraps(step)
+    def run(*args, **kwargs):
+        try:
+            return step(*args, **kwargs)
+        except AirflowFailException:
+            raise
+        except Exception as exc:
+            if _is_transient(exc):
+                log.warning("transient error, the task will be retried: %s", exc)
+                raise
+            from training.data.validation import empty_report
+
+            log.exception("%s failed", step.__name__)
+            dataset_id, s3_key = _conf()
+            message = f"{step.__name__} failed: {type(exc).__name__}: {exc}"
+            try:
+                _publish_report(empty_report(dataset_id, [message]), s3_key)
+            except Exception as publish_error:
+                log.error("could not write the failure report: %s", publish_error)
+            raise AirflowFailException(message) from exc
+    return run
+
+
 def _is_missing_object(exc: Exception) -> bool:
     code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
     return code in ("404", "NoSuchKey", "NotFound")
@@ -163,6 +207,7 @@ def _download_folder(client, prefix: str, dest: Path) -> None:
 )
 def dataset_validation():
     @task
+    @_guarded
     def extract() -> dict:
         """Download, extract safely, upload the dataset folder under files/."""
         from botocore.exceptions import ClientError
@@ -206,6 +251,7 @@ def dataset_validation():
                 "file_count": len(files)}
 
     @task
+    @_guarded
     def validate(extracted: dict) -> dict:
         """Great Expectations on the table, PyAV on every clip; the report goes to S3/MLflow."""
         from training.data.archive import clear_folder

@@ -181,6 +181,10 @@ def dag_runs(airflow_env, s3, tmp_path_factory):
     corrupt.write_bytes(b"PK\x03\x04 definitely not a real zip" * 20)
     upload("corrupt", corrupt)
 
+    never_uploaded = str(uuid.uuid4())
+    cases["no_archive"] = {"conf": {"dataset_id": never_uploaded,
+                                    "s3_key": storage.dataset_upload_key(never_uploaded, "gone.zip")}}
+
     env = {**airflow_env, **s3.env(), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db"}
     confs = json.dumps({name: case["conf"] for name, case in cases.items()})
     out = subprocess.run([sys.executable, "-c", textwrap.dedent(RUNNER), str(DAG_FILE), confs],
@@ -197,6 +201,7 @@ def dag_runs(airflow_env, s3, tmp_path_factory):
         case["files"] = {o["Key"][len(storage.dataset_files_prefix(dataset_id)):]: o["Size"]
                          for o in listed.get("Contents", [])}
         case["mlflow"] = result["mlflow"].get(dataset_id)
+        case["bucket"] = s3.bucket
     print("dag.test seconds:", {name: case["seconds"] for name, case in cases.items()})
     return cases
 
@@ -237,6 +242,7 @@ def test_missing_clip_fails_the_run_with_a_precise_report(dag_runs):
     ("zip_slip", "slip.zip: unsafe archive member '../../evil.mp4': it escapes the extraction "
                  "folder (zip slip: '..' in its path)"),
     ("corrupt", "corrupt.zip: not a zip archive (or a corrupt one)"),
+    ("no_archive", "gone.zip: no uploaded archive at s3://{bucket}/datasets/{id}/gone.zip"),
 ])
 def test_unsafe_or_corrupt_archive_fails_with_a_report(dag_runs, name, expected):
     case = dag_runs[name]
@@ -244,5 +250,5 @@ def test_unsafe_or_corrupt_archive_fails_with_a_report(dag_runs, name, expected)
     assert case["tis"]["extract"] == ["failed", 1]
     assert case["tis"]["validate"][0] == "upstream_failed"
     assert case["report"]["valid"] is False
-    assert case["report"]["errors"] == [expected]
+    assert case["report"]["errors"] == [expected.format(id=case["conf"]["dataset_id"], bucket=case["bucket"])]
     assert case["files"] == {}  # nothing unsafe was published
