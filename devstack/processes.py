@@ -3,12 +3,22 @@ stop by pid (SIGTERM to the process group, SIGKILL after a grace period)."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+
+
+#: Test sessions set this: services they start get SIGTERM when the test process dies, so a
+#: killed pytest leaves no orphans. `make up` leaves it off (its services outlive the command).
+DIE_WITH_PARENT = False
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
 class ServiceError(RuntimeError):
@@ -79,7 +89,8 @@ class Process:
             log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} start: {' '.join(self.argv)}\n".encode())
             log.flush()
             self._popen = subprocess.Popen(self.argv, env=self.env, cwd=self.cwd, stdin=subprocess.DEVNULL,
-                                           stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                           stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                           preexec_fn=_die_with_parent if DIE_WITH_PARENT else None)
         pid = self._popen.pid
         for _ in range(100):  # /proc entry appears at once; loop only guards a race
             if (start := _start_time(pid)) is not None:

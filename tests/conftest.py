@@ -20,11 +20,13 @@ import pytest
 from devstack.airflow import Airflow
 from devstack.api_server import APIServer
 from devstack.mlflow_server import MLflowServer
+from devstack import processes
 from devstack.ports import free_ports
 from devstack.postgres import Postgres
 from devstack.seaweedfs import S3Settings, SeaweedFS
 
 REPO = Path(__file__).resolve().parents[1]
+processes.DIE_WITH_PARENT = True  # a killed test session leaves no services behind
 
 
 # -- PostgreSQL ----------------------------------------------------------------------------
