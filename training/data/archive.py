@@ -101,6 +101,11 @@ def check_members(archive: zipfile.ZipFile, limits: ArchiveLimits) -> list[zipfi
                                    f"{ratio:.0f}:1, above the limit of {limits.max_ratio:.0f}:1 "
                                    "(zip bomb?)")
         keep.append(info)
+    compressed = sum(i.compress_size for i in keep if not i.is_dir())
+    if total >= limits.ratio_min_bytes and total / max(compressed, 1) > limits.max_ratio:
+        raise ArchiveError(f"the archive's members have an overall compression ratio of "
+                           f"{total / max(compressed, 1):.0f}:1, above the limit of "
+                           f"{limits.max_ratio:.0f}:1 (zip bomb of many small members?)")
     return keep
 
 

@@ -9,6 +9,7 @@ sorted listing. At most `max_errors` are reported, first rows first; `error_coun
 
 from __future__ import annotations
 
+import logging
 import os
 import statistics
 from dataclasses import dataclass, field
@@ -162,6 +163,7 @@ def _suite(table: DatasetTable, present: set[str], limits: ValidationLimits):
 
 def _ephemeral_context():
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
     import great_expectations as gx
     from great_expectations.data_context.types.base import (DataContextConfig,
                                                             InMemoryStoreBackendDefaults,

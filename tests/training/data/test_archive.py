@@ -75,6 +75,12 @@ def test_zip_bomb_by_ratio_is_refused(tmp_path):
     assert not (tmp_path / "out" / "zeros.mp4").exists()
 
 
+def test_bomb_of_many_small_members_is_refused_by_overall_ratio(tmp_path):
+    archive = _zip(tmp_path / "bomb.zip", {f"z{i}.mp4": b"\0" * 512 * 1024 for i in range(40)})
+    with pytest.raises(ArchiveError, match="overall compression ratio"):
+        extract_archive(archive, tmp_path / "out")
+
+
 def test_total_uncompressed_size_limit(tmp_path):
     archive = _zip(tmp_path / "a.zip", {f"c{i}.mp4": bytes(range(256)) * 40 for i in range(5)})
     with pytest.raises(ArchiveError, match=r"more than 30000 bytes.*'c2\.mp4'"):
