@@ -14,6 +14,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from training.config import ArgumentError
@@ -41,6 +42,13 @@ class Splits:
     source: str
 
 
+def _missing(value) -> bool:
+    try:
+        return value is None or bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False
+
+
 def read_examples(folder: str | Path, task: str) -> list[tuple[Example, str | None]]:
     """Every row as (example, split or None); raises ArgumentError naming the first bad row."""
     try:
@@ -53,6 +61,7 @@ def read_examples(folder: str | Path, task: str) -> list[tuple[Example, str | No
                             f"(columns: {', '.join(table.frame.columns)})")
     rows = []
     for i, record in enumerate(table.frame.to_dict("records"), start=1):
+        record = {k: (None if _missing(v) else v) for k, v in record.items()}
         file_name, value = record.get("file_name"), record.get(column)
         if not file_name:
             raise ArgumentError(f"dataset row {i}: empty file_name")
