@@ -363,6 +363,7 @@ def qlora_training():
 
     @task(**TRANSIENT)
     def validate_inputs() -> dict[str, Any]:
+        started = time.monotonic()
         params = _params()
         if problems := job_spec.validate_job_conf(params):
             raise AirflowFailException("invalid training job: " + "; ".join(problems))
@@ -388,8 +389,8 @@ def qlora_training():
                                                      params.get("training_params")):
             raise AirflowFailException("invalid training job: " + "; ".join(problems))
         resolved = job_spec.resolve_training_params(model, params.get("training_params"))
-        log.info("job %s: %s on dataset %s (%s clips), params %s", params["job_id"], model.id,
-                 dataset_id, report.get("clip_count"), resolved.as_dict())
+        log.info("job %s: %s on dataset %s (%s clips), params %s (checked in %.2f s)", params["job_id"],
+                 model.id, dataset_id, report.get("clip_count"), resolved.as_dict(), time.monotonic() - started)
         return {"model_type": model.model_type, "training_params": resolved.as_dict(),
                 "clip_count": report.get("clip_count")}
 

@@ -352,6 +352,7 @@ def test_bad_requests_fail_in_validate_inputs_without_retry(airflow_env, s3, tmp
     }
     env = {**airflow_env, **s3.env()}
     runs = _run_dags(env, confs, tmp_path, timeout=300)
+    print("validate_inputs seconds:", {name: run["durations"]["validate_inputs"] for name, run in runs.items()})
     for name, run in runs.items():
         assert run["state"] == "failed", (name, run)
         assert run["tis"]["validate_inputs"] == ["failed", 1], (name, run)  # no retry
