@@ -232,16 +232,17 @@ def dataset_validation():
             if _is_missing_object(exc):
                 _fail(empty_report(dataset_id, [f"{Path(s3_key).name}: no uploaded archive at "
                                                 f"s3://{_bucket()}/{s3_key}"]), s3_key)
-            raise  # transient: retried
+            raise  # _guarded: retried when transient, else reported
         log.info("downloaded %s (%d bytes)", s3_key, archive.stat().st_size)
 
         try:
             extract_archive(archive, work / "extracted")
         except ArchiveError as exc:
             clear_folder(work)
-            _fail(empty_report(dataset_id, [f"{Path(s3_key).name}: {exc}"
-                                            if not str(exc).startswith(archive.name)
-                                            else str(exc)]), s3_key)
+            message = str(exc)
+            if not message.startswith(archive.name):
+                message = f"{archive.name}: {message}"
+            _fail(empty_report(dataset_id, [message]), s3_key)
         archive.unlink()
         root = find_root(work / "extracted")
         files = dataset_files(root)
