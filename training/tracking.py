@@ -64,7 +64,7 @@ class MlflowTracker(NullTracker):
             try:
                 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-                self._monitor = SystemMetricsMonitor(self.run_id, sampling_interval=5, samples_before_logging=1,
+                self._monitor = SystemMetricsMonitor(self.run_id, sampling_interval=2, samples_before_logging=1,
                                                      resume_logging=bool(run_id), tracking_uri=self.uri)
                 self._monitor.start()
             except Exception as exc:  # psutil missing or the like: not worth failing a training
