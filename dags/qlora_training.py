@@ -45,7 +45,7 @@ import time
 from collections import deque
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from airflow.sdk import Param, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
@@ -66,8 +66,6 @@ log = logging.getLogger(__name__)
 ENGINE_EXIT_BAD_INPUT, ENGINE_EXIT_STOPPED = 2, 75
 ENGINE_LOG_FILE = "train.log"
 ENGINE_RUN_LINE = re.compile(r"mlflow run ([0-9a-f]{32}) at ")
-#: the engine has this long after SIGTERM to save its adapter (Airflow sends SIGKILL ~5 s later)
-STOP_GRACE_S = 4.0
 TRANSIENT = dict(retries=3, retry_delay=timedelta(seconds=5), retry_exponential_backoff=2.0,
                  max_retry_delay=timedelta(minutes=2))
 
@@ -173,12 +171,11 @@ def _sync_prefix(client, prefix: str, dest: Path, what: str) -> tuple[Path, int]
     return dest, downloaded
 
 
-def _upload_files(client, files: list[Path], prefix: str, deadline: float | None = None) -> list[str]:
+def _upload_files(client, files: list[Path], prefix: str) -> list[str]:
+    """Uploads `files` under `prefix`, `adapter_config.json` last: it marks a complete adapter,
+    so an upload cut short (SIGKILL after a stop) never leaves a torn adapter behind."""
     keys = []
-    for path in files:
-        if deadline is not None and time.monotonic() > deadline:
-            log.warning("upload to %s cut short by the stop deadline", prefix)
-            break
+    for path in sorted(files, key=lambda p: (p.name == "adapter_config.json", p.name)):
         key = prefix + path.name
         _s3_call(f"uploading {key}", client.upload_file, str(path), _bucket(), key)
         keys.append(key)
@@ -284,9 +281,17 @@ def _die_with_parent() -> None:
     os.setsid()
 
 
-def run_engine(command: list[str], env: dict[str, str], *, on_line=None) -> tuple[int, bool, list[str]]:
+class EngineExit(NamedTuple):
+    code: int
+    #: monotonic time the task received SIGTERM/SIGINT (None: no stop was asked)
+    stop_at: float | None
+    #: the last lines of its output
+    tail: list[str]
+
+
+def run_engine(command: list[str], env: dict[str, str], *, on_line=None) -> EngineExit:
     """Runs the engine, streaming its output to the task log; SIGTERM/SIGINT received by the
-    task are forwarded to it. Returns (exit code, stop requested, last lines of output)."""
+    task are forwarded to it."""
     tail: deque[str] = deque(maxlen=40)
     stop = {"requested": False, "at": 0.0}
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -323,7 +328,7 @@ def run_engine(command: list[str], env: dict[str, str], *, on_line=None) -> tupl
             process.wait()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    return code, stop["requested"], list(tail)
+    return EngineExit(code, stop["at"] if stop["requested"] else None, list(tail))
 
 
 def _describe_exit(code: int, tail: list[str]) -> str:
@@ -440,18 +445,20 @@ def qlora_training():
         log.info("running: %s", " ".join(command))
 
         started = time.monotonic()
-        code, stop_requested, tail = run_engine(command, env, on_line=watcher)
+        code, stop_at, tail = run_engine(command, env, on_line=watcher)
         elapsed = time.monotonic() - started
         log.info("training process exited with code %s after %.1f s", code, elapsed)
         if _tracking_uri():
             watcher.recover(experiment)
 
-        if stop_requested or code == ENGINE_EXIT_STOPPED:
+        if stop_at is not None or code == ENGINE_EXIT_STOPPED:
+            if stop_at is not None:
+                log.info("the engine exited %.2f s after the stop request", time.monotonic() - stop_at)
             # upload the partial adapter inside the grace period Airflow leaves before SIGKILL
             files = _adapter_files(output)
             where = "no adapter was saved"
-            if files:
-                _upload_files(_s3(), files, storage.adapter_prefix(job_id), deadline=time.monotonic() + STOP_GRACE_S)
+            if files:  # Airflow sends SIGKILL ~5 s after SIGTERM: this races it (see _upload_files)
+                _upload_files(_s3(), files, storage.adapter_prefix(job_id))
                 where = f"partial adapter at {adapter_uri}"
             if watcher.run_id:
                 _end_mlflow_run(watcher.run_id, "KILLED", "stopped by request")

@@ -242,7 +242,8 @@ RUN_ENGINE = f"""
                 print("child " + lines[0].split()[1], flush=True)
                 os.kill(os.getpid(), signal.SIGKILL)
     start = time.monotonic()
-    code, stopped, tail = module.run_engine([sys.executable, engine, out], dict(os.environ), on_line=on_line)
+    code, stop_at, tail = module.run_engine([sys.executable, engine, out], dict(os.environ), on_line=on_line)
+    stopped = stop_at is not None
     print({MARK!r} + json.dumps({{"code": code, "stopped": stopped, "tail": tail,
                                   "reason": module._describe_exit(code, tail),
                                   "seconds": time.monotonic() - start,
