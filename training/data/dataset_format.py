@@ -77,7 +77,7 @@ def find_root(folder: Path) -> Path:
 def _read_table(path: Path) -> pd.DataFrame:
     try:
         if path.suffix == ".csv":
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+            frame = pd.read_csv(path, dtype=object, keep_default_na=False, na_values=[""])
         else:
             frame = pd.read_json(path, lines=True, dtype=False)
     except Exception as exc:  # pandas raises many types for malformed files
@@ -88,8 +88,9 @@ def _read_table(path: Path) -> pd.DataFrame:
                                  f"(columns found: {', '.join(frame.columns) or 'none'})")
     keep = [c for c in ("file_name", "label", "caption", "split") if c in frame.columns]
     frame = frame[keep].copy()
-    for column in keep:
-        frame[column] = frame[column].map(lambda v: None if pd.isna(v) else str(v)).astype("object")
+    for column in keep:  # plain strings, None where a cell is empty (pandas 3 would give NaN)
+        frame[column] = pd.Series([None if pd.isna(v) else str(v) for v in frame[column]],
+                                  index=frame.index, dtype="object")
     return frame
 
 
@@ -115,7 +116,8 @@ def read_dataset(folder: str | Path) -> DatasetTable:
     for name in TABLE_NAMES:
         if (root / name).is_file():
             frame = _read_table(root / name)
-            frame["file_name"] = frame["file_name"].map(_normalise_file_name)
+            frame["file_name"] = pd.Series([_normalise_file_name(v) for v in frame["file_name"]],
+                                           index=frame.index, dtype="object")
             return DatasetTable(root=root, source=name, frame=frame)
     return DatasetTable(root=root, source="folders", frame=_from_class_folders(root))
 
