@@ -22,9 +22,10 @@ from api.clients.airflow import AirflowApi, AirflowClient, AirflowError
 from api.clients.s3 import S3Storage, S3Unavailable
 from api.core.config import Settings, get_settings
 from api.db import make_engine, make_sessionmaker, upgrade_to_head
-from api.routers import auth, datasets, models
+from api.routers import auth, datasets, models, trainings
 from api.services.catalog import seed_catalog
 from api.services.datasets import reconcile_all
+from api.services.trainings import reconcile_trainings
 from api.services.errors import ServiceError
 
 log = logging.getLogger("api")
@@ -37,6 +38,8 @@ Fine-tune video captioning and classification models with QLoRA.
 2. `POST /v1/datasets/upload-initiate`, `PUT` the `.zip` to the returned `upload_url`,
    then `POST /v1/datasets/upload-complete`; poll `GET /v1/datasets/{id}` until `ready`.
 3. Pick a base model from `GET /v1/models/allowed`.
+4. `POST /v1/trainings`, then watch `GET /v1/trainings/{job_id}` (status, progress, logs, metrics);
+   `POST /v1/trainings/{job_id}/stop` stops it.
 
 Every error is JSON: `{"detail": "..."}`.
 """
@@ -89,7 +92,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.settings = settings
-    for router in (auth.router, datasets.router, models.router):
+    for router in (auth.router, datasets.router, models.router, trainings.router):
         app.include_router(router, prefix=API_PREFIX)
 
     @app.get(f"{API_PREFIX}/health", tags=["health"], summary="Liveness: the process answers")
@@ -107,9 +110,18 @@ def _migrate_and_seed(app: FastAPI) -> None:
 
 
 def reconcile_once(app: FastAPI) -> int:
-    """One pass: expire stale uploads, settle validating datasets. Returns how many changed."""
+    """One pass: expire stale uploads, settle validating datasets, refresh and settle training
+    jobs (a job whose run died ends failed with a reason). Returns how many changed."""
     with app.state.sessionmaker() as session:
-        return reconcile_all(session, app.state.s3, app.state.airflow, app.state.settings)
+        changed = reconcile_all(session, app.state.s3, app.state.airflow, app.state.settings)
+    with app.state.sessionmaker() as session:
+        mlflow = getattr(app.state, "mlflow", None)
+        if mlflow is None and not hasattr(app.state, "mlflow"):
+            from api.clients.mlflow import MlflowReader
+
+            mlflow = app.state.mlflow = MlflowReader.from_settings(app.state.settings)
+        changed += reconcile_trainings(session, app.state.s3, app.state.airflow, mlflow, app.state.settings)
+    return changed
 
 
 async def _reconcile_loop(app: FastAPI, interval_s: float) -> None:
@@ -118,7 +130,7 @@ async def _reconcile_loop(app: FastAPI, interval_s: float) -> None:
         try:
             changed = await asyncio.to_thread(reconcile_once, app)
             if changed:
-                log.info("reconcile: %d datasets changed", changed)
+                log.info("reconcile: %d datasets or training jobs changed", changed)
         except Exception:  # the loop must survive any one failed pass
             log.exception("reconcile pass failed")
 

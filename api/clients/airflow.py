@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol
 
 import httpx
@@ -32,10 +33,21 @@ class DagRun:
     dag_id: str
     run_id: str
     state: str
+    start_date: datetime | None = None
+    end_date: datetime | None = None
 
     @property
     def terminal(self) -> bool:
         return self.state in TERMINAL_STATES
+
+
+@dataclass(frozen=True)
+class TaskInstance:
+    task_id: str
+    state: str | None
+    try_number: int = 0
+    start_date: datetime | None = None
+    end_date: datetime | None = None
 
 
 class AirflowApi(Protocol):
@@ -46,6 +58,18 @@ class AirflowApi(Protocol):
     def get_dag_run(self, dag_id: str, run_id: str) -> DagRun | None: ...
 
     def list_dag_runs(self, dag_id: str, run_ids: list[str]) -> dict[str, DagRun]: ...
+
+
+class TrainingAirflowApi(AirflowApi, Protocol):
+    """What the trainings API needs on top: task instances, logs, XCom, and failing a run."""
+
+    def list_task_instances(self, dag_id: str, run_id: str) -> dict[str, TaskInstance]: ...
+
+    def get_task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int) -> list[str]: ...
+
+    def get_xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value") -> Any: ...
+
+    def set_dag_run_state(self, dag_id: str, run_id: str, state: str) -> DagRun | None: ...
 
 
 class AirflowClient:
@@ -98,12 +122,16 @@ class AirflowClient:
                 self._token = self._fetch_token()
             return self._token
 
-    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    def _request(
+        self, method: str, path: str, headers_extra: dict[str, str] | None = None, **kwargs: Any
+    ) -> httpx.Response:
         token = self._token_value()
-        resp = self._send(method, path, headers={"Authorization": f"Bearer {token}"}, **kwargs)
+        headers = {"Authorization": f"Bearer {token}", **(headers_extra or {})}
+        resp = self._send(method, path, headers=headers, **kwargs)
         if resp.status_code == 401:
             token = self._token_value(refresh=True)
-            resp = self._send(method, path, headers={"Authorization": f"Bearer {token}"}, **kwargs)
+            headers["Authorization"] = f"Bearer {token}"
+            resp = self._send(method, path, headers=headers, **kwargs)
         if resp.status_code >= 500:
             raise AirflowUnavailable(f"Airflow answered {resp.status_code} on {method} {path}")
         if resp.status_code in (401, 403):
@@ -155,8 +183,97 @@ class AirflowClient:
         return found
 
 
+    def list_task_instances(self, dag_id: str, run_id: str) -> dict[str, TaskInstance]:
+        """Task instances of one run by task id (empty if the run is unknown)."""
+        resp = self._request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"limit": 100})
+        if resp.status_code == 404:
+            return {}
+        if resp.status_code >= 400:
+            raise AirflowError(f"Airflow refused to list task instances of {run_id} ({resp.status_code}): {_detail(resp)}")
+        out: dict[str, TaskInstance] = {}
+        for item in resp.json().get("task_instances", []):
+            out[item["task_id"]] = TaskInstance(
+                task_id=item["task_id"],
+                state=item.get("state"),
+                try_number=int(item.get("try_number") or 0),
+                start_date=_time(item.get("start_date")),
+                end_date=_time(item.get("end_date")),
+            )
+        return out
+
+    def get_task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int) -> list[str]:
+        """The log of one try of a task as text lines (structured entries rendered)."""
+        resp = self._request(
+            "GET",
+            f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{max(try_number, 1)}",
+            params={"full_content": "true"},
+            headers_extra={"Accept": "application/json"},
+        )
+        if resp.status_code == 404:
+            return []
+        if resp.status_code >= 400:
+            raise AirflowError(f"Airflow refused the log of {run_id}/{task_id} ({resp.status_code}): {_detail(resp)}")
+        content = resp.json().get("content", [])
+        if isinstance(content, str):
+            return content.splitlines()
+        return [line for entry in content for line in render_log_entry(entry)]
+
+    def get_xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value") -> Any:
+        """An XCom value (deserialized), or None when there is none yet."""
+        resp = self._request(
+            "GET",
+            f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}",
+            params={"deserialize": "true", "stringify": "false"},
+        )
+        if resp.status_code == 404:
+            return None
+        if resp.status_code >= 400:
+            raise AirflowError(f"Airflow refused XCom {task_id}.{key} of {run_id} ({resp.status_code}): {_detail(resp)}")
+        return resp.json().get("value")
+
+    def set_dag_run_state(self, dag_id: str, run_id: str, state: str) -> DagRun | None:
+        """Marks a run `failed`/`success` (Airflow then kills its running tasks); None if unknown."""
+        resp = self._request("PATCH", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}", json={"state": state})
+        if resp.status_code == 404:
+            return None
+        if resp.status_code >= 400:
+            raise AirflowError(f"Airflow refused to set run {run_id} {state} ({resp.status_code}): {_detail(resp)}")
+        return _dag_run(resp.json(), dag_id)
+
+
+def render_log_entry(entry: Any) -> list[str]:
+    """One structured log entry of Airflow 3 (`{timestamp, event, level, logger, error_detail}`)
+    as text lines."""
+    if not isinstance(entry, dict):
+        return [str(entry)]
+    event = str(entry.get("event", ""))
+    level = str(entry.get("level") or "").upper()
+    stamp = str(entry.get("timestamp") or "")[:23].replace("T", " ")
+    prefix = " ".join(p for p in (stamp, level) if p)
+    lines = [f"{prefix} {event}".strip() if prefix else event]
+    for error in entry.get("error_detail") or []:
+        if isinstance(error, dict):
+            lines.append(f"{error.get('exc_type', 'Error')}: {error.get('exc_value', '')}")
+    return lines
+
+
 def _dag_run(item: dict[str, Any], dag_id: str) -> DagRun:
-    return DagRun(dag_id=item.get("dag_id", dag_id), run_id=item["dag_run_id"], state=str(item.get("state")))
+    return DagRun(
+        dag_id=item.get("dag_id", dag_id),
+        run_id=item["dag_run_id"],
+        state=str(item.get("state")),
+        start_date=_time(item.get("start_date")),
+        end_date=_time(item.get("end_date")),
+    )
+
+
+def _time(value: Any) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
 
 
 def _detail(resp: httpx.Response) -> str:

@@ -53,6 +53,18 @@ class Settings(BaseSettings):
     airflow_password: str = "admin"
     airflow_timeout_s: float = 10.0
     dataset_validation_dag_id: str = "dataset_validation"
+    training_dag_id: str = "qlora_training"
+    #: the Airflow UI address users are linked to (default: `airflow_url`)
+    airflow_ui_url: str | None = None
+
+    # MLflow (the tracking server also serves the UI)
+    mlflow_tracking_uri: str | None = Field(
+        default=None, validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "QLORA_MLFLOW_TRACKING_URI")
+    )
+    #: the MLflow UI address users are linked to (default: `mlflow_tracking_uri` when http)
+    mlflow_ui_url: str | None = None
+    #: MLflow reads by the trainings API give up after this long (and retry at most twice)
+    mlflow_timeout_s: float = 5.0
 
     #: period of the background reconcile loop; 0 disables it (tests)
     reconcile_interval_s: float = Field(default=15.0, ge=0)

@@ -3,11 +3,17 @@
 from api.models.base import Base
 from api.models.base_model import BaseModel
 from api.models.dataset import Dataset, DatasetStage, DatasetStatus
-from api.models.training_job import ACTIVE_TRAINING_STATUSES, TrainingJob, TrainingStatus
+from api.models.training_job import (
+    ACTIVE_TRAINING_STATUSES,
+    TERMINAL_TRAINING_STATUSES,
+    TrainingJob,
+    TrainingStatus,
+)
 from api.models.user import User
 
 __all__ = [
     "ACTIVE_TRAINING_STATUSES",
+    "TERMINAL_TRAINING_STATUSES",
     "Base",
     "BaseModel",
     "Dataset",

@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import ForeignKey, Index, String
+from sqlalchemy import JSON, Float, ForeignKey, Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from api.models.base import Base, new_id, utcnow
@@ -18,18 +19,26 @@ class TrainingStatus(enum.StrEnum):
 
 
 ACTIVE_TRAINING_STATUSES = (TrainingStatus.QUEUED.value, TrainingStatus.RUNNING.value)
+TERMINAL_TRAINING_STATUSES = (
+    TrainingStatus.COMPLETED.value,
+    TrainingStatus.FAILED.value,
+    TrainingStatus.STOPPED.value,
+)
 
 
 class TrainingJob(Base):
-    """Minimal training job row; the trainings API extends it with its own migration.
+    """A training job: the request, and the state last read back from Airflow and MLflow.
 
-    `dataset_id` is deliberately not a foreign key: a job's history outlives its dataset.
+    Terminal jobs are settled once (status, times, output path, error, metrics cached here);
+    live ones are refreshed on reads. `dataset_id` is deliberately not a foreign key: a job's
+    history outlives its dataset.
     """
 
     __tablename__ = "training_jobs"
     __table_args__ = (
         Index("ix_training_jobs_owner_created", "owner_id", "created_at"),
         Index("ix_training_jobs_dataset_status", "dataset_id", "status"),
+        Index("ix_training_jobs_status", "status"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
@@ -39,3 +48,19 @@ class TrainingJob(Base):
     status: Mapped[str] = mapped_column(String(16), default=TrainingStatus.QUEUED.value)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    #: the request as accepted (model_id, dataset_id, training_params, output_name)
+    request: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    output_name: Mapped[str | None] = mapped_column(String(64), default=None)
+    airflow_run_id: Mapped[str | None] = mapped_column(String(250), default=None)
+    mlflow_run_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    mlflow_experiment_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    stage: Mapped[str | None] = mapped_column(String(32), default=None)
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    started_at: Mapped[datetime | None] = mapped_column(default=None)
+    completed_at: Mapped[datetime | None] = mapped_column(default=None)
+    output_path: Mapped[str | None] = mapped_column(String(512), default=None)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    metrics: Mapped[dict[str, float] | None] = mapped_column(JSON, default=None)
+    stop_requested_at: Mapped[datetime | None] = mapped_column(default=None)
+    #: when the terminal details (error, metrics, output path) were read back and cached
+    settled_at: Mapped[datetime | None] = mapped_column(default=None)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import RowMapping, exists, select
+from sqlalchemy import RowMapping, select
 from sqlalchemy.orm import Session
 
 from api.clients.airflow import AirflowApi, AirflowError, DagRun
@@ -157,12 +157,17 @@ class DatasetService:
     # --- delete -----------------------------------------------------------------------------
     def delete(self, owner: User, dataset_id: str) -> None:
         dataset = self._owned(owner, dataset_id)
-        in_use = self.session.scalar(
-            select(
-                exists().where(TrainingJob.dataset_id == dataset.id, TrainingJob.status.in_(ACTIVE_TRAINING_STATUSES))
+        active = self.session.scalars(
+            select(TrainingJob).where(
+                TrainingJob.dataset_id == dataset.id, TrainingJob.status.in_(ACTIVE_TRAINING_STATUSES)
             )
-        )
-        if in_use:
+        ).all()
+        if active:
+            # the cached states may be stale: read the runs (one request) before refusing
+            from api.services.trainings import TrainingService
+
+            TrainingService(self.session, self.s3, self.airflow, None, self.settings).refresh_active(active)  # type: ignore[arg-type]
+        if any(job.status in ACTIVE_TRAINING_STATUSES for job in active):
             raise Conflict("Dataset is used by a queued or running training job; stop the job or wait for it to end")
         if dataset.stage == DatasetStage.VALIDATING:
             self.refresh([dataset])

@@ -1,0 +1,399 @@
+"""Training jobs: validate and start (one `qlora_training` run per job), read their state back
+from Airflow and MLflow, stop them, and settle them for good once their run ended.
+
+    queued --task started--> running --run success--> completed
+       |                        |--run failed--> failed (error from the failed task's log)
+       `--stop (run marked failed in Airflow)--> stopped (partial adapter kept)
+
+Live state is read in bulk on the list path (one Airflow list request for every unsettled job,
+one MLflow search for the running ones); per-job reads (task instances, logs, XCom) happen only
+on the detail route and in the background reconcile loop. Terminal jobs are cached in the DB.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from api.clients.airflow import AirflowError, DagRun, TaskInstance, TrainingAirflowApi
+from api.clients.mlflow import MlflowApi, MlflowUnavailable, RunSummary
+from api.clients.s3 import S3Storage, S3Unavailable
+from api.core.config import Settings
+from api.models import (
+    ACTIVE_TRAINING_STATUSES,
+    TERMINAL_TRAINING_STATUSES,
+    BaseModel,
+    Dataset,
+    DatasetStage,
+    TrainingJob,
+    TrainingStatus,
+    User,
+)
+from api.models.base import as_utc, new_id, utcnow
+from api.schemas.trainings import TrainingRequest
+from api.services.errors import InvalidInput, NotFound
+from training import job_spec, storage
+from training.catalog import load_catalog
+
+log = logging.getLogger(__name__)
+
+#: a job whose run Airflow does not know after this long ends failed
+LOST_RUN_GRACE = timedelta(minutes=5)
+LOG_TAIL_LINES = 60
+_EXCEPTION_LINE = re.compile(r"^(?:[\w.]+\.)?(\w*(?:Exception|Error|Interrupt)): (.+)$")
+
+
+class TrainingService:
+    """One request's (or one reconcile pass's) view of the training jobs."""
+
+    def __init__(
+        self,
+        session: Session,
+        s3: S3Storage | None,
+        airflow: TrainingAirflowApi,
+        mlflow: MlflowApi | None,
+        settings: Settings,
+    ) -> None:
+        self.session = session
+        self.s3 = s3
+        self.airflow = airflow
+        self.mlflow = mlflow
+        self.settings = settings
+
+    @property
+    def dag_id(self) -> str:
+        return self.settings.training_dag_id
+
+    # --- start ------------------------------------------------------------------------------
+    def start(self, owner: User, request: TrainingRequest) -> TrainingJob:
+        """Validates everything (400 with every problem), creates the job and triggers its run.
+        An unreachable Airflow raises `AirflowError` (503) and leaves no job behind."""
+        model = load_catalog().get(request.model_id)
+        row = self.session.get(BaseModel, request.model_id)
+        if model is None or row is None or not row.active:
+            raise InvalidInput(f"model_id {request.model_id!r} is not an available model; see GET /v1/models/allowed")
+        dataset = self.session.get(Dataset, request.dataset_id)
+        if dataset is None or dataset.owner_id != owner.id:
+            raise InvalidInput(f"dataset_id {request.dataset_id!r}: dataset not found")
+        if dataset.stage != DatasetStage.READY:
+            why = f" ({dataset.error})" if dataset.error else ""
+            raise InvalidInput(
+                f"dataset {dataset.id} is not ready (status {dataset.status}, stage {dataset.stage}){why}; "
+                "train on a dataset whose status is ready"
+            )
+        tasks = (dataset.stats or {}).get("tasks")
+        problems = job_spec.validate_job_request(
+            model, tasks if isinstance(tasks, list) else None, request.training_params, request.output_name
+        )
+        if problems:
+            raise InvalidInput("; ".join(problems))
+
+        job_id = new_id()
+        conf = {
+            "job_id": job_id,
+            "user": owner.id,
+            "model_id": model.id,
+            "dataset_id": dataset.id,
+            "training_params": dict(request.training_params),
+            "output_name": request.output_name,
+        }
+        run_id = job_spec.dag_run_id(job_id)
+        job = TrainingJob(
+            id=job_id,
+            owner_id=owner.id,
+            model_id=model.id,
+            dataset_id=dataset.id,
+            status=TrainingStatus.QUEUED.value,
+            request={k: conf[k] for k in ("model_id", "dataset_id", "training_params", "output_name")},
+            output_name=request.output_name,
+            airflow_run_id=run_id,
+            progress=0.0,
+        )
+        self.session.add(job)
+        self.session.flush()
+        try:
+            self.airflow.trigger_dag_run(self.dag_id, run_id, conf)
+        except AirflowError:
+            self.session.rollback()  # no job without a run
+            raise
+        self.session.commit()
+        return job
+
+    # --- reads ------------------------------------------------------------------------------
+    def owned(self, owner: User, job_id: str) -> TrainingJob:
+        job = self.session.get(TrainingJob, job_id)
+        if job is None or job.owner_id != owner.id:
+            raise NotFound("Training job not found")
+        return job
+
+    def list(self, owner: User) -> Sequence[TrainingJob]:
+        """The owner's jobs, newest first; unsettled ones refreshed in bulk first."""
+        active = self.session.scalars(
+            select(TrainingJob).where(
+                TrainingJob.owner_id == owner.id, TrainingJob.status.in_(ACTIVE_TRAINING_STATUSES)
+            )
+        ).all()
+        self.refresh_active(active)
+        return self.session.scalars(
+            select(TrainingJob).where(TrainingJob.owner_id == owner.id).order_by(
+                TrainingJob.created_at.desc(), TrainingJob.id
+            )
+        ).all()
+
+    def refresh_active(self, jobs: Sequence[TrainingJob]) -> int:
+        """Status, start/end times and progress of queued/running jobs: ONE Airflow request
+        (and one MLflow search for the running ones). Outside failures are logged and leave
+        the jobs as they were. Returns how many changed."""
+        active = [j for j in jobs if j.status in ACTIVE_TRAINING_STATUSES]
+        if not active:
+            return 0
+        try:
+            runs = self.airflow.list_dag_runs(self.dag_id, [self._run_id(j) for j in active])
+        except AirflowError as exc:
+            log.warning("cannot refresh %d training jobs from Airflow: %s", len(active), exc)
+            return 0
+        changed = 0
+        now = utcnow()
+        for job in active:
+            changed += self._apply_run(job, runs.get(self._run_id(job)), None, now)
+        changed += self._refresh_progress([j for j in active if j.status == TrainingStatus.RUNNING])
+        if changed:
+            self.session.commit()
+        return changed
+
+    def detail(self, job: TrainingJob) -> dict[str, Any]:
+        """Refreshes one job from its run (task instances, XCom, MLflow) and returns the live
+        extras of the detail view: logs, ETA."""
+        extras: dict[str, Any] = {"logs": "", "eta_seconds": None}
+        tis: dict[str, TaskInstance] = {}
+        try:
+            if job.status in ACTIVE_TRAINING_STATUSES or job.settled_at is None:
+                run = self.airflow.get_dag_run(self.dag_id, self._run_id(job))
+                tis = self.airflow.list_task_instances(self.dag_id, self._run_id(job)) if run else {}
+                self._apply_run(job, run, tis, utcnow())
+                if job.status in TERMINAL_TRAINING_STATUSES and run is not None:
+                    self._settle(job, run, tis)
+                elif job.status == TrainingStatus.RUNNING:
+                    self._find_mlflow_run(job, tis)
+                    summary = self._refresh_progress([job], single=True)
+                    extras["eta_seconds"] = self._eta(job, tis, summary)
+            else:
+                tis = self.airflow.list_task_instances(self.dag_id, self._run_id(job))
+            extras["logs"] = self._logs(job, tis)
+        except AirflowError as exc:
+            log.warning("cannot read job %s from Airflow: %s", job.id, exc)
+            extras["logs"] = "(logs unavailable: the pipeline service (Airflow) cannot be reached)"
+        if self.session.dirty:
+            self.session.commit()
+        return extras
+
+    # --- stop -------------------------------------------------------------------------------
+    def stop(self, owner: User, job_id: str) -> TrainingJob:
+        job = self.owned(owner, job_id)
+        if job.status in ACTIVE_TRAINING_STATUSES:
+            run = self.airflow.get_dag_run(self.dag_id, self._run_id(job))
+            self._apply_run(job, run, None, utcnow())
+        if job.status not in ACTIVE_TRAINING_STATUSES:
+            self.session.commit()
+            raise InvalidInput(f"Job {job.id} is {job.status}: only queued or running jobs can be stopped")
+        if job.stop_requested_at is None:
+            job.stop_requested_at = utcnow()
+            self.session.commit()  # recorded first: the failed run must read as stopped
+        # Airflow kills the running task (SIGTERM: the engine saves its partial adapter)
+        self.airflow.set_dag_run_state(self.dag_id, self._run_id(job), "failed")
+        return job
+
+    # --- reconciliation ---------------------------------------------------------------------
+    def reconcile(self, batch: int = 500, settle_batch: int = 20) -> int:
+        """One background pass: refresh every unsettled job in bulk, find the MLflow runs of
+        running jobs, and settle (error, metrics, output path) jobs whose run ended."""
+        active = self.session.scalars(
+            select(TrainingJob).where(TrainingJob.status.in_(ACTIVE_TRAINING_STATUSES))
+            .order_by(TrainingJob.updated_at).limit(batch)
+        ).all()
+        changed = self.refresh_active(active)
+        for job in [j for j in active if j.status == TrainingStatus.RUNNING and not j.mlflow_run_id][:settle_batch]:
+            try:
+                self._find_mlflow_run(job, None)
+            except AirflowError as exc:
+                log.warning("cannot read the MLflow run id of job %s: %s", job.id, exc)
+        unsettled = self.session.scalars(
+            select(TrainingJob).where(
+                TrainingJob.status.in_(TERMINAL_TRAINING_STATUSES), TrainingJob.settled_at.is_(None)
+            ).limit(settle_batch)
+        ).all()
+        for job in unsettled:
+            try:
+                run = self.airflow.get_dag_run(self.dag_id, self._run_id(job))
+                if run is None:
+                    job.settled_at = utcnow()
+                else:
+                    self._settle(job, run, self.airflow.list_task_instances(self.dag_id, self._run_id(job)))
+                changed += 1
+            except AirflowError as exc:
+                log.warning("cannot settle job %s: %s", job.id, exc)
+                break
+        if self.session.dirty or self.session.new:
+            self.session.commit()
+        return changed
+
+    # --- internals ----------------------------------------------------------------------------
+    @staticmethod
+    def _run_id(job: TrainingJob) -> str:
+        return job.airflow_run_id or job_spec.dag_run_id(job.id)
+
+    def _apply_run(
+        self, job: TrainingJob, run: DagRun | None, tis: dict[str, TaskInstance] | None, now: datetime
+    ) -> int:
+        """Maps the run (and its task instances when read) onto the job; 1 if it changed."""
+        before = (job.status, job.stage, job.started_at, job.completed_at)
+        if job.status in TERMINAL_TRAINING_STATUSES:
+            return 0
+        if run is None:
+            created = as_utc(job.created_at)
+            if job.stop_requested_at is not None:
+                job.status, job.completed_at = TrainingStatus.STOPPED.value, now
+            elif created is not None and now - created > LOST_RUN_GRACE:
+                job.status, job.completed_at = TrainingStatus.FAILED.value, now
+                job.error = f"The Airflow run {self._run_id(job)} of this job no longer exists"
+                job.settled_at = now
+            return int(before != (job.status, job.stage, job.started_at, job.completed_at))
+        states = {t: ti.state for t, ti in tis.items()} if tis is not None else None
+        try:
+            state = job_spec.job_state(run.state, stop_requested=job.stop_requested_at is not None, task_states=states)
+        except ValueError:
+            log.warning("job %s: unexpected Airflow run state %r", job.id, run.state)
+            return 0
+        job.status = state.value
+        if states is not None and (stage := job_spec.job_stage(states)) is not None:
+            job.stage = stage.value
+        if state is not job_spec.JobState.QUEUED and job.started_at is None:
+            job.started_at = run.start_date or now
+        if state in job_spec.TERMINAL_STATES:
+            job.completed_at = run.end_date or now
+            if state is job_spec.JobState.COMPLETED:
+                job.progress = 1.0
+                job.output_path = storage.s3_uri(self.settings.s3_bucket, storage.adapter_prefix(job.id))
+        return int(before != (job.status, job.stage, job.started_at, job.completed_at))
+
+    def _find_mlflow_run(self, job: TrainingJob, tis: dict[str, TaskInstance] | None) -> None:
+        """The MLflow run id the train task pushes to XCom as soon as the run exists."""
+        if job.mlflow_run_id:
+            return
+        if tis is not None and (tis.get(job_spec.TRAIN_TASK_ID) is None or tis[job_spec.TRAIN_TASK_ID].state is None):
+            return
+        run_id = self.airflow.get_xcom(self.dag_id, self._run_id(job), job_spec.TRAIN_TASK_ID, job_spec.XCOM_MLFLOW_RUN_ID)
+        if isinstance(run_id, str) and run_id:
+            job.mlflow_run_id = run_id
+            exp = self.airflow.get_xcom(
+                self.dag_id, self._run_id(job), job_spec.TRAIN_TASK_ID, job_spec.XCOM_MLFLOW_EXPERIMENT_ID
+            )
+            job.mlflow_experiment_id = str(exp) if exp else None
+
+    def _refresh_progress(self, jobs: Sequence[TrainingJob], single: bool = False) -> Any:
+        """Progress (monotonic) and latest metrics from MLflow: one request for all `jobs`."""
+        tracked = [j for j in jobs if j.mlflow_run_id]
+        if self.mlflow is None or not tracked:
+            return None if single else 0
+        try:
+            if single or any(not j.mlflow_experiment_id for j in tracked):
+                summaries = {j.mlflow_run_id: self.mlflow.get_run(j.mlflow_run_id) for j in tracked}
+            else:
+                summaries = self.mlflow.get_runs({j.mlflow_run_id: j.mlflow_experiment_id for j in tracked})
+        except MlflowUnavailable as exc:
+            log.warning("cannot read %d MLflow runs: %s", len(tracked), exc)
+            return None if single else 0
+        changed = 0
+        for job in tracked:
+            summary = summaries.get(job.mlflow_run_id or "")
+            if summary is None:
+                continue
+            changed += self._apply_summary(job, summary)
+        return summaries.get(tracked[0].mlflow_run_id) if single else changed
+
+    @staticmethod
+    def _apply_summary(job: TrainingJob, summary: RunSummary) -> int:
+        before = (job.progress, job.metrics)
+        job.mlflow_experiment_id = job.mlflow_experiment_id or summary.experiment_id
+        if summary.progress is not None:
+            job.progress = max(job.progress or 0.0, summary.progress)
+        if summary.metrics:
+            job.metrics = {**(job.metrics or {}), **summary.metrics}
+        return int(before != (job.progress, job.metrics))
+
+    def _settle(self, job: TrainingJob, run: DagRun, tis: dict[str, TaskInstance]) -> None:
+        """Caches a terminal job's details: MLflow run and metrics, output path, error."""
+        self._find_mlflow_run(job, tis)
+        if self.mlflow is not None and job.mlflow_run_id:
+            try:
+                summary = self.mlflow.get_run(job.mlflow_run_id)
+                if summary is not None:
+                    self._apply_summary(job, summary)
+            except MlflowUnavailable as exc:
+                log.warning("job %s settled without MLflow metrics: %s", job.id, exc)
+        if job.status == TrainingStatus.COMPLETED:
+            result = self.airflow.get_xcom(self.dag_id, self._run_id(job), "finalize")
+            if isinstance(result, dict):
+                job.output_path = result.get("output_path") or job.output_path
+            job.progress = 1.0
+        elif job.status == TrainingStatus.STOPPED:
+            prefix = storage.adapter_prefix(job.id)
+            try:
+                if self.s3 is not None and self.s3.head(prefix + "adapter_config.json") is not None:
+                    job.output_path = storage.s3_uri(self.settings.s3_bucket, prefix)
+            except S3Unavailable as exc:
+                log.warning("cannot check the partial adapter of job %s: %s", job.id, exc)
+        elif job.status == TrainingStatus.FAILED and not job.error:
+            job.error = self._failure_reason(job, run, tis)
+        job.settled_at = utcnow()
+
+    def _failure_reason(self, job: TrainingJob, run: DagRun, tis: dict[str, TaskInstance]) -> str:
+        failed = [t for t in job_spec.TASK_IDS if t in tis and (tis[t].state or "") == "failed"]
+        if not failed:
+            return f"The Airflow run {run.run_id} ended failed before its tasks ran (marked failed in Airflow)"
+        task = tis[failed[0]]
+        reason = None
+        try:
+            for line in reversed(self.airflow.get_task_log(self.dag_id, run.run_id, task.task_id, task.try_number)):
+                if match := _EXCEPTION_LINE.match(line.strip()):
+                    reason = match.group(2).strip()
+                    break
+        except AirflowError as exc:
+            log.warning("cannot read the log of job %s: %s", job.id, exc)
+        stage = job_spec.TASK_STAGES.get(task.task_id)
+        where = f"task {task.task_id}" + (f" ({stage.value})" if stage else "")
+        return f"{where} failed: {reason}" if reason else f"{where} failed without an error message (the worker "\
+            "process was lost or killed); see the task log in Airflow"
+
+    def _logs(self, job: TrainingJob, tis: dict[str, TaskInstance]) -> str:
+        """The last lines of the train task's log (or of the latest task that started)."""
+        started = [t for t in job_spec.TASK_IDS if t in tis and tis[t].try_number > 0 and tis[t].state]
+        if not started:
+            return ""
+        task = tis[job_spec.TRAIN_TASK_ID] if job_spec.TRAIN_TASK_ID in started else tis[started[-1]]
+        lines = self.airflow.get_task_log(self.dag_id, self._run_id(job), task.task_id, task.try_number)
+        return "\n".join(lines[-LOG_TAIL_LINES:])
+
+    @staticmethod
+    def _eta(job: TrainingJob, tis: dict[str, TaskInstance], summary: RunSummary | None) -> float | None:
+        train = tis.get(job_spec.TRAIN_TASK_ID)
+        started = train.start_date if train is not None else None
+        if started is None and summary is not None and summary.start_time_ms:
+            started = datetime.fromtimestamp(summary.start_time_ms / 1000, tz=utcnow().tzinfo)
+        progress = job.progress or 0.0
+        if started is None or not 0 < progress < 1:
+            return None
+        elapsed = (utcnow() - as_utc(started)).total_seconds()  # type: ignore[operator]
+        return round(max(elapsed, 0.0) * (1 - progress) / progress, 1)
+
+
+def reconcile_trainings(
+    session: Session, s3: S3Storage | None, airflow: TrainingAirflowApi, mlflow: MlflowApi | None, settings: Settings
+) -> int:
+    return TrainingService(session, s3, airflow, mlflow, settings).reconcile()

@@ -1,0 +1,415 @@
+"""`/v1/trainings` on real PostgreSQL and SeaweedFS; Airflow and MLflow are fakes that record
+calls and return scripted states (the e2e test runs the real ones)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import update
+
+from api.clients.airflow import AirflowUnavailable, TaskInstance
+from api.clients.mlflow import RunSummary
+from api.models import Dataset, TrainingJob
+from api.models.base import new_id, utcnow
+from api.routers.trainings import get_mlflow
+from tests.api.conftest import FakeAirflow
+from training import job_spec, storage
+
+CLS = "flamingo-tiny-classification"
+CAP = "videollama-tiny-captioning"
+
+
+class FakeTrainingAirflow(FakeAirflow):
+    """Adds task instances, logs, XCom and PATCH of a run's state."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tis: dict[str, dict[str, TaskInstance]] = {}
+        self.logs: dict[tuple[str, str], list[str]] = {}
+        self.xcoms: dict[tuple[str, str, str], Any] = {}
+        self.patches: list[tuple[str, str]] = []
+        self.per_job_calls = 0
+
+    def list_task_instances(self, dag_id, run_id):
+        self._check()
+        self.per_job_calls += 1
+        return dict(self.tis.get(run_id, {}))
+
+    def get_task_log(self, dag_id, run_id, task_id, try_number):
+        self._check()
+        self.per_job_calls += 1
+        return list(self.logs.get((run_id, task_id), []))
+
+    def get_xcom(self, dag_id, run_id, task_id, key="return_value"):
+        self._check()
+        self.per_job_calls += 1
+        return self.xcoms.get((run_id, task_id, key))
+
+    def get_dag_run(self, dag_id, run_id):
+        self.per_job_calls += 1
+        return super().get_dag_run(dag_id, run_id)
+
+    def set_dag_run_state(self, dag_id, run_id, state):
+        self._check()
+        self.patches.append((run_id, state))
+        if run_id in self.states:
+            self.states[run_id] = state
+        return self.get_dag_run(dag_id, run_id)
+
+    def close(self) -> None:  # the app closes its client at shutdown
+        pass
+
+    def task(self, run_id: str, task_id: str, state: str, try_number: int = 1) -> None:
+        self.tis.setdefault(run_id, {})[task_id] = TaskInstance(task_id, state, try_number, utcnow(), None)
+
+
+class FakeMlflow:
+    def __init__(self) -> None:
+        self.runs: dict[str, RunSummary] = {}
+        self.bulk_calls = 0
+
+    def get_run(self, run_id):
+        return self.runs.get(run_id)
+
+    def get_runs(self, runs):
+        self.bulk_calls += 1
+        return {r: self.runs[r] for r in runs if r in self.runs}
+
+    def set(self, run_id: str, progress: float, **metrics: float) -> None:
+        self.runs[run_id] = RunSummary(run_id, "7", "RUNNING", None, None, {"progress": progress, **metrics})
+
+
+@pytest.fixture
+def airflow() -> FakeTrainingAirflow:  # replaces the conftest's fake for this module
+    return FakeTrainingAirflow()
+
+
+@pytest.fixture
+def mlflow(client) -> FakeMlflow:
+    fake = FakeMlflow()
+    client.app.dependency_overrides[get_mlflow] = lambda: fake
+    return fake
+
+
+def user_id(client, auth) -> str:
+    return client.get("/v1/auth/me", headers=auth).json()["id"]
+
+
+def make_dataset(client, auth, stage: str = "ready", tasks=("video_classification", "video_captioning")) -> str:
+    owner = user_id(client, auth)
+    dataset_id = new_id()
+    with client.app.state.sessionmaker() as session:
+        status = {"ready": "ready", "validating": "processing", "failed": "error"}[stage]
+        session.add(Dataset(id=dataset_id, owner_id=owner, name="squares", file_name="s.zip",
+                            s3_key=storage.dataset_upload_key(dataset_id, "s.zip"), stage=stage, status=status,
+                            error="bad clip" if stage == "failed" else None, stats={"tasks": list(tasks)}))
+        session.commit()
+    return dataset_id
+
+
+def body(dataset_id: str, model_id: str = CLS, output_name: str = "squares-v1", **params: Any) -> dict:
+    return {"model_id": model_id, "dataset_id": dataset_id, "output_name": output_name,
+            "training_params": {"epochs": 1, "batch_size": 2, "lora_rank": 4, **params}}
+
+
+def start(client, auth, dataset_id: str, **kw: Any) -> str:
+    resp = client.post("/v1/trainings", json=body(dataset_id, **kw), headers=auth)
+    assert resp.status_code == 202, resp.text
+    return resp.json()["job_id"]
+
+
+def job_rows(client) -> int:
+    with client.app.state.sessionmaker() as session:
+        return session.query(TrainingJob).count()
+
+
+# --- POST ----------------------------------------------------------------------------------
+
+def test_start_creates_the_job_and_triggers_one_run(client, auth, airflow, mlflow) -> None:
+    dataset_id = make_dataset(client, auth)
+    resp = client.post("/v1/trainings", json=body(dataset_id), headers=auth)
+    assert resp.status_code == 202
+    job_id = resp.json()["job_id"]
+    assert resp.json() == {"job_id": job_id, "status": "queued", "message": "Training job initiated successfully"}
+    assert airflow.triggers == [("qlora_training", f"train-{job_id}", {
+        "job_id": job_id, "user": user_id(client, auth), "model_id": CLS, "dataset_id": dataset_id,
+        "training_params": {"epochs": 1, "batch_size": 2, "lora_rank": 4}, "output_name": "squares-v1"})]
+    assert job_spec.validate_job_conf(airflow.triggers[0][2], ["video_classification"]) == []
+    detail = client.get(f"/v1/trainings/{job_id}", headers=auth).json()
+    assert (detail["status"], detail["progress"], detail["started_at"], detail["output_path"]) == (
+        "queued", 0.0, None, None)
+    assert detail["training_params"] == {"epochs": 1, "batch_size": 2, "lora_rank": 4}
+    assert detail["airflow_run_url"].endswith(f"/dags/qlora_training/runs/train-{job_id}")
+
+
+BAD_REQUESTS = {
+    "unknown model": ({"model_id": "gpt-17"}, "model_id 'gpt-17' is not an available model"),
+    "rank above the model's range": ({"lora_rank": 17}, f"lora_rank must be between 1 and 16 for model {CLS}, got 17"),
+    "rank zero": ({"lora_rank": 0}, "lora_rank must be >= 1"),
+    "epochs zero": ({"epochs": 0}, "epochs must be >= 1 and <= 100, got 0"),
+    "epochs too many": ({"epochs": 1000}, "epochs must be >= 1 and <= 100, got 1000"),
+    "epochs not an integer": ({"epochs": 1.5}, "epochs must be an integer"),
+    "learning rate zero": ({"learning_rate": 0}, "learning_rate must be > 0"),
+    "learning rate negative": ({"learning_rate": -0.1}, "learning_rate must be > 0"),
+    "batch size zero": ({"batch_size": 0}, "batch_size must be >= 1"),
+    "dropout one": ({"lora_dropout": 1.0}, "lora_dropout must be >= 0 and < 1, got 1.0"),
+    "dropout negative": ({"lora_dropout": -0.1}, "lora_dropout must be >= 0 and < 1"),
+    "unknown target module": ({"target_modules": ["q_proj", "conv9"]}, "target_modules: 'conv9' is not a known module"),
+    "unknown parameter": ({"warmup": 3}, "unknown training parameter 'warmup'"),
+    "unsafe output name": ({"output_name": "../etc/passwd"}, "output_name must be 1 to 64 characters"),
+    "blank output name": ({"output_name": ""}, "output_name must be 1 to 64 characters"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_REQUESTS))
+def test_every_rule_answers_400_with_a_precise_detail(client, auth, airflow, case) -> None:
+    dataset_id = make_dataset(client, auth)
+    change, detail = BAD_REQUESTS[case]
+    request = body(dataset_id)
+    for key in ("model_id", "output_name"):
+        if key in change:
+            request[key] = change[key]
+    request["training_params"].update({k: v for k, v in change.items() if k not in ("model_id", "output_name")})
+    before = job_rows(client)
+    resp = client.post("/v1/trainings", json=request, headers=auth)
+    assert resp.status_code == 400, resp.text
+    assert detail in resp.json()["detail"]
+    assert airflow.triggers == [] and job_rows(client) == before
+
+
+def test_target_modules_allowed_listed_once_and_empty_means_defaults(client, auth, airflow) -> None:
+    dataset_id = make_dataset(client, auth)
+    allowed = list(job_spec.load_catalog().get(CLS).allowed_target_modules)
+    resp = client.post("/v1/trainings", json=body(dataset_id, target_modules=["q_proj", "q_proj"]), headers=auth)
+    assert resp.status_code == 400
+    assert "target_modules: q_proj listed more than once" in resp.json()["detail"]
+    resp = client.post("/v1/trainings", json=body(dataset_id, target_modules="q_proj"), headers=auth)
+    assert resp.status_code == 400 and "target_modules must be a list of strings" in resp.json()["detail"]
+    assert airflow.triggers == []
+    assert client.post("/v1/trainings", json=body(dataset_id, target_modules=allowed), headers=auth).status_code == 202
+    assert client.post("/v1/trainings", json=body(dataset_id, target_modules=[]), headers=auth).status_code == 202
+
+
+@pytest.mark.parametrize("stage", ["validating", "failed"])
+def test_dataset_must_be_ready(client, auth, airflow, stage) -> None:
+    dataset_id = make_dataset(client, auth, stage=stage)
+    resp = client.post("/v1/trainings", json=body(dataset_id), headers=auth)
+    assert resp.status_code == 400
+    assert f"dataset {dataset_id} is not ready" in resp.json()["detail"]
+    assert airflow.triggers == []
+
+
+def test_dataset_must_exist_and_be_yours(client, auth, other_auth, airflow) -> None:
+    theirs = make_dataset(client, other_auth)
+    for dataset_id in (theirs, new_id()):
+        resp = client.post("/v1/trainings", json=body(dataset_id), headers=auth)
+        assert resp.status_code == 400
+        assert resp.json()["detail"] == f"dataset_id {dataset_id!r}: dataset not found"
+    assert airflow.triggers == []
+
+
+def test_dataset_must_fit_the_model_type(client, auth, airflow) -> None:
+    labels_only = make_dataset(client, auth, tasks=["video_classification"])
+    resp = client.post("/v1/trainings", json=body(labels_only, model_id=CAP), headers=auth)
+    assert resp.status_code == 400
+    assert (f"the dataset does not fit model {CAP}: it needs a dataset for video_captioning (a 'caption' for "
+            "every clip); the dataset supports: video_classification") in resp.json()["detail"]
+    captions_only = make_dataset(client, auth, tasks=["video_captioning"])
+    assert client.post("/v1/trainings", json=body(captions_only, model_id=CAP), headers=auth).status_code == 202
+
+
+def test_missing_fields_are_400(client, auth) -> None:
+    resp = client.post("/v1/trainings", json={"model_id": CLS}, headers=auth)
+    assert resp.status_code == 400
+    assert "dataset_id: is required" in resp.json()["detail"]
+
+
+def test_airflow_down_is_503_and_leaves_no_job(client, auth, airflow) -> None:
+    dataset_id = make_dataset(client, auth)
+    airflow.down = True
+    before = job_rows(client)
+    resp = client.post("/v1/trainings", json=body(dataset_id), headers=auth)
+    assert resp.status_code == 503
+    assert "Airflow" in resp.json()["detail"]
+    assert job_rows(client) == before
+    assert client.get("/v1/trainings", headers=auth).json() == []
+
+
+def test_unauthenticated_is_401(client) -> None:
+    assert client.get("/v1/trainings").status_code == 401
+    assert client.post("/v1/trainings", json={}).status_code == 401
+
+
+# --- reads -----------------------------------------------------------------------------------
+
+def test_status_progress_and_completion_are_read_back(client, auth, airflow, mlflow, s3) -> None:
+    dataset_id = make_dataset(client, auth)
+    job_id = start(client, auth, dataset_id)
+    run = f"train-{job_id}"
+    airflow.states[run] = "running"
+    airflow.task(run, "validate_inputs", "success")
+    airflow.task(run, "prepare", "success")
+    airflow.task(run, "train", "running")
+    airflow.xcoms[(run, "train", "mlflow_run_id")] = "a" * 32
+    airflow.xcoms[(run, "train", "mlflow_experiment_id")] = "7"
+    airflow.logs[(run, "train")] = [f"line {i}" for i in range(100)] + ["step 5/10 loss 0.5"]
+    mlflow.set("a" * 32, 0.5, loss=0.5)
+
+    detail = client.get(f"/v1/trainings/{job_id}", headers=auth).json()
+    assert (detail["status"], detail["stage"], detail["progress"]) == ("running", "training", 0.5)
+    assert detail["metrics"] == {"progress": 0.5, "loss": 0.5}
+    assert detail["mlflow_run_id"] == "a" * 32
+    assert detail["logs"].endswith("step 5/10 loss 0.5") and "line 0\n" not in detail["logs"]
+    assert detail["started_at"] is not None and detail["eta_seconds"] is not None
+    assert detail["mlflow_run_url"] is None or detail["mlflow_run_url"].endswith(f"/experiments/7/runs/{'a' * 32}")
+
+    # progress never goes back (e.g. MLflow answers an older value)
+    mlflow.set("a" * 32, 0.3)
+    assert client.get(f"/v1/trainings/{job_id}", headers=auth).json()["progress"] == 0.5
+    # the list reads live progress in bulk
+    mlflow.set("a" * 32, 0.8)
+    listed = client.get("/v1/trainings", headers=auth).json()
+    assert [(j["job_id"], j["status"], j["progress"]) for j in listed] == [(job_id, "running", 0.8)]
+
+    airflow.states[run] = "success"
+    for task in ("train", "evaluate", "register", "finalize"):
+        airflow.task(run, task, "success")
+    output = storage.s3_uri("qlora-test", storage.adapter_prefix(job_id))
+    airflow.xcoms[(run, "finalize", "return_value")] = {"output_path": output}
+    mlflow.set("a" * 32, 1.0, loss=0.1, final_accuracy=1.0)
+    done = client.get(f"/v1/trainings/{job_id}", headers=auth).json()
+    assert (done["status"], done["progress"], done["output_path"]) == ("completed", 1.0, output)
+    assert done["completed_at"] is not None and done["metrics"]["final_accuracy"] == 1.0
+    assert done["error"] is None
+
+
+def test_queued_until_a_task_starts(client, auth, airflow, mlflow) -> None:
+    job_id = start(client, auth, make_dataset(client, auth))
+    airflow.states[f"train-{job_id}"] = "running"  # run started, no task yet
+    detail = client.get(f"/v1/trainings/{job_id}", headers=auth).json()
+    assert (detail["status"], detail["stage"], detail["logs"]) == ("queued", None, "")
+
+
+def test_failed_job_reports_the_reason_from_the_task_log(client, auth, airflow, mlflow) -> None:
+    job_id = start(client, auth, make_dataset(client, auth))
+    run = f"train-{job_id}"
+    airflow.states[run] = "failed"
+    airflow.task(run, "validate_inputs", "success")
+    airflow.task(run, "prepare", "success")
+    airflow.task(run, "train", "failed")
+    airflow.logs[(run, "train")] = ["[engine] step 3/100", "Task failed with exception",
+                                    "AirflowFailException: the training process was killed by SIGKILL"]
+    detail = client.get(f"/v1/trainings/{job_id}", headers=auth).json()
+    assert detail["status"] == "failed"
+    assert detail["error"] == "task train (training) failed: the training process was killed by SIGKILL"
+    assert detail["completed_at"] is not None and detail["output_path"] is None
+
+
+def test_list_has_no_per_job_calls_and_caches_terminal_states(client, auth, airflow, mlflow) -> None:
+    dataset_id = make_dataset(client, auth)
+    jobs = [start(client, auth, dataset_id, output_name=f"n{i}") for i in range(5)]
+    for job_id in jobs[:3]:
+        airflow.states[f"train-{job_id}"] = "success"
+    airflow.per_job_calls = airflow.list_calls = 0
+    listed = client.get("/v1/trainings", headers=auth).json()
+    assert [j["job_id"] for j in listed] == jobs[::-1]
+    assert sorted(j["status"] for j in listed) == ["completed"] * 3 + ["queued"] * 2
+    assert airflow.list_calls == 1 and airflow.per_job_calls == 0
+    # terminal ones are cached: the next list asks Airflow about the 2 queued ones only
+    airflow.states.update({f"train-{j}": "running" for j in jobs[:3]})  # would be visible if re-read
+    listed = client.get("/v1/trainings", headers=auth).json()
+    assert sorted(j["status"] for j in listed) == ["completed"] * 3 + ["queued"] * 2
+    assert airflow.list_calls == 2 and airflow.per_job_calls == 0
+
+
+def test_lost_run_ends_failed_with_a_reason(client, auth, airflow, mlflow) -> None:
+    job_id = start(client, auth, make_dataset(client, auth))
+    del airflow.states[f"train-{job_id}"]
+    with client.app.state.sessionmaker() as session:
+        session.execute(update(TrainingJob).where(TrainingJob.id == job_id)
+                        .values(created_at=utcnow() - timedelta(minutes=10)))
+        session.commit()
+    from api.main import reconcile_once
+
+    client.app.state.mlflow, client.app.state.airflow = None, airflow
+    assert reconcile_once(client.app) >= 1
+    detail = client.get(f"/v1/trainings/{job_id}", headers=auth).json()
+    assert detail["status"] == "failed"
+    assert detail["error"] == f"The Airflow run train-{job_id} of this job no longer exists"
+
+
+def test_reconcile_settles_a_killed_run(client, auth, airflow, mlflow) -> None:
+    job_id = start(client, auth, make_dataset(client, auth))
+    run = f"train-{job_id}"
+    airflow.states[run] = "failed"
+    airflow.task(run, "train", "failed")  # no exception line: the worker died
+    from api.main import reconcile_once
+
+    client.app.state.mlflow, client.app.state.airflow = None, airflow
+    reconcile_once(client.app)
+    with client.app.state.sessionmaker() as session:
+        job = session.get(TrainingJob, job_id)
+        assert job.status == "failed" and job.settled_at is not None
+        assert job.error.startswith("task train (training) failed without an error message")
+
+
+def test_other_users_job_is_404(client, auth, other_auth, airflow, mlflow) -> None:
+    job_id = start(client, auth, make_dataset(client, auth))
+    assert client.get(f"/v1/trainings/{job_id}", headers=other_auth).status_code == 404
+    assert client.post(f"/v1/trainings/{job_id}/stop", headers=other_auth).status_code == 404
+    assert client.get("/v1/trainings", headers=other_auth).json() == []
+    assert client.get(f"/v1/trainings/{new_id()}", headers=auth).json() == {"detail": "Training job not found"}
+    assert airflow.patches == []
+
+
+# --- stop ------------------------------------------------------------------------------------
+
+def test_stop_marks_the_run_failed_and_the_job_ends_stopped(client, auth, airflow, mlflow, s3) -> None:
+    job_id = start(client, auth, make_dataset(client, auth))
+    run = f"train-{job_id}"
+    airflow.states[run] = "running"
+    airflow.task(run, "train", "running")
+    resp = client.post(f"/v1/trainings/{job_id}/stop", headers=auth)
+    assert resp.status_code == 202
+    assert resp.json() == {"message": f"Stop request received for {job_id}"}
+    assert airflow.patches == [(run, "failed")]
+    # the engine saved its partial adapter
+    prefix = storage.adapter_prefix(job_id)
+    s3.client().put_object(Bucket=s3.bucket, Key=prefix + "adapter_config.json", Body=b"{}")
+    airflow.task(run, "train", "failed")
+    detail = client.get(f"/v1/trainings/{job_id}", headers=auth).json()
+    assert (detail["status"], detail["stop_requested"]) == ("stopped", True)
+    assert detail["output_path"] == storage.s3_uri(s3.bucket, prefix)
+    assert detail["error"] is None
+    again = client.post(f"/v1/trainings/{job_id}/stop", headers=auth)
+    assert again.status_code == 400
+    assert again.json()["detail"] == f"Job {job_id} is stopped: only queued or running jobs can be stopped"
+    assert len(airflow.patches) == 1
+
+
+def test_stop_of_a_finished_job_is_400(client, auth, airflow, mlflow) -> None:
+    job_id = start(client, auth, make_dataset(client, auth))
+    airflow.states[f"train-{job_id}"] = "success"  # ended since the last read
+    resp = client.post(f"/v1/trainings/{job_id}/stop", headers=auth)
+    assert resp.status_code == 400 and "is completed" in resp.json()["detail"]
+    assert airflow.patches == []
+
+
+def test_stop_of_a_queued_job(client, auth, airflow, mlflow) -> None:
+    job_id = start(client, auth, make_dataset(client, auth))
+    assert client.post(f"/v1/trainings/{job_id}/stop", headers=auth).status_code == 202
+    assert client.get(f"/v1/trainings/{job_id}", headers=auth).json()["status"] == "stopped"
+
+
+# --- dataset delete uses the real job states ------------------------------------------------
+
+def test_dataset_delete_reads_the_real_job_states(client, auth, airflow, mlflow) -> None:
+    dataset_id = make_dataset(client, auth)
+    job_id = start(client, auth, dataset_id)
+    airflow.states[f"train-{job_id}"] = "running"
+    assert client.delete(f"/v1/datasets/{dataset_id}", headers=auth).status_code == 409
+    airflow.states[f"train-{job_id}"] = "success"  # cached status still says running
+    assert client.delete(f"/v1/datasets/{dataset_id}", headers=auth).status_code == 204
+    assert client.get(f"/v1/trainings/{job_id}", headers=auth).json()["status"] == "completed"
