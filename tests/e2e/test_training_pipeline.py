@@ -1,0 +1,162 @@
+"""End to end through the real stack (API on uvicorn + PostgreSQL, SeaweedFS, Airflow running
+`qlora_training`, MLflow): a user uploads a dataset, trains tiny catalog models to completion,
+stops a long job, and a killed training ends failed with a reason."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+from devstack.seed import seed_tiny_models
+from training import storage
+from training.data.synthetic import make_dataset, zip_folder
+
+pytestmark = [pytest.mark.e2e, pytest.mark.stack, pytest.mark.timeout(900)]
+
+TERMINAL = {"completed", "failed", "stopped"}
+
+
+def _login(api: httpx.Client) -> None:
+    user = f"e2e_{uuid.uuid4().hex[:8]}"
+    password = "correct horse battery"
+    assert api.post("/auth/signup", json={"username": user, "email": f"{user}@example.com",
+                                          "password": password}).status_code == 201
+    token = api.post("/auth/login", json={"username": user, "password": password}).json()["access_token"]
+    api.headers["Authorization"] = f"Bearer {token}"
+
+
+def _ready_dataset(api: httpx.Client, tmp: Path) -> str:
+    folder = make_dataset(tmp / "data" / "squares", 12)
+    archive = zip_folder(tmp / "data", tmp / "squares.zip")
+    init = api.post("/datasets/upload-initiate", json={"file_name": "squares.zip", "file_type": "application/zip",
+                                                       "dataset_name": "squares"}).json()
+    assert httpx.put(init["upload_url"], content=archive.read_bytes(), timeout=30).status_code == 200
+    assert api.post("/datasets/upload-complete", json={"dataset_id": init["dataset_id"],
+                                                       "s3_key": init["s3_key"]}).status_code == 200
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        got = api.get(f"/datasets/{init['dataset_id']}").json()
+        if got["status"] != "processing":
+            assert got["status"] == "ready", got
+            return init["dataset_id"]
+        time.sleep(1)
+    raise AssertionError(f"dataset never ready ({folder})")
+
+
+def _start(api: httpx.Client, dataset_id: str, model_id: str, name: str, **params) -> str:
+    resp = api.post("/trainings", json={"model_id": model_id, "dataset_id": dataset_id, "output_name": name,
+                                        "training_params": {"batch_size": 2, "lora_rank": 4, **params}})
+    assert resp.status_code == 202, resp.text
+    assert resp.json()["status"] == "queued"
+    return resp.json()["job_id"]
+
+
+def _watch(api: httpx.Client, job_id: str, until, timeout_s: float = 240) -> tuple[dict, list[dict]]:
+    seen: list[dict] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        got = api.get(f"/trainings/{job_id}")
+        assert got.status_code == 200, got.text
+        seen.append(got.json())
+        if until(seen[-1]):
+            return seen[-1], seen
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} never reached the expected state: {seen[-1] if seen else None}")
+
+
+def _engine_pids(job_id: str) -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"training" in cmd and b"run" in cmd and job_id.encode() in cmd:
+            pids.append(int(proc.name))
+    return pids
+
+
+def test_train_watch_stop_and_kill(api_server, tmp_path):
+    lines = seed_tiny_models(api_server.s3, tmp_path / "seed.log")
+    assert not any("failed" in line for line in lines), lines
+    base = api_server.base_url.rstrip("/") + "/v1"
+    with httpx.Client(base_url=base, timeout=60) as api, httpx.Client(base_url=base, timeout=60) as other:
+        _login(api)
+        _login(other)
+        dataset_id = _ready_dataset(api, tmp_path)
+
+        # two tiny jobs to completion (the gpu pool has one slot: they run one after the other)
+        jobs = {"captioning": _start(api, dataset_id, "flamingo-tiny-captioning", "caps", epochs=1),
+                "classification": _start(api, dataset_id, "flamingo-tiny-classification", "dirs", epochs=2)}
+        assert other.get(f"/trainings/{jobs['captioning']}").status_code == 404
+        from mlflow.tracking import MlflowClient
+
+        mlflow = MlflowClient(tracking_uri=api_server.mlflow_uri)
+        s3 = api_server.s3.client()
+        history: dict[str, list[dict]] = {kind: [] for kind in jobs}
+        deadline = time.monotonic() + 420
+        while time.monotonic() < deadline and not all(h and h[-1]["status"] in TERMINAL for h in history.values()):
+            for kind, job_id in jobs.items():  # both watched at once: the second may run while the first ends
+                if not history[kind] or history[kind][-1]["status"] not in TERMINAL:
+                    got = api.get(f"/trainings/{job_id}")
+                    assert got.status_code == 200, got.text
+                    history[kind].append(got.json())
+            time.sleep(0.3)
+        for kind, job_id in jobs.items():
+            seen = history[kind]
+            final = seen[-1]
+            statuses = list(dict.fromkeys(j["status"] for j in seen))
+            assert final["status"] == "completed", (kind, final)
+            assert statuses[-1] == "completed" and set(statuses) <= {"queued", "running", "completed"}, statuses
+            assert "running" in statuses, statuses
+            progress = [j["progress"] for j in seen]
+            assert progress == sorted(progress) and final["progress"] == 1.0, progress
+            assert final["started_at"] and final["completed_at"]
+            prefix = storage.adapter_prefix(job_id)
+            assert final["output_path"] == storage.s3_uri(api_server.s3.bucket, prefix)
+            keys = {o["Key"][len(prefix):] for o in
+                    s3.list_objects_v2(Bucket=api_server.s3.bucket, Prefix=prefix).get("Contents", [])}
+            assert {"adapter_config.json", "adapter_model.safetensors"} <= keys, keys
+            run = mlflow.get_run(final["mlflow_run_id"])
+            assert run.data.tags["job_id"] == job_id and run.info.run_name == ("caps" if kind == "captioning" else "dirs")
+            assert "loss" in run.data.metrics and final["metrics"]["progress"] == 1.0
+            assert any(a.path == "adapter" for a in mlflow.list_artifacts(run.info.run_id))
+            assert final["mlflow_run_url"].endswith(f"/runs/{run.info.run_id}")
+            assert final["logs"], final
+        listed = {j["job_id"]: j for j in api.get("/trainings").json()}
+        assert {listed[j]["status"] for j in jobs.values()} == {"completed"}
+        assert other.get("/trainings").json() == []
+
+        # stop a long job while it trains
+        long_job = _start(api, dataset_id, "flamingo-tiny-classification", "long", epochs=100, batch_size=1)
+        _watch(api, long_job, lambda j: j["status"] == "running" and j["progress"] > 0, 240)
+        asked = time.monotonic()
+        assert api.post(f"/trainings/{long_job}/stop").status_code == 202
+        final, _ = _watch(api, long_job, lambda j: j["status"] in TERMINAL, 60)
+        stopped_s = time.monotonic() - asked
+        print(f"stop request -> job stopped: {stopped_s:.1f} s")
+        assert final["status"] == "stopped", final
+        assert stopped_s < 30
+        assert not _engine_pids(long_job)
+        assert final["output_path"] == storage.s3_uri(api_server.s3.bucket, storage.adapter_prefix(long_job))
+        again = api.post(f"/trainings/{long_job}/stop")
+        assert again.status_code == 400, again.text
+
+        # SIGKILL of the training process: the job ends failed with a reason
+        doomed = _start(api, dataset_id, "flamingo-tiny-classification", "doomed", epochs=100, batch_size=1)
+        _watch(api, doomed, lambda j: j["status"] == "running" and j["progress"] > 0, 240)
+        pids = _engine_pids(doomed)
+        assert pids, "training process not found"
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        final, _ = _watch(api, doomed, lambda j: j["status"] in TERMINAL, 90)
+        assert final["status"] == "failed", final
+        assert "SIGKILL" in (final["error"] or ""), final
