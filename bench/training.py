@@ -1,21 +1,37 @@
 """Training-engine benchmark (`python -m bench.training`): prints a table, asserts nothing.
 
-1. seconds/step: `python -m training run` (MLflow on, local sqlite store) vs a bare
-   transformers + peft loop written here, same tiny 4-bit model, data and batch size;
+1. seconds/step, like for like: `run_training` (the engine, MLflow off and MLflow on against a
+   real local `mlflow server`, SQLite backend, file artifact root) vs a bare transformers + peft
+   loop written here. Both run in their own process with one torch thread, on the same tiny
+   4-bit model, the same seeded batches built inside the step (`collate` of the same dataset),
+   the same optimizer, schedule and grad clipping. Wall clock is read at the start of every
+   step (`collate` is the first thing a step does); a step's time is the gap to the next start.
+   The first WARMUP steps and the gaps across an epoch end (the engine evaluates there) are
+   excluded, identically for all variants. Each variant runs `--repeats` times, interleaved;
+   the table shows the median of the per-run means.
 2. memory: NF4 vs fp32 (= `--quantization none` on the CPU; bf16 on CUDA) footprint and peak RSS;
 3. frames decoded per second: the engine's loader vs raw PyAV decode of every frame;
-4. on CUDA only: a 7B-size VideoLLaMA 3 from published config values, random weights, NF4 vs bf16.
+4. a 7B-size VideoLLaMA 3 (Qwen2.5-7B text + SigLIP-so400m/14 vision, published config values),
+   random weights written shard by shard (host RAM stays ~3 GB), then trained by the engine
+   itself for a few steps with 8 frames, NF4 vs bf16 LoRA: peak GPU memory and s/step. Needs
+   CUDA; `--size tiny` runs the same code with tiny dimensions (on the CPU too) as a self-check.
+
+    python -m bench.training                      # everything (section 4 only on CUDA)
+    python -m bench.training --sections steps --repeats 5
+    python -m bench.training --sections big --size tiny
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
-import re
+import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime
 from pathlib import Path
 
 import torch
@@ -23,50 +39,196 @@ import torch
 from training.build_tiny import build_tiny
 from training.data.synthetic import make_dataset
 
-TASK, ARCH, EPOCHS, BATCH = "video_classification", "video_llama", 4, 4
+TASK, ARCH, EPOCHS, BATCH, CLIPS, FRAMES, SEED, LR = "video_classification", "video_llama", 6, 4, 40, 4, 42, 2e-3
+WARMUP = 3
+VARIANTS = ("bare", "engine", "engine+mlflow")
+CHILD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
-def engine_seconds_per_step(model: Path, data: Path, work: Path) -> float:
-    out = work / "engine"
-    cmd = [sys.executable, "-m", "training", "run", "--model", str(model), "--data", str(data), "--task", TASK,
-           "--output", str(out), "--epochs", str(EPOCHS), "--batch-size", str(BATCH), "--frames", "4",
-           "--learning-rate", "2e-3", "--mlflow-uri", f"sqlite:///{work}/mlflow.db", "--checkpoint-every", "1000"]
-    subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    stamps = [datetime.strptime(m, "%Y-%m-%d %H:%M:%S,%f") for m in
-              re.findall(r"^(\S+ \S+) INFO step \d+/", (out / "train.log").read_text(), re.M)]
-    return (stamps[-1] - stamps[1]).total_seconds() / (len(stamps) - 2)
+# ---- 1. seconds per step ------------------------------------------------------------------
+def step_times(marks: list[float], steps_per_epoch: int, warmup: int = WARMUP) -> list[float]:
+    """Step durations from the step-start marks: gap k is step k; drops warm-up steps and the
+    last step of each epoch (its gap holds the epoch-end evaluation of the engine)."""
+    return [marks[k + 1] - marks[k] for k in range(warmup, len(marks) - 1) if (k + 1) % steps_per_epoch]
 
 
-def bare_seconds_per_step(model_dir: Path, data: Path) -> float:
-    """The same work without the engine: load, LoRA, a plain loop over pre-built batches."""
-    code = f"""
-import time, torch
-torch.set_num_threads(1)
-from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-from training.loading import read_base_model
-from training.data.loader import ClipDataset, read_examples, split_examples, collate, epoch_batches
-from training.quantization import load_base_model, device
-from training.modeling import attach_classifier, batch_loss
-base = read_base_model(__import__('pathlib').Path({str(model_dir)!r}))
-sp = split_examples(read_examples({str(data)!r}, {TASK!r}), {TASK!r}, 42, 0.2)
-l2i = {{l: i for i, l in enumerate(sorted({{e.label for e in sp.train}}))}}
-ds = ClipDataset(sp.train, task={TASK!r}, family=base.family, prep=base.prep, tokenizer=base.tokenizer, frames=4, label2id=l2i)
-m = prepare_model_for_kbit_training(load_base_model(base.folder, base.family, 'nf4', device(), ('classifier',)))
-attach_classifier(m, len(l2i), 0)
-m = get_peft_model(m, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, target_modules=r'.*language_model\\..*\\.(q_proj|v_proj)$', modules_to_save=['model.projector', 'classifier']))
-opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=2e-3)
-batches = [collate([ds[i] for i in b], 0) for e in range({EPOCHS}) for b in epoch_batches(len(ds), {BATCH}, 42, e)]
-m.train(); times = []
-for b in batches:
-    t = time.perf_counter(); loss, _ = batch_loss(m, base.family, {TASK!r}, base.prep, b, device(), torch.float32)
-    loss.backward(); opt.step(); opt.zero_grad(); times.append(time.perf_counter() - t)
-print(sum(times[1:]) / len(times[1:]))
-"""
-    done = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    return float(done.stdout.strip().splitlines()[-1])
+def _train_split(model: Path, data: Path):
+    from training.data.loader import ClipDataset, read_examples, split_examples
+    from training.loading import read_base_model
+
+    base = read_base_model(model)
+    splits = split_examples(read_examples(data, TASK), TASK, SEED, 0.2)
+    label2id = {label: i for i, label in enumerate(sorted({e.label for e in splits.train + splits.held_out}))}
+    train = ClipDataset(splits.train, task=TASK, family=base.family, prep=base.prep, tokenizer=base.tokenizer,
+                        frames=FRAMES, label2id=label2id)
+    train.check_clips()  # the engine decodes (and caches) every clip before training too
+    return base, train, label2id
 
 
+def bare_loop(model: Path, data: Path, marks: list[float]) -> None:
+    """The same training without the engine: plain transformers + peft + torch."""
+    import math
+
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import get_linear_schedule_with_warmup
+
+    from training.architectures import get_architecture
+    from training.data.loader import collate, epoch_batches
+    from training.modeling import attach_classifier, batch_loss
+    from training.quantization import compute_dtype, device, load_base_model
+
+    base, train, label2id = _train_split(model, data)
+    arch = get_architecture(base.family.name)
+    torch.manual_seed(SEED)
+    dev = device()
+    net = prepare_model_for_kbit_training(load_base_model(base.folder, base.family, "nf4", dev, ("classifier",)))
+    attach_classifier(net, len(label2id), SEED)
+    net = get_peft_model(net, LoraConfig(
+        r=8, lora_alpha=16, lora_dropout=0.05, modules_to_save=[*base.family.trainable_modules, "classifier"],
+        target_modules=arch.target_regex.format(targets="|".join(arch.default_target_modules))))
+    params = [p for p in net.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=LR, weight_decay=0.0)
+    total = math.ceil(len(train) / BATCH) * EPOCHS
+    scheduler = get_linear_schedule_with_warmup(optimizer, 0, total)
+    net.train()
+    for epoch in range(EPOCHS):
+        for indices in epoch_batches(len(train), BATCH, SEED, epoch):
+            marks.append(time.perf_counter())
+            batch = collate([train[j] for j in indices], base.tokenizer.pad_token_id)
+            loss, _ = batch_loss(net, base.family, TASK, base.prep, batch, dev, compute_dtype(dev))
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+
+
+def engine_loop(model: Path, data: Path, out: Path, mlflow_uri: str, marks: list[float], **extra) -> int:
+    """`python -m training run` in this process, with a mark at the start of every step."""
+    import training.trainer as trainer
+    from training.config import TrainArgs
+
+    collate = trainer.collate
+
+    def marked_collate(items, pad_id):
+        marks.append(time.perf_counter())
+        return collate(items, pad_id)
+
+    trainer.collate = marked_collate  # the loop's first call of a step; evaluation has its own import
+    options = dict(model=str(model), data=str(data), task=TASK, output=str(out), epochs=EPOCHS, batch_size=BATCH,
+                   frames=FRAMES, learning_rate=LR, seed=SEED, mlflow_uri=mlflow_uri, checkpoint_every=10**6,
+                   run_name=f"bench-{out.name}", experiment="bench-training")
+    return trainer.run_training(TrainArgs(**{**options, **extra}))
+
+
+def _child_steps(variant: str, model: Path, data: Path, out: Path, mlflow_uri: str) -> dict:
+    torch.set_num_threads(1)
+    marks: list[float] = []
+    if variant == "bare":
+        bare_loop(model, data, marks)
+    else:
+        engine_loop(model, data, out, mlflow_uri if variant == "engine+mlflow" else "", marks)
+    times = step_times(marks, _steps_per_epoch(data))
+    return {"steps": len(marks), "timed": len(times), "mean": statistics.fmean(times)}
+
+
+def _steps_per_epoch(data: Path) -> int:
+    from training.data.loader import read_examples, split_examples
+
+    return -(-len(split_examples(read_examples(data, TASK), TASK, SEED, 0.2).train) // BATCH)
+
+
+class LocalMlflowServer:
+    """`mlflow server` (1 worker, SQLite backend, local file artifact root) on a free port."""
+
+    def __init__(self, folder: Path) -> None:
+        from devstack.ports import free_port
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        folder.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "GIT_PYTHON_REFRESH": "quiet"}
+        env.pop("MLFLOW_TRACKING_URI", None)
+        self.log = open(folder / "server.log", "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
+             "--workers", "1", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
+             "--artifacts-destination", (folder / "artifacts").as_uri()],
+            env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        import httpx
+
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mlflow server exited: {self.proc.returncode}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError("mlflow server not healthy in time")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)  # its own session: the server and its worker
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.log.close()
+
+
+def _run_child(*argv: str, timeout: float = 600) -> dict:
+    done = subprocess.run([sys.executable, "-m", "bench.training", "--child", *argv], capture_output=True,
+                          text=True, env={**os.environ, **CHILD_ENV}, timeout=timeout)
+    if done.returncode != 0:
+        raise RuntimeError(f"child {argv[0]} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def seconds_per_step(model: Path, data: Path, work: Path, repeats: int) -> list[tuple[str, str]]:
+    server = LocalMlflowServer(work / "mlflow")
+    try:
+        server.wait_ready()
+        runs: dict[str, list[float]] = {v: [] for v in VARIANTS}
+        timed = 0
+        for r in range(repeats):
+            for variant in VARIANTS:
+                out = work / f"{variant.replace('+', '-')}-{r}"
+                result = _run_child("steps", variant, str(model), str(data), str(out), server.url)
+                runs[variant].append(result["mean"])
+                timed = result["timed"]
+        system = _system_metric_keys(server.url)
+    finally:
+        server.stop()
+    med = {v: statistics.median(t) for v, t in runs.items()}
+    spread = {v: f"{min(t):.4f}..{max(t):.4f}" for v, t in runs.items()}
+    rows = [(f"steps timed per run (of {EPOCHS * _steps_per_epoch(data)}), runs per variant",
+             f"{timed}, {repeats}")]
+    for variant, label in (("bare", "bare transformers+peft"), ("engine", "engine, MLflow off"),
+                           ("engine+mlflow", "engine, MLflow on (local server)")):
+        rows.append((f"{label} s/step (median; min..max)", f"{med[variant]:.4f} ({spread[variant]})"))
+    rows += [("ratio engine/bare, MLflow off", f"{med['engine'] / med['bare']:.3f}"),
+             ("ratio engine/bare, MLflow on", f"{med['engine+mlflow'] / med['bare']:.3f}"),
+             ("system metrics in each MLflow run (keys)", system)]
+    return rows
+
+
+def _system_metric_keys(uri: str) -> str:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("bench-training")
+    runs = client.search_runs([experiment.experiment_id]) if experiment else []
+    counts = [sum(k.startswith("system/") for k in run.data.metrics) for run in runs]
+    return ", ".join(map(str, counts)) or "no runs"
+
+
+# ---- 2. memory, 3. decode ---------------------------------------------------------------------
 def memory(model_dir: Path, quantization: str) -> tuple[float, float]:
     code = f"""
 import resource, torch
@@ -76,12 +238,22 @@ base = read_base_model(__import__('pathlib').Path({str(model_dir)!r}))
 m = load_base_model(base.folder, base.family, {quantization!r}, device())
 print(m.get_memory_footprint() / 2**20, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 """
-    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,
+                         env={**os.environ, **CHILD_ENV}).stdout
     footprint, rss = out.strip().splitlines()[-1].split()
     return float(footprint), float(rss)
 
 
-def decode_rates(data: Path) -> tuple[float, float]:
+def memory_rows(model: Path) -> list[tuple[str, str]]:
+    rows = []
+    for q in ("nf4", "none"):
+        footprint, rss = memory(model, q)
+        label = "NF4" if q == "nf4" else ("bf16" if torch.cuda.is_available() else "fp32 (--quantization none)")
+        rows += [(f"{label} footprint MiB", f"{footprint:.2f}"), (f"{label} peak RSS MiB", f"{rss:.0f}")]
+    return rows
+
+
+def decode_rows(data: Path) -> list[tuple[str, str]]:
     import av
 
     from training.data.frames import decode_frames
@@ -95,34 +267,190 @@ def decode_rates(data: Path) -> tuple[float, float]:
     raw_rate = raw / (time.perf_counter() - t)
     t = time.perf_counter()
     sampled = sum(decode_frames(clip, 8).shape[0] for clip in clips)
-    return sampled / (time.perf_counter() - t), raw_rate
+    loader = sampled / (time.perf_counter() - t)
+    return [("loader frames/s (8 sampled of 16, 32x32)", f"{loader:.0f}"),
+            ("raw PyAV decode frames/s (all frames)", f"{raw_rate:.0f}"),
+            ("loader clips/s vs raw clips/s", f"{loader / 8:.0f} vs {raw_rate / 16:.0f}")]
 
 
-def main() -> None:
+# ---- 4. 7B-size VideoLLaMA 3 ----------------------------------------------------------------
+#: Qwen2.5-7B (the language model of VideoLLaMA3-7B) and its SigLIP-so400m patch-14 encoder
+TEXT_7B = dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+               num_key_value_heads=4, vocab_size=152064, max_position_embeddings=32768, rms_norm_eps=1e-6,
+               hidden_act="silu", tie_word_embeddings=False, use_sliding_window=False, max_window_layers=28,
+               rope_parameters={"rope_type": "default", "rope_theta": 1000000.0})
+VISION_7B = dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
+                 patch_size=14, layer_norm_eps=1e-6, hidden_act="gelu_pytorch_tanh")
+TEXT_TINY = {**TEXT_7B, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+             "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 512, "max_window_layers": 2}
+VISION_TINY = {**VISION_7B, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+               "num_attention_heads": 4}
+BIG_FRAMES, BIG_STEPS, BIG_WARMUP, SHARD_BYTES = 8, 8, 2, 2 << 30
+GiB = 2**30
+
+
+def big_config(size: str, tokenizer):
+    from transformers import VideoLlama3Config
+
+    text, vision = (TEXT_7B, VISION_7B) if size == "7b" else (TEXT_TINY, VISION_TINY)
+    ids = dict(pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+               eos_token_id=tokenizer.eos_token_id)
+    # token ids of our offline tokenizer (the published ones index Qwen's vocabulary)
+    return VideoLlama3Config(text_config={"model_type": "qwen2", **text, **ids}, vision_config=dict(vision),
+                             video_token_id=tokenizer.convert_tokens_to_ids("<|video_pad|>"),
+                             image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"), **ids)
+
+
+def write_random_model(size: str, folder: Path) -> tuple[Path, int]:
+    """A loadable model folder with random weights, written tensor by tensor in <= 2 GiB shards
+    (the model itself is only built on the meta device), with the engine's tokenizer and
+    preprocessing (8 frames). Returns (folder, parameter count)."""
+    from safetensors.torch import save_file
+
+    from training.model_info import ModelInfo
+    from training.models import get_family
+    from training.models.tokenizer import build_tokenizer
+
+    family = get_family("video_llama")
+    tokenizer = build_tokenizer(family.special_tokens())
+    config = big_config(size, tokenizer)
+    with torch.device("meta"):
+        shapes = {name: t.shape for name, t in family.model_class()(config).state_dict().items()}
+    gen_dev = "cuda" if torch.cuda.is_available() else "cpu"
+    generator = torch.Generator(gen_dev).manual_seed(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    weight_map, shard, shard_bytes, total, n_params = {}, {}, 0, 0, 0
+
+    def flush() -> None:
+        nonlocal shard, shard_bytes
+        if shard:
+            name = f"model-{len(set(weight_map.values())) + 1:05d}.safetensors"
+            save_file(shard, str(folder / name), metadata={"format": "pt"})
+            weight_map.update({k: name for k in shard})
+            shard, shard_bytes = {}, 0
+
+    for name, shape in shapes.items():
+        if len(shape) == 1:  # norm scales 1, biases 0
+            value = torch.ones(shape) if name.endswith("weight") else torch.zeros(shape)
+        else:
+            value = torch.empty(shape, device=gen_dev).normal_(0, 0.02, generator=generator)
+        value = value.to(torch.bfloat16).cpu()
+        shard[name] = value
+        shard_bytes += value.numel() * value.element_size()
+        total += value.numel() * value.element_size()
+        n_params += value.numel()
+        if shard_bytes >= SHARD_BYTES:
+            flush()
+    flush()
+    (folder / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1))
+    config.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    prep = family.default_preprocessing(config)
+    prep.frames = BIG_FRAMES
+    if size != "7b":
+        prep.image_size = config.vision_config.patch_size * 2 * 2  # 4 patches a side, 1 token a frame
+    prep.save_pretrained(folder)
+    ModelInfo(architecture="video_llama", task="video_captioning", catalog_id=None, tiny=size != "7b",
+              labels=[]).save(folder)
+    return folder, n_params
+
+
+def _child_big(quantization: str, model: Path, data: Path, out: Path) -> dict:
+    """The engine trains the big model for BIG_STEPS steps (batch 1, 8 frames, captioning)."""
+    from training.loading import read_base_model
+
+    cuda = torch.cuda.is_available()
+    missing = None
+    if not cuda:  # self-check: every tensor written is one the model expects, and none is missing
+        base = read_base_model(model)
+        _, info = base.family.model_class().from_pretrained(str(model), output_loading_info=True)
+        missing = sorted(set(info["missing_keys"]) | set(info["unexpected_keys"]))
+        torch.set_num_threads(1)
+    marks: list[float] = []
+    t0 = time.perf_counter()
+    code = engine_loop(model, data, out, "", marks, task="video_captioning", epochs=1, batch_size=1,
+                       max_steps=BIG_STEPS, frames=BIG_FRAMES, quantization=quantization, learning_rate=2e-4)
+    times = [marks[k + 1] - marks[k] for k in range(BIG_WARMUP, len(marks) - 1)]
+    result = {"exit": code, "wall_s": time.perf_counter() - t0, "s_per_step": statistics.fmean(times),
+              "timed": len(times), "missing_or_unexpected": missing}
+    if cuda:
+        result.update(peak_allocated_gib=torch.cuda.max_memory_allocated() / GiB,
+                      peak_reserved_gib=torch.cuda.max_memory_reserved() / GiB,
+                      device=torch.cuda.get_device_name())
+    else:
+        import resource
+
+        result.update(peak_rss_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+    return result
+
+
+def big_model_rows(size: str, work: Path) -> list[tuple[str, str]]:
+    if size == "7b" and not torch.cuda.is_available():
+        return [("7B video_llama (NF4 vs bf16)", "skipped: needs CUDA (try --size tiny for the self-check)")]
+    data = make_dataset(work / "big-data", 12, size=64, frames=16)
+    t = time.perf_counter()
+    folder, n_params = write_random_model(size, work / f"videollama3-{size}")
+    label = "7B" if size == "7b" else "tiny self-check"
+    count = f"{n_params / 1e9:.2f} B" if n_params >= 1e8 else f"{n_params / 1e6:.2f} M"
+    rows = [(f"{label} video_llama parameters, random checkpoint written in",
+             f"{count}, {time.perf_counter() - t:.0f} s")]
+    for quantization in ("nf4", "none"):
+        name = "NF4" if quantization == "nf4" else ("bf16" if torch.cuda.is_available() else "fp32")
+        r = _run_child("big", quantization, str(folder), str(data), str(work / f"big-{quantization}"))
+        if r["exit"] != 0:
+            rows.append((f"{label} {name}", f"engine exit code {r['exit']}"))
+            continue
+        rows.append((f"{label} {name} LoRA s/step ({r['timed']} steps, batch 1, {BIG_FRAMES} frames)",
+                     f"{r['s_per_step']:.3f}"))
+        if "peak_reserved_gib" in r:
+            fits = "fits" if r["peak_reserved_gib"] + 0.5 <= 24 else "does NOT fit"  # + CUDA context
+            rows += [(f"{label} {name} peak GPU memory allocated / reserved GiB",
+                      f"{r['peak_allocated_gib']:.2f} / {r['peak_reserved_gib']:.2f} ({fits} in 24 GB)"),
+                     (f"{label} {name} device", r["device"])]
+        else:
+            rows.append((f"{label} {name} peak RSS GiB, checkpoint keys missing/unexpected",
+                         f"{r['peak_rss_gib']:.2f}, {r['missing_or_unexpected'] or 'none'}"))
+    return rows
+
+
+# ---- main -------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.training")
+    parser.add_argument("--sections", default="steps,memory,decode,big")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--size", choices=("7b", "tiny"), default="7b", help="size of the big-model section")
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    args, _ = parser.parse_known_args(argv)  # `python -m bench training` passes its own argv
+    if args.child:
+        kind, *rest = args.child
+        if kind == "steps":
+            variant, model, data, out, uri = rest
+            result = _child_steps(variant, Path(model), Path(data), Path(out), uri)
+        else:
+            quantization, model, data, out = rest
+            result = _child_big(quantization, Path(model), Path(data), Path(out))
+        print(json.dumps(result))
+        return
+
+    sections = set(args.sections.split(","))
+    rows: list[tuple[str, str]] = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        data = make_dataset(work / "data", 40, label_by="colour", size=32, frames=16)
+        data = make_dataset(work / "data", CLIPS, label_by="colour", size=32, frames=16, validation_fraction=0)
         model = build_tiny(ARCH, TASK, work / "model")
-        rows = []
-        engine, bare = engine_seconds_per_step(model, data, work), bare_seconds_per_step(model, data)
-        rows += [("engine s/step (MLflow on)", f"{engine:.4f}"), ("bare transformers+peft s/step", f"{bare:.4f}"),
-                 ("ratio engine/bare", f"{engine / bare:.3f}")]
-        for q in ("nf4", "none"):
-            footprint, rss = memory(model, q)
-            label = "NF4" if q == "nf4" else ("bf16" if torch.cuda.is_available() else "fp32 (--quantization none)")
-            rows += [(f"{label} footprint MiB", f"{footprint:.2f}"), (f"{label} peak RSS MiB", f"{rss:.0f}")]
-        loader, raw = decode_rates(data)
-        rows += [("loader frames/s (8 sampled of 16, 32x32)", f"{loader:.0f}"),
-                 ("raw PyAV decode frames/s (all frames)", f"{raw:.0f}"),
-                 ("loader clips/s vs raw clips/s", f"{loader / 8:.0f} vs {raw / 16:.0f}")]
-        if torch.cuda.is_available():
-            rows.append(("7B video_llama", "NOT IMPLEMENTED yet (CUDA present)"))
-        else:
-            rows.append(("7B video_llama (NF4 vs bf16)", "skipped: no CUDA device"))
-        width = max(len(r[0]) for r in rows)
-        print(f"{'measure'.ljust(width)}  value")
-        for name, value in rows:
-            print(f"{name.ljust(width)}  {value}")
+        if "steps" in sections:
+            rows += seconds_per_step(model, data, work, args.repeats)
+        if "memory" in sections:
+            rows += memory_rows(model)
+        if "decode" in sections:
+            rows += decode_rows(data)
+        if "big" in sections:
+            rows += big_model_rows(args.size, work)
+    width = max(len(r[0]) for r in rows)
+    print(f"{'measure'.ljust(width)}  value")
+    for name, value in rows:
+        print(f"{name.ljust(width)}  {value}")
 
 
 if __name__ == "__main__":
