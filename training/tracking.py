@@ -4,7 +4,9 @@ One run per training (a resumed training continues the same run): every paramete
 (job_id, dataset, base_model, task), per-step loss / learning_rate / samples_per_second /
 progress, per-epoch eval metrics, system metrics, the log file, the adapter as an artifact and
 a registered model version. Metrics go into a queue that a background thread sends with
-`log_batch` about once a second, so logging never waits on the network inside the loop.
+`log_batch` about once a second, so logging never waits on the network inside the loop. The
+same thread samples system metrics (MLflow's CPU/memory/disk/network/GPU samplers) every 10 s
+and once more at the end, so even a short run has them.
 """
 
 from __future__ import annotations
@@ -32,12 +34,13 @@ class NullTracker:
 
 
 class MlflowTracker(NullTracker):
-    def __init__(self, uri: str, flush_interval: float = 1.0) -> None:
+    def __init__(self, uri: str, flush_interval: float = 1.0, system_interval: float = 10.0) -> None:
         from mlflow import MlflowClient
 
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
-        self.flush_interval = flush_interval
+        self.flush_interval, self.system_interval = flush_interval, system_interval
+        self._step = 0
         self._queue: queue.Queue = queue.Queue()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -58,20 +61,22 @@ class MlflowTracker(NullTracker):
             self.run_id = run.info.run_id
             self.client.log_batch(self.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()],
                                   tags=[RunTag("mlflow.source.name", "python -m training run")])
-        self._thread = threading.Thread(target=self._flush_loop, name="mlflow-metrics", daemon=True)
-        self._thread.start()
         if system_metrics:
             try:
                 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-                self._monitor = SystemMetricsMonitor(self.run_id, sampling_interval=2, samples_before_logging=1,
-                                                     resume_logging=bool(run_id), tracking_uri=self.uri)
-                self._monitor.start()
+                # only its CPU/disk/network/GPU samplers; sampling and sending happen in our thread
+                self._monitor = SystemMetricsMonitor(self.run_id, tracking_uri=self.uri)
+                self._monitor.collect_metrics()  # primes psutil's CPU percentage
             except Exception as exc:  # psutil missing or the like: not worth failing a training
                 log.warning("system metrics disabled: %s", exc)
+                self._monitor = None
+        self._thread = threading.Thread(target=self._flush_loop, name="mlflow-metrics", daemon=True)
+        self._thread.start()
         log.info("mlflow run %s at %s", self.run_id, self.uri)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        self._step = step
         now = int(time.time() * 1000)
         for key, value in metrics.items():
             self._queue.put((key, float(value), now, step))
@@ -92,9 +97,27 @@ class MlflowTracker(NullTracker):
             except Exception as exc:
                 log.warning("mlflow metrics not logged: %s", exc)
 
+    def _log_system(self) -> None:
+        """One sample of MLflow's system samplers, queued as `system/...` at the current step."""
+        if self._monitor is None:
+            return
+        try:
+            self._monitor.collect_metrics()
+            self.log_metrics({f"system/{k}": v for k, v in self._monitor.aggregate_metrics().items()}, self._step)
+            for monitor in self._monitor.monitors:
+                monitor.clear_metrics()
+        except Exception as exc:
+            log.warning("system metrics not sampled: %s", exc)
+            self._monitor = None
+
     def _flush_loop(self) -> None:
+        last_system = time.monotonic()
         while not self._stop.wait(self.flush_interval):
+            if time.monotonic() - last_system >= self.system_interval:
+                self._log_system()
+                last_system = time.monotonic()
             self._drain()
+        self._log_system()  # so that even a run shorter than the interval has a sample
         self._drain()
 
     def flush(self) -> None:
@@ -127,11 +150,6 @@ class MlflowTracker(NullTracker):
         self._stop.set()
         if self._thread:
             self._thread.join(timeout=10)
-        if self._monitor is not None:
-            try:
-                self._monitor.finish()
-            except Exception:
-                pass
         self.client.set_terminated(self.run_id, status=status)
 
 
