@@ -69,6 +69,7 @@ class JobState(StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     #: terminal: a user stopped the job (the run ends failed in Airflow; the API knows it asked)
+    #: and its training process is gone
     STOPPED = "stopped"
 
 
@@ -82,6 +83,8 @@ class Stage(StrEnum):
     TRAINING = "training"
     EVALUATING = "evaluating"
     REGISTERING = "registering"
+    #: a stop was asked; the training process is saving its partial adapter and exiting
+    STOPPING = "stopping"
 
 
 STAGES: tuple[str, ...] = tuple(s.value for s in Stage)
@@ -98,21 +101,39 @@ TASK_STAGES: dict[str, Stage] = {
 #: Airflow task instance states meaning "this task has started (or is done)"
 _TI_STARTED = frozenset({"running", "success", "failed", "up_for_retry", "up_for_reschedule",
                          "restarting", "deferred", "skipped", "upstream_failed"})
+#: task instance states meaning "this task's process ran (it may still be running)": a task
+#: marked skipped/upstream_failed, or never scheduled, never had one
+_TI_RAN = _TI_STARTED - {"skipped", "upstream_failed"}
 
 
 def job_state(dag_run_state: str | None, *, stop_requested: bool = False,
-              task_states: Mapping[str, str | None] | None = None) -> JobState:
-    """Maps an Airflow DagRun state (and optionally its task instance states) to a job state.
+              task_states: Mapping[str, str | None] | None = None,
+              training_exited: bool | None = None) -> JobState | None:
+    """Maps an Airflow DagRun state, its task instance states (None: not read) and what is
+    known of the training process to a job state; None when what was read cannot tell.
 
     * DagRun `queued` -> queued; `running` -> running once a task has started, else queued;
-    * `success` -> completed; `failed` -> stopped if the user asked for a stop, else failed;
+    * `success` -> completed; `failed` without a stop request -> failed;
+    * `failed` after a stop request (stopping marks the run failed at once, while the train
+      task's process still runs until Airflow's next heartbeat kills it): `stopped` once that
+      process is gone: the train task never ran, or `training_exited` (the caller's evidence:
+      the partial adapter uploaded, or the kill deadline passed). Until then `running`; None
+      when neither the task states nor `training_exited` were read (keep the last known state);
     * no run (never triggered / deleted) -> failed unless a stop was requested.
     """
     state = (dag_run_state or "").lower()
     if state == "success":
         return JobState.COMPLETED
-    if state == "failed" or not state:
+    if not state:
         return JobState.STOPPED if stop_requested else JobState.FAILED
+    if state == "failed":
+        if not stop_requested:
+            return JobState.FAILED
+        if task_states is not None and (task_states.get(TRAIN_TASK_ID) or "").lower() not in _TI_RAN:
+            return JobState.STOPPED  # stopped before the training started: no process to wait for
+        if training_exited is None:
+            return None
+        return JobState.STOPPED if training_exited else JobState.RUNNING
     if state == "queued":
         return JobState.QUEUED
     if state == "running":
@@ -123,12 +144,15 @@ def job_state(dag_run_state: str | None, *, stop_requested: bool = False,
     raise ValueError(f"unknown Airflow DagRun state {dag_run_state!r}")
 
 
-def job_stage(task_states: Mapping[str, str | None]) -> Stage | None:
-    """The stage of a run from its task instance states: the stage of the latest task (in DAG
-    order) that has started; None before any task starts."""
-    stage = None
+def job_stage(task_states: Mapping[str, str | None] | None, *, stopping: bool = False) -> Stage | None:
+    """The stage of a run: `stopping` while a requested stop is under way, else the stage of the
+    latest task (in DAG order) that ran; None before any task runs or when the task states were
+    not read."""
+    if stopping:
+        return Stage.STOPPING
+    stage, states = None, task_states or {}
     for task_id in TASK_IDS:
-        if (task_states.get(task_id) or "").lower() in _TI_STARTED:
+        if (states.get(task_id) or "").lower() in _TI_RAN:  # not the ones a failed run skipped
             stage = TASK_STAGES[task_id]
     return stage
 

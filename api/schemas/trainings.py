@@ -10,12 +10,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from training import job_spec
 
 TrainingStatusField = Literal["queued", "running", "completed", "failed", "stopped"]
-TrainingStageField = Literal["validating", "downloading", "training", "evaluating", "registering"]
+TrainingStageField = Literal["validating", "downloading", "training", "evaluating", "registering", "stopping"]
 
 STATUS_DESCRIPTION = (
     "`queued` (waiting for a worker), `running`, `completed`, `failed` (see `error`), or `stopped` "
-    "(terminal: stopped by `POST /v1/trainings/{job_id}/stop`; `output_path` holds the partial adapter "
-    "when one was saved). Read back from the Airflow run."
+    "(terminal: stopped by `POST /v1/trainings/{job_id}/stop` and its training process is gone; "
+    "`output_path` holds the partial adapter when one was saved). Read back from the Airflow run."
 )
 
 
@@ -61,7 +61,9 @@ class TrainingSummary(BaseModel):
     output_name: str | None = None
     status: TrainingStatusField = Field(description=STATUS_DESCRIPTION)
     stage: TrainingStageField | None = Field(
-        default=None, description="The pipeline step: validating, downloading, training, evaluating, registering."
+        default=None,
+        description="The pipeline step: validating, downloading, training, evaluating, registering; `stopping` while "
+        "a requested stop is under way (the job reads `running` until its training process is gone).",
     )
     progress: float = Field(ge=0, le=1, description="Share of training steps done (never decreases).")
     created_at: datetime

@@ -3,11 +3,18 @@ from Airflow and MLflow, stop them, and settle them for good once their run ende
 
     queued --task started--> running --run success--> completed
        |                        |--run failed--> failed (error from the failed task's log)
-       `--stop (run marked failed in Airflow)--> stopped (partial adapter kept)
+       `--stop: run marked failed in Airflow--> running (stage stopping) --process gone--> stopped
+
+A stop marks the run failed at once, but the train task's process runs on until Airflow's next
+heartbeat kills it (SIGTERM: the engine saves its partial adapter, the task uploads it, then
+SIGKILL a few seconds later). So a stopped job settles `stopped` only once that process is gone:
+the train task never ran, its partial adapter is in S3 (uploaded after the engine exited), or
+`STOP_KILL_DEADLINE` passed. `job_spec.job_state` decides from that evidence.
 
 Live state is read in bulk on the list path (one Airflow list request for every unsettled job,
-one MLflow search for the running ones); per-job reads (task instances, logs, XCom) happen only
-on the detail route and in the background reconcile loop. Terminal jobs are cached in the DB.
+one MLflow search for the running ones); per-job reads (task instances, logs, XCom, the partial
+adapter) happen only on the detail route and in the background reconcile loop, which also
+settles the jobs being stopped. Terminal jobs are cached in the DB.
 """
 
 from __future__ import annotations
@@ -45,6 +52,10 @@ log = logging.getLogger(__name__)
 
 #: a job whose run Airflow does not know after this long ends failed
 LOST_RUN_GRACE = timedelta(minutes=5)
+#: after a stop request, the train task's process is surely gone after this long even if it
+#: uploaded no adapter: Airflow's heartbeat (5 s) sends SIGTERM, SIGKILL follows 5 s later
+#: (the engine dies with its task), plus slack for a loaded worker
+STOP_KILL_DEADLINE = timedelta(seconds=30)
 LOG_TAIL_LINES = 60
 _EXCEPTION_LINE = re.compile(r"^(?:[\w.]+\.)?(\w*(?:Exception|Error|Interrupt)): (.+)$")
 
@@ -174,15 +185,12 @@ class TrainingService:
         tis: dict[str, TaskInstance] = {}
         try:
             if job.status in ACTIVE_TRAINING_STATUSES or job.settled_at is None:
-                run = self.airflow.get_dag_run(self.dag_id, self._run_id(job))
-                tis = self.airflow.list_task_instances(self.dag_id, self._run_id(job)) if run else {}
-                self._apply_run(job, run, tis, utcnow())
-                if job.status in TERMINAL_TRAINING_STATUSES and run is not None:
-                    self._settle(job, run, tis)
-                elif job.status == TrainingStatus.RUNNING:
+                tis = self._refresh_one(job)
+                if job.status == TrainingStatus.RUNNING:
                     self._find_mlflow_run(job, tis)
                     summary = self._refresh_progress([job], single=True)
-                    extras["eta_seconds"] = self._eta(job, tis, summary)
+                    if job.stop_requested_at is None:
+                        extras["eta_seconds"] = self._eta(job, tis, summary)
             else:
                 tis = self.airflow.list_task_instances(self.dag_id, self._run_id(job))
             extras["logs"] = self._logs(job, tis)
@@ -195,6 +203,9 @@ class TrainingService:
 
     # --- stop -------------------------------------------------------------------------------
     def stop(self, owner: User, job_id: str) -> TrainingJob:
+        """Records the request and marks the run failed (Airflow then kills the train task:
+        SIGTERM, the engine saves its partial adapter). Asking again while the job is stopping
+        repeats the (idempotent) request; a terminal job is a 400."""
         job = self.owned(owner, job_id)
         if job.status in ACTIVE_TRAINING_STATUSES:
             run = self.airflow.get_dag_run(self.dag_id, self._run_id(job))
@@ -218,6 +229,14 @@ class TrainingService:
             .order_by(TrainingJob.updated_at).limit(batch)
         ).all()
         changed = self.refresh_active(active)
+        # jobs being stopped: the bulk read cannot tell whether their training process is gone
+        for job in [j for j in active if j.stop_requested_at is not None
+                    and j.status in ACTIVE_TRAINING_STATUSES][:settle_batch]:
+            try:
+                self._refresh_one(job)
+                changed += int(job.status in TERMINAL_TRAINING_STATUSES)
+            except AirflowError as exc:
+                log.warning("cannot read the stop of job %s: %s", job.id, exc)
         for job in [j for j in active if j.status == TrainingStatus.RUNNING and not j.mlflow_run_id][:settle_batch]:
             try:
                 self._find_mlflow_run(job, None)
@@ -248,10 +267,22 @@ class TrainingService:
     def _run_id(job: TrainingJob) -> str:
         return job.airflow_run_id or job_spec.dag_run_id(job.id)
 
+    def _refresh_one(self, job: TrainingJob) -> dict[str, TaskInstance]:
+        """Reads one job's run and task instances, applies them, and settles the job if its run
+        ended; returns the task instances. Raises `AirflowError`."""
+        run = self.airflow.get_dag_run(self.dag_id, self._run_id(job))
+        tis = self.airflow.list_task_instances(self.dag_id, self._run_id(job)) if run else {}
+        self._apply_run(job, run, tis, utcnow())
+        if job.status in TERMINAL_TRAINING_STATUSES and run is not None and job.settled_at is None:
+            self._settle(job, run, tis)
+        return tis
+
     def _apply_run(
         self, job: TrainingJob, run: DagRun | None, tis: dict[str, TaskInstance] | None, now: datetime
     ) -> int:
-        """Maps the run (and its task instances when read) onto the job; 1 if it changed."""
+        """Maps the run (and, when read, its task instances and the progress of a requested stop)
+        onto the job; 1 if it changed. Without task instances (the list path) a stop in flight
+        keeps the job's last known status."""
         before = (job.status, job.stage, job.started_at, job.completed_at)
         if job.status in TERMINAL_TRAINING_STATUSES:
             return 0
@@ -265,13 +296,21 @@ class TrainingService:
                 job.settled_at = now
             return int(before != (job.status, job.stage, job.started_at, job.completed_at))
         states = {t: ti.state for t, ti in tis.items()} if tis is not None else None
+        stop_requested = job.stop_requested_at is not None
+        exited = self._training_exited(job, now) if stop_requested and states is not None else None
         try:
-            state = job_spec.job_state(run.state, stop_requested=job.stop_requested_at is not None, task_states=states)
+            state = job_spec.job_state(
+                run.state, stop_requested=stop_requested, task_states=states, training_exited=exited
+            )
         except ValueError:
             log.warning("job %s: unexpected Airflow run state %r", job.id, run.state)
             return 0
+        if state is None:  # a stop in flight, not readable in bulk: keep the last known state
+            job.stage = job_spec.Stage.STOPPING.value
+            return int(before != (job.status, job.stage, job.started_at, job.completed_at))
         job.status = state.value
-        if states is not None and (stage := job_spec.job_stage(states)) is not None:
+        stopping = stop_requested and state not in job_spec.TERMINAL_STATES
+        if (stage := job_spec.job_stage(states, stopping=stopping)) is not None:
             job.stage = stage.value
         if state is not job_spec.JobState.QUEUED and job.started_at is None:
             job.started_at = run.start_date or now
@@ -343,15 +382,30 @@ class TrainingService:
                 job.output_path = result.get("output_path") or job.output_path
             job.progress = 1.0
         elif job.status == TrainingStatus.STOPPED:
-            prefix = storage.adapter_prefix(job.id)
-            try:
-                if self.s3 is not None and self.s3.head(prefix + "adapter_config.json") is not None:
-                    job.output_path = storage.s3_uri(self.settings.s3_bucket, prefix)
-            except S3Unavailable as exc:
-                log.warning("cannot check the partial adapter of job %s: %s", job.id, exc)
+            job.output_path = self._partial_adapter(job)
         elif job.status == TrainingStatus.FAILED and not job.error:
             job.error = self._failure_reason(job, run, tis)
         job.settled_at = utcnow()
+
+    def _partial_adapter(self, job: TrainingJob) -> str | None:
+        """The S3 URI of the adapter a stopped job's train task uploaded, once it is complete
+        (`adapter_config.json` is uploaded last, after the engine exited); else None."""
+        prefix = storage.adapter_prefix(job.id)
+        try:
+            if self.s3 is not None and self.s3.head(prefix + "adapter_config.json") is not None:
+                return storage.s3_uri(self.settings.s3_bucket, prefix)
+        except S3Unavailable as exc:
+            log.warning("cannot check the partial adapter of job %s: %s", job.id, exc)
+        return None
+
+    def _training_exited(self, job: TrainingJob, now: datetime) -> bool:
+        """Whether the training process of a job being stopped is surely gone: its partial
+        adapter is uploaded (the task does so after the engine exited), or the kill deadline
+        passed (Airflow SIGKILLs the task, the engine dies with it)."""
+        asked = as_utc(job.stop_requested_at)
+        if asked is not None and now - asked >= STOP_KILL_DEADLINE:
+            return True
+        return self._partial_adapter(job) is not None
 
     def _failure_reason(self, job: TrainingJob, run: DagRun, tis: dict[str, TaskInstance]) -> str:
         failed = [t for t in job_spec.TASK_IDS if t in tis and (tis[t].state or "") == "failed"]

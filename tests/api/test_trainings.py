@@ -52,10 +52,15 @@ class FakeTrainingAirflow(FakeAirflow):
         return super().get_dag_run(dag_id, run_id)
 
     def set_dag_run_state(self, dag_id, run_id, state):
+        """Like Airflow: running task instances take the run's state at once (their processes
+        live on until the next heartbeat kills them), unfinished ones are skipped."""
         self._check()
         self.patches.append((run_id, state))
         if run_id in self.states:
             self.states[run_id] = state
+            for task_id, ti in self.tis.get(run_id, {}).items():
+                if ti.state not in ("success", "failed", "skipped", "upstream_failed"):
+                    self.task(run_id, task_id, state if ti.state == "running" else "skipped", ti.try_number)
         return self.get_dag_run(dag_id, run_id)
 
     def close(self) -> None:  # the app closes its client at shutdown
@@ -366,27 +371,92 @@ def test_other_users_job_is_404(client, auth, other_auth, airflow, mlflow) -> No
 
 # --- stop ------------------------------------------------------------------------------------
 
-def test_stop_marks_the_run_failed_and_the_job_ends_stopped(client, auth, airflow, mlflow, s3) -> None:
+def running_job(client, auth, airflow) -> tuple[str, str]:
     job_id = start(client, auth, make_dataset(client, auth))
     run = f"train-{job_id}"
     airflow.states[run] = "running"
+    for task in ("validate_inputs", "prepare"):
+        airflow.task(run, task, "success")
     airflow.task(run, "train", "running")
+    for task in ("evaluate", "register", "finalize"):
+        airflow.task(run, task, None)
+    return job_id, run
+
+
+def upload_partial_adapter(s3, job_id: str) -> str:
+    """What the train task does once the engine exited: the files, adapter_config.json last."""
+    prefix = storage.adapter_prefix(job_id)
+    for name in ("adapter_model.safetensors", "adapter_config.json"):
+        s3.client().put_object(Bucket=s3.bucket, Key=prefix + name, Body=b"{}")
+    return storage.s3_uri(s3.bucket, prefix)
+
+
+def test_stop_ends_stopped_only_once_the_training_process_is_gone(client, auth, airflow, mlflow, s3) -> None:
+    job_id, run = running_job(client, auth, airflow)
     resp = client.post(f"/v1/trainings/{job_id}/stop", headers=auth)
     assert resp.status_code == 202
     assert resp.json() == {"message": f"Stop request received for {job_id}"}
     assert airflow.patches == [(run, "failed")]
-    # the engine saved its partial adapter
-    prefix = storage.adapter_prefix(job_id)
-    s3.client().put_object(Bucket=s3.bucket, Key=prefix + "adapter_config.json", Body=b"{}")
-    airflow.task(run, "train", "failed")
+    assert airflow.tis[run]["train"].state == "failed"  # Airflow marks it at once; the process lives on
+
+    # the training is still saving: the job is not stopped yet, on the detail and on the list
     detail = client.get(f"/v1/trainings/{job_id}", headers=auth).json()
-    assert (detail["status"], detail["stop_requested"]) == ("stopped", True)
-    assert detail["output_path"] == storage.s3_uri(s3.bucket, prefix)
-    assert detail["error"] is None
+    assert (detail["status"], detail["stage"], detail["stop_requested"]) == ("running", "stopping", True)
+    assert detail["output_path"] is None and detail["completed_at"] is None and detail["eta_seconds"] is None
+    listed = client.get("/v1/trainings", headers=auth).json()
+    assert [(j["status"], j["stage"]) for j in listed] == [("running", "stopping")]
+    # asking again while it stops repeats the request
+    assert client.post(f"/v1/trainings/{job_id}/stop", headers=auth).status_code == 202
+
+    # the engine exited and the task uploaded the partial adapter (its config last)
+    output = upload_partial_adapter(s3, job_id)
+    detail = client.get(f"/v1/trainings/{job_id}", headers=auth).json()
+    assert (detail["status"], detail["stage"], detail["output_path"]) == ("stopped", "training", output)
+    assert detail["completed_at"] is not None and detail["error"] is None
     again = client.post(f"/v1/trainings/{job_id}/stop", headers=auth)
     assert again.status_code == 400
     assert again.json()["detail"] == f"Job {job_id} is stopped: only queued or running jobs can be stopped"
-    assert len(airflow.patches) == 1
+    assert len(airflow.patches) == 2
+
+
+def test_a_torn_partial_adapter_is_not_the_output(client, auth, airflow, mlflow, s3) -> None:
+    job_id, run = running_job(client, auth, airflow)
+    assert client.post(f"/v1/trainings/{job_id}/stop", headers=auth).status_code == 202
+    # weights uploaded, config not yet (or never: SIGKILL cut the upload short)
+    s3.client().put_object(Bucket=s3.bucket, Key=storage.adapter_prefix(job_id) + "adapter_model.safetensors",
+                           Body=b"{}")
+    detail = client.get(f"/v1/trainings/{job_id}", headers=auth).json()
+    assert (detail["status"], detail["output_path"]) == ("running", None)
+
+
+def test_stop_without_an_adapter_ends_stopped_at_the_kill_deadline(client, auth, airflow, mlflow) -> None:
+    from api.services.trainings import STOP_KILL_DEADLINE
+
+    job_id, run = running_job(client, auth, airflow)
+    assert client.post(f"/v1/trainings/{job_id}/stop", headers=auth).status_code == 202
+    assert client.get(f"/v1/trainings/{job_id}", headers=auth).json()["status"] == "running"
+    with client.app.state.sessionmaker() as session:  # the request was made long enough ago
+        session.execute(update(TrainingJob).where(TrainingJob.id == job_id)
+                        .values(stop_requested_at=utcnow() - STOP_KILL_DEADLINE - timedelta(seconds=1)))
+        session.commit()
+    detail = client.get(f"/v1/trainings/{job_id}", headers=auth).json()
+    assert (detail["status"], detail["output_path"], detail["error"]) == ("stopped", None, None)
+
+
+def test_reconcile_settles_a_stopping_job_the_list_cannot(client, auth, airflow, mlflow, s3) -> None:
+    job_id, run = running_job(client, auth, airflow)
+    assert client.post(f"/v1/trainings/{job_id}/stop", headers=auth).status_code == 202
+    output = upload_partial_adapter(s3, job_id)
+    airflow.per_job_calls = 0
+    listed = client.get("/v1/trainings", headers=auth).json()
+    assert [(j["status"], j["stage"]) for j in listed] == [("running", "stopping")]  # cached, not invented
+    assert airflow.per_job_calls == 0
+    from api.main import reconcile_once
+
+    client.app.state.mlflow, client.app.state.airflow = None, airflow
+    reconcile_once(client.app)
+    listed = client.get("/v1/trainings", headers=auth).json()
+    assert [(j["status"], j["output_path"]) for j in listed] == [("stopped", output)]
 
 
 def test_stop_of_a_finished_job_is_400(client, auth, airflow, mlflow) -> None:

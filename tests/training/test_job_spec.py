@@ -208,11 +208,26 @@ def test_cli_args_follow_the_engine_contract():
 @pytest.mark.parametrize("run_state,stop,expected", [
     ("queued", False, JobState.QUEUED), ("running", False, JobState.RUNNING),
     ("success", False, JobState.COMPLETED), ("success", True, JobState.COMPLETED),
-    ("failed", False, JobState.FAILED), ("failed", True, JobState.STOPPED),
-    (None, False, JobState.FAILED),
+    ("failed", False, JobState.FAILED), (None, False, JobState.FAILED), (None, True, JobState.STOPPED),
 ])
 def test_dag_run_states_map_to_job_states(run_state, stop, expected):
     assert job_state(run_state, stop_requested=stop) == expected
+
+
+def test_a_stopped_run_is_stopped_only_once_its_training_process_is_gone():
+    train_ran = {"validate_inputs": "success", "prepare": "success", "train": "failed", "evaluate": "skipped"}
+    # the run reads failed at once; the train task's process runs until Airflow kills it
+    assert job_state("failed", stop_requested=True, task_states=train_ran, training_exited=False) == "running"
+    assert job_state("failed", stop_requested=True, task_states=train_ran, training_exited=True) == "stopped"
+    # nothing read about the process (the list path): cannot tell
+    assert job_state("failed", stop_requested=True) is None
+    assert job_state("failed", stop_requested=True, task_states=train_ran) is None
+    # stopped before the training ran: nothing to wait for
+    before_train = {"validate_inputs": "success", "prepare": "failed", "train": "skipped"}
+    assert job_state("failed", stop_requested=True, task_states=before_train, training_exited=False) == "stopped"
+    assert job_state("failed", stop_requested=True, task_states={}, training_exited=False) == "stopped"
+    # without a stop request the evidence does not matter
+    assert job_state("failed", task_states=train_ran, training_exited=False) == "failed"
 
 
 def test_a_running_run_with_no_task_started_is_still_queued():
@@ -224,7 +239,7 @@ def test_a_running_run_with_no_task_started_is_still_queued():
 
 def test_states_and_stages_are_the_documented_names():
     assert job_spec.JOB_STATES == ("queued", "running", "completed", "failed", "stopped")
-    assert job_spec.STAGES == ("validating", "downloading", "training", "evaluating", "registering")
+    assert job_spec.STAGES == ("validating", "downloading", "training", "evaluating", "registering", "stopping")
     assert {str(s) for s in job_spec.TERMINAL_STATES} == {"completed", "failed", "stopped"}
 
 
@@ -235,6 +250,11 @@ def test_the_stage_is_the_latest_started_task():
     assert job_stage({"validate_inputs": "success", "prepare": "success", "train": "running",
                       "evaluate": None}) == Stage.TRAINING
     assert job_stage(dict.fromkeys(job_spec.TASK_IDS, "success")) == Stage.REGISTERING
+    # a failed run skips the tasks after the failed one: they did not run
+    assert job_stage({"validate_inputs": "success", "prepare": "success", "train": "failed",
+                      "evaluate": "skipped", "register": "skipped", "finalize": "skipped"}) == Stage.TRAINING
+    assert job_stage({"train": "failed"}, stopping=True) == Stage.STOPPING
+    assert job_stage(None) is None
 
 
 def test_run_ids_and_links():
