@@ -30,7 +30,7 @@ from pathlib import Path
 from airflow.sdk import Param, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
-from training import storage
+from training import s3, storage
 
 log = logging.getLogger(__name__)
 
@@ -42,24 +42,8 @@ MLFLOW_EXPERIMENT = "dataset-validation"
 
 # --- helpers (heavy libraries are imported inside, never at parse time) ---------------------
 
-def _bucket() -> str:
-    return os.environ.get("QLORA_S3_BUCKET", "qlora")
-
-
-def _s3():
-    """boto3 client from the standard chain (AWS_ENDPOINT_URL_S3 etc.); path-style when a
-    custom endpoint is configured (SeaweedFS/MinIO)."""
-    import boto3
-    from botocore.config import Config
-
-    style = "path" if os.environ.get("AWS_ENDPOINT_URL_S3") else "auto"
-    return boto3.client("s3", config=Config(s3={"addressing_style": style},
-                                            retries={"max_attempts": 4, "mode": "standard"}))
-
-
 def _cache_folder(dataset_id: str) -> Path:
-    base = os.environ.get("QLORA_CACHE_DIR") or str(Path(__file__).resolve().parents[1] / ".cache")
-    return Path(base) / "dataset-validation" / dataset_id
+    return s3.cache_dir() / "dataset-validation" / dataset_id
 
 
 def _conf() -> tuple[str, str]:
@@ -70,10 +54,10 @@ def _conf() -> tuple[str, str]:
 def _publish_report(report: dict, s3_key: str) -> None:
     """Writes the report to S3 (always) and to MLflow (when configured; never fatal)."""
     dataset_id = report["dataset_id"]
-    _s3().put_object(Bucket=_bucket(), Key=storage.dataset_report_key(dataset_id),
-                     Body=json.dumps(report, indent=2).encode(), ContentType="application/json")
+    s3.client().put_object(Bucket=s3.bucket(), Key=storage.dataset_report_key(dataset_id),
+                           Body=json.dumps(report, indent=2).encode(), ContentType="application/json")
     log.info("validation report written to %s: valid=%s, %d error(s)",
-             storage.s3_uri(_bucket(), storage.dataset_report_key(dataset_id)), report["valid"],
+             storage.s3_uri(s3.bucket(), storage.dataset_report_key(dataset_id)), report["valid"],
              report.get("error_count", len(report["errors"])))
     if os.environ.get("MLFLOW_TRACKING_URI"):
         try:
@@ -114,22 +98,6 @@ def _fail(report: dict, s3_key: str) -> None:
     raise AirflowFailException("dataset is invalid: " + "; ".join(report["errors"][:5]))
 
 
-def _is_transient(exc: BaseException) -> bool:
-    """Network trouble or an S3 server error/throttle: worth a retry. Anything else is not."""
-    from botocore.exceptions import (ClientError, ConnectionClosedError, ConnectTimeoutError,
-                                     EndpointConnectionError, ReadTimeoutError)
-
-    if isinstance(exc, (EndpointConnectionError, ConnectionClosedError, ConnectTimeoutError,
-                        ReadTimeoutError, ConnectionError, TimeoutError)):
-        return True
-    if isinstance(exc, ClientError):
-        error = exc.response.get("Error", {})
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
-        return status >= 500 or error.get("Code") in ("SlowDown", "RequestTimeout", "Throttling",
-                                                       "ThrottlingException", "InternalError")
-    return False
-
-
 def _guarded(step):
     """Runs a task body: transient errors propagate (Airflow retries them); any other failure
     still leaves a report (valid: false) and fails the run without retries."""
@@ -142,7 +110,7 @@ def _guarded(step):
         except AirflowFailException:
             raise
         except Exception as exc:
-            if _is_transient(exc):
+            if s3.is_transient(exc):
                 log.warning("transient error, the task will be retried: %s", exc)
                 raise
             from training.data.validation import empty_report
@@ -158,32 +126,10 @@ def _guarded(step):
     return run
 
 
-def _is_missing_object(exc: Exception) -> bool:
-    code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
-    return code in ("404", "NoSuchKey", "NotFound")
-
-
 def _upload_folder(client, root: Path, files: list[Path], prefix: str) -> None:
     """Replaces what is under `prefix` with `files` (paths under `root`)."""
-    paginator = client.get_paginator("list_objects_v2")
-    for page in paginator.paginate(Bucket=_bucket(), Prefix=prefix):
-        keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
-        if keys:
-            client.delete_objects(Bucket=_bucket(), Delete={"Objects": keys, "Quiet": True})
-    for path in files:
-        client.upload_file(str(path), _bucket(), prefix + path.relative_to(root).as_posix())
-
-
-def _download_folder(client, prefix: str, dest: Path) -> None:
-    paginator = client.get_paginator("list_objects_v2")
-    for page in paginator.paginate(Bucket=_bucket(), Prefix=prefix):
-        for obj in page.get("Contents", []):
-            rel = obj["Key"][len(prefix):]
-            if not rel or ".." in rel.split("/"):
-                continue
-            target = dest / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            client.download_file(_bucket(), obj["Key"], str(target))
+    s3.delete_prefix(client, s3.bucket(), prefix)
+    s3.upload_files(client, s3.bucket(), root, files, prefix)
 
 
 # --- the DAG ------------------------------------------------------------------------------
@@ -225,13 +171,13 @@ def dataset_validation():
         clear_folder(work)
         archive = work / "archive" / Path(s3_key).name
         archive.parent.mkdir(parents=True, exist_ok=True)
-        client = _s3()
+        client = s3.client()
         try:
-            client.download_file(_bucket(), s3_key, str(archive))
+            client.download_file(s3.bucket(), s3_key, str(archive))
         except ClientError as exc:
-            if _is_missing_object(exc):
+            if s3.is_missing(exc):
                 _fail(empty_report(dataset_id, [f"{Path(s3_key).name}: no uploaded archive at "
-                                                f"s3://{_bucket()}/{s3_key}"]), s3_key)
+                                                f"s3://{s3.bucket()}/{s3_key}"]), s3_key)
             raise  # _guarded: retried when transient, else reported
         log.info("downloaded %s (%d bytes)", s3_key, archive.stat().st_size)
 
@@ -263,7 +209,7 @@ def dataset_validation():
         if not folder.is_dir():  # another worker extracted it: use the uploaded copy
             folder = _cache_folder(dataset_id) / "downloaded"
             clear_folder(folder)
-            _download_folder(_s3(), storage.dataset_files_prefix(dataset_id), folder)
+            s3.download_prefix(s3.client(), s3.bucket(), storage.dataset_files_prefix(dataset_id), folder)
         try:
             report = validate_dataset(folder, dataset_id)
         except Exception as exc:  # a bug or an unreadable file: still leave a report behind

@@ -50,8 +50,9 @@ from typing import Any, NamedTuple
 from airflow.sdk import Param, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
-from training import job_spec, storage
+from training import job_spec, s3, storage
 from training.catalog import load_catalog
+from training.cli import EXIT_BAD_INPUT, EXIT_STOPPED
 
 try:  # plugins/ is on sys.path in every Airflow process (core.plugins_folder)
     from qlora_mlflow_link import MLflowRunLink, mlflow_ui_base_url
@@ -63,7 +64,6 @@ log = logging.getLogger(__name__)
 
 #: what `python -m training run` provides (training/cli.py, training/trainer.py): exit codes,
 #: its log file in the output folder, its log line naming the MLflow run it created
-ENGINE_EXIT_BAD_INPUT, ENGINE_EXIT_STOPPED = 2, 75
 ENGINE_LOG_FILE = "train.log"
 ENGINE_RUN_LINE = re.compile(r"mlflow run ([0-9a-f]{32}) at ")
 TRANSIENT = dict(retries=3, retry_delay=timedelta(seconds=5), retry_exponential_backoff=2.0,
@@ -72,47 +72,14 @@ TRANSIENT = dict(retries=3, retry_delay=timedelta(seconds=5), retry_exponential_
 
 # --- configuration and small helpers (heavy libraries are imported inside functions) --------
 
-def _bucket() -> str:
-    return os.environ.get("QLORA_S3_BUCKET", "qlora")
-
-
-def _cache_dir() -> Path:
-    base = os.environ.get("QLORA_CACHE_DIR") or str(Path(__file__).resolve().parents[1] / ".cache")
-    return Path(base)
-
-
 def _output_dir(job_id: str) -> Path:
-    return _cache_dir() / "trainings" / job_id / "output"
-
-
-def _s3():
-    import boto3
-    from botocore.config import Config
-
-    style = "path" if os.environ.get("AWS_ENDPOINT_URL_S3") else "auto"
-    return boto3.client("s3", config=Config(s3={"addressing_style": style}, connect_timeout=10,
-                                            read_timeout=120,
-                                            retries={"max_attempts": 4, "mode": "standard"}))
-
-
-def _is_transient(exc: BaseException) -> bool:
-    """Network trouble, throttling and 5xx are worth a retry; anything else is not."""
-    from botocore.exceptions import (BotoCoreError, ClientError, ConnectionError as BotoConnectionError,
-                                     ReadTimeoutError)
-
-    if isinstance(exc, ClientError):
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
-        code = exc.response.get("Error", {}).get("Code", "")
-        return status >= 500 or status == 429 or code in {
-            "SlowDown", "Throttling", "RequestTimeout", "InternalError", "ServiceUnavailable"}
-    return isinstance(exc, (BotoConnectionError, ReadTimeoutError, ConnectionError, TimeoutError)) or (
-        isinstance(exc, BotoCoreError) and "connect" in type(exc).__name__.lower())
+    return s3.cache_dir() / "trainings" / job_id / "output"
 
 
 def _s3_failure(what: str, exc: Exception) -> Exception:
     """The exception to raise for a failed S3 call: itself when transient (the task retries),
     else an AirflowFailException (no retry)."""
-    if _is_transient(exc):
+    if s3.is_transient(exc):
         log.warning("transient S3 error while %s: %s (will retry)", what, exc)
         return exc
     return AirflowFailException(f"S3 error while {what}: {exc}")
@@ -130,11 +97,6 @@ def _s3_call(what: str, fn, *args, **kwargs):
         raise failure from exc
 
 
-def _is_missing(exc: BaseException) -> bool:
-    response = getattr(exc, "response", None) or {}
-    return str(response.get("Error", {}).get("Code", "")) in {"404", "NoSuchKey", "NotFound"}
-
-
 def _params() -> dict[str, Any]:
     return dict(get_current_context()["params"])
 
@@ -147,39 +109,18 @@ def _model(model_id: str):
 
 
 def _sync_prefix(client, prefix: str, dest: Path, what: str) -> tuple[Path, int]:
-    """Mirrors `s3://bucket/prefix` into `dest` (files whose size already matches are kept);
-    returns the folder and the number of files downloaded."""
-    objects = []
-    paginator = client.get_paginator("list_objects_v2")
-    for page in _s3_call(f"listing {what}", lambda: list(paginator.paginate(Bucket=_bucket(), Prefix=prefix))):
-        objects.extend(page.get("Contents", []))
-    if not objects:
-        raise AirflowFailException(f"{what} not found: nothing under {storage.s3_uri(_bucket(), prefix)}")
-    downloaded = 0
-    for obj in objects:
-        rel = obj["Key"][len(prefix):]
-        if not rel or rel.endswith("/") or ".." in rel.split("/") or rel.startswith("/"):
-            continue
-        target = dest / rel
-        if target.is_file() and target.stat().st_size == obj["Size"]:
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f".{target.name}.{os.getpid()}.part")
-        _s3_call(f"downloading {obj['Key']}", client.download_file, _bucket(), obj["Key"], str(partial))
-        os.replace(partial, target)  # readers never see a half-written file
-        downloaded += 1
+    """Mirrors `s3://bucket/prefix` into `dest`; returns the folder and the files downloaded."""
+    found, downloaded = _s3_call(f"downloading {what}", s3.download_prefix, client, s3.bucket(), prefix, dest)
+    if not found:
+        raise AirflowFailException(f"{what} not found: nothing under {storage.s3_uri(s3.bucket(), prefix)}")
     return dest, downloaded
 
 
-def _upload_files(client, files: list[Path], prefix: str) -> list[str]:
+def _upload_files(client, root: Path, files: list[Path], prefix: str) -> list[str]:
     """Uploads `files` under `prefix`, `adapter_config.json` last: it marks a complete adapter,
     so an upload cut short (SIGKILL after a stop) never leaves a torn adapter behind."""
-    keys = []
-    for path in sorted(files, key=lambda p: (p.name == "adapter_config.json", p.name)):
-        key = prefix + path.name
-        _s3_call(f"uploading {key}", client.upload_file, str(path), _bucket(), key)
-        keys.append(key)
-    return keys
+    return _s3_call(f"uploading to {prefix}", s3.upload_files, client, s3.bucket(), root, files, prefix,
+                    last="adapter_config.json")
 
 
 def _adapter_files(output: Path) -> list[Path]:
@@ -336,7 +277,7 @@ def _describe_exit(code: int, tail: list[str]) -> str:
         return f"the training process was killed by {signal.Signals(-code).name}"
     errors = [line for line in tail if line.lower().startswith("error")]
     last = errors[-1] if errors else (tail[-1] if tail else "no output")
-    if code == ENGINE_EXIT_BAD_INPUT:
+    if code == EXIT_BAD_INPUT:
         return f"the training rejected its input: {last}"
     return f"the training failed (exit code {code}): {last}"
 
@@ -376,11 +317,11 @@ def qlora_training():
         dataset_id = params["dataset_id"]
         key = storage.dataset_report_key(dataset_id)
         try:
-            body = _s3().get_object(Bucket=_bucket(), Key=key)["Body"].read()
+            body = s3.client().get_object(Bucket=s3.bucket(), Key=key)["Body"].read()
         except Exception as exc:
-            if _is_missing(exc):
+            if s3.is_missing(exc):
                 raise AirflowFailException(
-                    f"dataset {dataset_id} has no validation report ({storage.s3_uri(_bucket(), key)}): "
+                    f"dataset {dataset_id} has no validation report ({storage.s3_uri(s3.bucket(), key)}): "
                     "it does not exist or was never validated") from exc
             raise _s3_failure("reading the dataset's validation report", exc) from exc
         try:
@@ -402,13 +343,13 @@ def qlora_training():
     @task(queue="gpu", **TRANSIENT)
     def prepare(spec: dict[str, Any]) -> dict[str, str]:
         params = _params()
-        client = _s3()
+        client = s3.client()
         started = time.monotonic()
         model_dir, n_model = _sync_prefix(client, storage.model_prefix(params["model_id"]),
-                                          _cache_dir() / "models" / params["model_id"],
+                                          s3.cache_dir() / "models" / params["model_id"],
                                           f"model {params['model_id']}")
         data_dir, n_data = _sync_prefix(client, storage.dataset_files_prefix(params["dataset_id"]),
-                                        _cache_dir() / "datasets" / params["dataset_id"] / "files",
+                                        s3.cache_dir() / "datasets" / params["dataset_id"] / "files",
                                         f"dataset {params['dataset_id']}")
         log.info("cache ready in %.1f s (%d model and %d dataset files downloaded): %s, %s",
                  time.monotonic() - started, n_model, n_data, model_dir, data_dir)
@@ -422,13 +363,13 @@ def qlora_training():
         output = _output_dir(job_id)
         shutil.rmtree(output, ignore_errors=True)  # a fresh training (a stopped job stays stopped)
         output.mkdir(parents=True)
-        adapter_uri = storage.s3_uri(_bucket(), storage.adapter_prefix(job_id))
+        adapter_uri = storage.s3_uri(s3.bucket(), storage.adapter_prefix(job_id))
 
         # the local cache if this worker prepared it, else the engine reads S3 itself
         model_src = paths["model_dir"] if Path(paths["model_dir"]).is_dir() else \
-            storage.s3_uri(_bucket(), storage.model_prefix(params["model_id"]))
+            storage.s3_uri(s3.bucket(), storage.model_prefix(params["model_id"]))
         data_src = paths["data_dir"] if Path(paths["data_dir"]).is_dir() else \
-            storage.s3_uri(_bucket(), storage.dataset_files_prefix(params["dataset_id"]))
+            storage.s3_uri(s3.bucket(), storage.dataset_files_prefix(params["dataset_id"]))
         resolved = job_spec.TrainingParams(**{**spec["training_params"],
                                               "target_modules": tuple(spec["training_params"]["target_modules"])})
         experiment = job_spec.mlflow_experiment_name(params["user"])
@@ -451,14 +392,14 @@ def qlora_training():
         if _tracking_uri():
             watcher.recover(experiment)
 
-        if stop_at is not None or code == ENGINE_EXIT_STOPPED:
+        if stop_at is not None or code == EXIT_STOPPED:
             if stop_at is not None:
                 log.info("the engine exited %.2f s after the stop request", time.monotonic() - stop_at)
             # upload the partial adapter inside the grace period Airflow leaves before SIGKILL
             files = _adapter_files(output)
             where = "no adapter was saved"
             if files:  # Airflow sends SIGKILL ~5 s after SIGTERM: this races it (see _upload_files)
-                _upload_files(_s3(), files, storage.adapter_prefix(job_id))
+                _upload_files(s3.client(), output, files, storage.adapter_prefix(job_id))
                 where = f"partial adapter at {adapter_uri}"
             if watcher.run_id:
                 _end_mlflow_run(watcher.run_id, "KILLED", "stopped by request")
@@ -483,11 +424,11 @@ def qlora_training():
         else:  # another worker trained: the engine uploaded its output with the adapter
             key = storage.adapter_prefix(params["job_id"]) + "metrics.json"
             try:
-                metrics = json.loads(_s3().get_object(Bucket=_bucket(), Key=key)["Body"].read())
+                metrics = json.loads(s3.client().get_object(Bucket=s3.bucket(), Key=key)["Body"].read())
             except Exception as exc:
-                if _is_missing(exc):
+                if s3.is_missing(exc):
                     raise AirflowFailException(f"the training wrote no metrics ({path}, "
-                                               f"{storage.s3_uri(_bucket(), key)})") from exc
+                                               f"{storage.s3_uri(s3.bucket(), key)})") from exc
                 raise _s3_failure("reading metrics.json", exc) from exc
         log.info("final metrics: %s", json.dumps(metrics, indent=1))
         return metrics
@@ -496,13 +437,13 @@ def qlora_training():
     def register(trained: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
         params = _params()
         prefix = storage.adapter_prefix(params["job_id"])
-        output_path = storage.s3_uri(_bucket(), prefix)
-        client = _s3()
+        output_path = storage.s3_uri(s3.bucket(), prefix)
+        client = s3.client()
         # the engine uploads its output (--output-uri); upload again only what is missing
-        listed = _s3_call("listing the adapter", client.list_objects_v2, Bucket=_bucket(), Prefix=prefix)
+        listed = _s3_call("listing the adapter", client.list_objects_v2, Bucket=s3.bucket(), Prefix=prefix)
         in_s3 = {o["Key"][len(prefix):] for o in listed.get("Contents", [])}
         missing = [p for p in _adapter_files(Path(trained["output_dir"])) if p.name not in in_s3]
-        _upload_files(client, missing, prefix)
+        _upload_files(client, Path(trained["output_dir"]), missing, prefix)
         if "adapter_config.json" not in in_s3 | {p.name for p in missing}:
             raise AirflowFailException(f"no adapter in {output_path} and none on this worker")
         log.info("adapter in %s (%d files uploaded here)", output_path, len(missing))

@@ -15,12 +15,10 @@ MARKER = "config.json"  # uploaded last: its presence means the model is complet
 
 
 def _upload_folder(s3: S3Settings, folder: Path, prefix: str) -> int:
-    client = s3.client()
-    files = sorted(p for p in folder.rglob("*") if p.is_file())
-    files.sort(key=lambda p: p.name == MARKER)  # the marker goes last
-    for path in files:
-        client.upload_file(str(path), s3.bucket, prefix + path.relative_to(folder).as_posix())
-    return len(files)
+    from training.s3 import upload_files
+
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    return len(upload_files(s3.client(), s3.bucket, folder, files, prefix, last=MARKER))
 
 
 def _seeded(s3: S3Settings, prefix: str) -> bool:

@@ -24,13 +24,13 @@ import torch
 
 from training.architectures import get_architecture
 from training.catalog import load_catalog
+from training.cli import EXIT_OK, EXIT_STOPPED
 from training.config import DEFAULT_MAX_RANK, DEFAULT_MIN_RANK, ArgumentError, TrainArgs
 from training.data.loader import ClipDataset, collate, epoch_batches, read_examples, split_examples
 from training.loading import LABEL_MAP_FILE, TRAINING_INFO_FILE, read_base_model
 from training.model_info import ModelInfo
 
 log = logging.getLogger("training")
-EXIT_OK, EXIT_STOPPED = 0, 75
 LOG_FILE = "train.log"
 CHECKPOINTS = "checkpoints"
 
