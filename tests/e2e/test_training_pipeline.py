@@ -140,15 +140,23 @@ def test_train_watch_stop_and_kill(api_server, tmp_path):
         _watch(api, long_job, lambda j: j["status"] == "running" and j["progress"] > 0, 240)
         asked = time.monotonic()
         assert api.post(f"/trainings/{long_job}/stop").status_code == 202
-        final, _ = _watch(api, long_job, lambda j: j["status"] in TERMINAL, 60)
+        final, seen = _watch(api, long_job, lambda j: j["status"] in TERMINAL, 60)
         stopped_s = time.monotonic() - asked
         print(f"stop request -> job stopped: {stopped_s:.1f} s")
         assert final["status"] == "stopped", final
         assert stopped_s < 30
+        # stopped means the training process is gone and its partial adapter is complete in S3
         assert not _engine_pids(long_job)
-        assert final["output_path"] == storage.s3_uri(api_server.s3.bucket, storage.adapter_prefix(long_job))
+        assert {(j["status"], j["stage"]) for j in seen[:-1]} <= {("running", "training"), ("running", "stopping")}
+        prefix = storage.adapter_prefix(long_job)
+        assert final["output_path"] == storage.s3_uri(api_server.s3.bucket, prefix)
+        keys = {o["Key"][len(prefix):] for o in
+                s3.list_objects_v2(Bucket=api_server.s3.bucket, Prefix=prefix).get("Contents", [])}
+        assert {"adapter_config.json", "adapter_model.safetensors"} <= keys, keys
+        assert final["error"] is None and final["progress"] < 1.0, final
         again = api.post(f"/trainings/{long_job}/stop")
         assert again.status_code == 400, again.text
+        assert {j["job_id"]: j["status"] for j in api.get("/trainings").json()}[long_job] == "stopped"
 
         # SIGKILL of the training process: the job ends failed with a reason
         doomed = _start(api, dataset_id, "flamingo-tiny-classification", "doomed", epochs=100, batch_size=1)
