@@ -5,9 +5,12 @@
    start); beside the same training run directly with `python -m training run`;
 2. stop latency: `POST .../stop` -> the training process is gone, and -> job `stopped`;
 3. p50/p99 of `GET /v1/trainings/{id}` and `GET /v1/trainings` with 10,000 jobs in the table at
-   50 concurrent clients, beside `GET /v1/auth/me` in the same run.
+   50 concurrent clients, beside `GET /v1/auth/me` in the same run: a user with 100 settled jobs,
+   one with 100 of which 2 are running (each list then reads their runs from Airflow in one
+   request), and one with 1,000 settled jobs (the list is not paginated: every row is returned).
 
-    python -m bench.trainings [--jobs 10000] [--user-jobs 100] [--clients 50] [--seconds 8]
+    python -m bench.trainings [--jobs 10000] [--user-jobs 100] [--heavy-user-jobs 1000]
+                              [--clients 50] [--seconds 8]
 
 Measures; asserts nothing. PostgreSQL for the API database.
 """
@@ -132,7 +135,10 @@ def stop_latency(api: httpx.Client, dataset_id: str) -> None:
           f"-> job {got['status']} {time.time() - t0:.1f} s (partial adapter: {got['output_path']})")
 
 
-def seed_jobs(database_url: str, usernames: list[str], per_user: list[int], dataset_id: str) -> tuple[str, ...]:
+def seed_jobs(database_url: str, usernames: list[str], per_user: list[int], dataset_id: str,
+              running: dict[str, int] | None = None) -> tuple[str, ...]:
+    """Completed, settled jobs (`running[username]` of them running instead: their runs are
+    unknown to Airflow, which the list reads in one request; younger than the lost-run grace)."""
     from sqlalchemy import select
 
     from api.db import make_engine, make_sessionmaker
@@ -148,6 +154,14 @@ def seed_jobs(database_url: str, usernames: list[str], per_user: list[int], data
             rows = []
             for i in range(count):
                 job_id = new_id()
+                if i < (running or {}).get(username, 0):
+                    rows.append(TrainingJob(
+                        id=job_id, owner_id=owner.id, model_id=MODEL, dataset_id=dataset_id, status="running",
+                        request={"model_id": MODEL, "dataset_id": dataset_id, "training_params": PARAMS,
+                                 "output_name": f"j{i}"}, output_name=f"j{i}", airflow_run_id=f"train-{job_id}",
+                        stage="training", progress=0.5, created_at=now - timedelta(seconds=i),
+                        started_at=now - timedelta(seconds=i)))
+                    continue
                 rows.append(TrainingJob(
                     id=job_id, owner_id=owner.id, model_id=MODEL, dataset_id=dataset_id, status="completed",
                     request={"model_id": MODEL, "dataset_id": dataset_id, "training_params": PARAMS,
@@ -166,7 +180,8 @@ def seed_jobs(database_url: str, usernames: list[str], per_user: list[int], data
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=10_000, help="jobs in the table in all")
-    parser.add_argument("--user-jobs", type=int, default=100, help="jobs of the user who lists")
+    parser.add_argument("--user-jobs", type=int, default=100, help="jobs of the users who list")
+    parser.add_argument("--heavy-user-jobs", type=int, default=1000, help="jobs of the heavy user who lists")
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--skip-jobs", action="store_true", help="only the load part")
@@ -203,26 +218,28 @@ def main() -> None:
             tiny_job(stack, api, dataset_id, folder)
             stop_latency(api, dataset_id)
 
-        lister = f"bench_{uuid.uuid4().hex[:8]}"
-        list_headers = signup(base, lister)
-        filler = f"bench_{uuid.uuid4().hex[:8]}"
-        signup(base, filler)
-        job_id, _ = seed_jobs(database_url, [lister, filler], [args.user_jobs, args.jobs - args.user_jobs], dataset_id)
+        names = [f"bench_{uuid.uuid4().hex[:8]}" for _ in range(4)]  # settled, 2 running, heavy, filler
+        headers_of = {name: signup(base, name) for name in names}
+        counts = [args.user_jobs, args.user_jobs, args.heavy_user_jobs]
+        counts.append(max(args.jobs - sum(counts), 0))
+        job_id, *_ = seed_jobs(database_url, names, counts, dataset_id, running={names[1]: 2})
 
-        def paired(name: str, path: str) -> tuple[Result, Result]:
+        def paired(name: str, path: str, user: str = names[0]) -> tuple[Result, Result]:
             trivial, route = Result("GET /v1/auth/me", [], 0.0, 0), Result(name, [], 0.0, 0)
             for _ in range(ROUNDS):
                 for total, p in ((trivial, "/v1/auth/me"), (route, path)):
-                    r = asyncio.run(load(base, total.name, "GET", p, list_headers, None, args.clients,
+                    r = asyncio.run(load(base, total.name, "GET", p, headers_of[user], None, args.clients,
                                          args.seconds / ROUNDS))
                     total.latencies_ms += r.latencies_ms
                     total.seconds += r.seconds
                     total.errors += r.errors
             return route, trivial
 
-        print(f"\n3. {args.jobs} jobs in the table ({args.user_jobs} of the listing user), PostgreSQL, uvicorn 1 worker")
+        print(f"\n3. {sum(counts)} jobs in the table; PostgreSQL, uvicorn 1 worker")
         print_table([paired("GET /v1/trainings/{id} (completed)", f"/v1/trainings/{job_id}"),
-                     paired(f"GET /v1/trainings ({args.user_jobs} rows)", "/v1/trainings")], args.clients)
+                     paired(f"GET /v1/trainings ({counts[0]} rows)", "/v1/trainings"),
+                     paired(f"GET /v1/trainings ({counts[1]}, 2 running)", "/v1/trainings", names[1]),
+                     paired(f"GET /v1/trainings ({counts[2]} rows)", "/v1/trainings", names[2])], args.clients)
     finally:
         stack.down(log=lambda line: None)
         pg.stop()
