@@ -9,12 +9,10 @@ import os
 import pwd
 import shutil
 import signal
-import subprocess
-import time
 from pathlib import Path
 
 from devstack.ports import HOST, port_open
-from devstack.processes import ServiceError, log_tail, pid_alive, run_checked, stop_pid, wait_until
+from devstack.processes import ServiceError, pid_alive, run_checked, stop_pid, wait_until
 
 PG_USER = "postgres"
 

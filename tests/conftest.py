@@ -6,7 +6,6 @@ stopped by pid at the end of the session. The classes are those of `devstack` (`
 
 from __future__ import annotations
 
-import os
 import secrets
 import shutil
 import tempfile

@@ -7,49 +7,19 @@ the configuration of other tests in the session cannot leak in or out."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import textwrap
 import uuid
 from pathlib import Path
 
 import pytest
 
+from tests.dags.airflow_harness import MARK, REPO, run_python as _python
+
 from training import storage
 from training.data.synthetic import make_dataset, zip_folder
 
-REPO = Path(__file__).resolve().parents[2]
 DAG_FILE = REPO / "dags" / "dataset_validation.py"
 HEAVY = ("boto3", "botocore", "pandas", "numpy", "great_expectations", "av", "mlflow", "torch",
          "transformers", "training.data.validation", "training.data.video_probe")
-MARK = "@@RESULT@@"
-
-
-@pytest.fixture(scope="module")
-def airflow_env(tmp_path_factory) -> dict[str, str]:
-    home = tmp_path_factory.mktemp("airflow-home")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MLFLOW", "AWS_"))}
-    env.update({
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
-        "QLORA_CACHE_DIR": str(home / "cache"),
-        "GX_ANALYTICS_ENABLED": "False",
-    })
-    migrate = subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=env,
-                             capture_output=True, text=True, timeout=300)
-    assert migrate.returncode == 0, migrate.stderr[-3000:]
-    return env
-
-
-def _python(code: str, env: dict[str, str], timeout: int = 300) -> dict:
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, cwd=env["AIRFLOW_HOME"],
-                          capture_output=True, text=True, timeout=timeout)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith(MARK)]
-    assert proc.returncode == 0 and lines, (proc.stdout[-4000:], proc.stderr[-4000:])
-    return json.loads(lines[-1][len(MARK):])
 
 
 def test_dag_file_parses_with_params(airflow_env):
@@ -187,11 +157,7 @@ def dag_runs(airflow_env, s3, tmp_path_factory):
 
     env = {**airflow_env, **s3.env(), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db"}
     confs = json.dumps({name: case["conf"] for name, case in cases.items()})
-    out = subprocess.run([sys.executable, "-c", textwrap.dedent(RUNNER), str(DAG_FILE), confs],
-                         env=env, cwd=tmp, capture_output=True, text=True, timeout=600)
-    lines = [line for line in out.stdout.splitlines() if line.startswith(MARK)]
-    assert out.returncode == 0 and lines, (out.stdout[-4000:], out.stderr[-4000:])
-    result = json.loads(lines[-1][len(MARK):])
+    result = _python(RUNNER, env, str(DAG_FILE), confs, timeout=600, cwd=tmp)
     for name, case in cases.items():
         dataset_id = case["conf"]["dataset_id"]
         case.update(result["runs"][name])

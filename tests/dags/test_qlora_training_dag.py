@@ -20,41 +20,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.dags.airflow_harness import MARK, REPO, run_python as _python
+
 from training import job_spec, storage
 
-REPO = Path(__file__).resolve().parents[2]
 DAG_FILE = REPO / "dags" / "qlora_training.py"
 PLUGINS = REPO / "plugins"
 HEAVY = ("boto3", "botocore", "pandas", "numpy", "mlflow", "torch", "transformers", "peft",
          "bitsandbytes", "av", "training.trainer", "training.modeling")
-MARK = "@@RESULT@@"
 TASKS = ["validate_inputs", "prepare", "train", "evaluate", "register", "finalize"]
-
-
-@pytest.fixture(scope="module")
-def airflow_env(tmp_path_factory) -> dict[str, str]:
-    home = tmp_path_factory.mktemp("airflow-home")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MLFLOW", "AWS_", "QLORA_"))}
-    env.update({
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(PLUGINS),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
-        "QLORA_CACHE_DIR": str(home / "cache"),
-    })
-    migrate = subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=env,
-                             capture_output=True, text=True, timeout=300)
-    assert migrate.returncode == 0, migrate.stderr[-3000:]
-    return env
-
-
-def _python(code: str, env: dict[str, str], *args: str, timeout: int = 300) -> dict:
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], env=env,
-                          cwd=env["AIRFLOW_HOME"], capture_output=True, text=True, timeout=timeout)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith(MARK)]
-    assert proc.returncode == 0 and lines, (proc.stdout[-4000:], proc.stderr[-4000:])
-    return json.loads(lines[-1][len(MARK):])
 
 
 LOAD_DAG = f"""
@@ -323,12 +297,7 @@ RUNNER = f"""
 
 
 def _run_dags(env: dict[str, str], confs: dict[str, dict], cwd: Path, timeout: int = 600) -> dict:
-    out = subprocess.run([sys.executable, "-c", textwrap.dedent(RUNNER), str(DAG_FILE), json.dumps(confs)],
-                         env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
-    lines = [line for line in out.stdout.splitlines() if line.startswith(MARK)]
-    assert out.returncode == 0 and lines, (out.stdout[-6000:], out.stderr[-6000:])
-    (cwd / "dag-test.log").write_text(out.stdout + out.stderr)
-    return json.loads(lines[-1][len(MARK):])
+    return _python(RUNNER, env, str(DAG_FILE), json.dumps(confs), timeout=timeout, cwd=cwd, log=cwd / "dag-test.log")
 
 
 def _put_report(client, bucket: str, dataset_id: str, *, valid: bool, tasks: list[str]) -> None:
@@ -360,8 +329,8 @@ def test_bad_requests_fail_in_validate_inputs_without_retry(airflow_env, s3, tmp
         assert run["tis"]["train"][0] == "upstream_failed"
     log = (tmp_path / "dag-test.log").read_text()
     assert "dataset ds-never-uploaded has no validation report" in log
-    assert (f"the dataset does not fit model flamingo-tiny-captioning: it needs a dataset for "
-            f"video_captioning (a 'caption' for every clip); the dataset supports: video_classification") in log
+    assert ("the dataset does not fit model flamingo-tiny-captioning: it needs a dataset for "
+            "video_captioning (a 'caption' for every clip); the dataset supports: video_classification") in log
     assert f"dataset {invalid} is not valid: clips/a.mp4: unreadable" in log
     assert "lora_rank must be between 1 and 16 for model flamingo-tiny-classification, got 17" in log
 
