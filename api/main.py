@@ -19,13 +19,14 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.clients.airflow import AirflowApi, AirflowClient, AirflowError
+from api.clients.mlflow import MlflowApi, MlflowReader
 from api.clients.s3 import S3Storage, S3Unavailable
 from api.core.config import Settings, get_settings
 from api.db import make_engine, make_sessionmaker, upgrade_to_head
 from api.routers import auth, datasets, models, trainings
 from api.services.catalog import seed_catalog
 from api.services.datasets import reconcile_all
-from api.services.trainings import reconcile_trainings
+from api.services.trainings import LiveState, reconcile_trainings
 from api.services.errors import ServiceError
 
 log = logging.getLogger("api")
@@ -50,8 +51,9 @@ def create_app(
     *,
     s3: S3Storage | None = None,
     airflow: AirflowApi | None = None,
+    mlflow: MlflowApi | None = None,
 ) -> FastAPI:
-    """Builds the app; `s3`/`airflow` replace the clients made from the settings."""
+    """Builds the app; `s3`/`airflow`/`mlflow` replace the clients made from the settings."""
     settings = settings or get_settings()
 
     @contextlib.asynccontextmanager
@@ -64,6 +66,9 @@ def create_app(
         app.state.s3 = s3 or S3Storage(settings)
         owned_airflow = airflow is None
         app.state.airflow = airflow or AirflowClient.from_settings(settings)
+        # importing mlflow takes a second or two: done once here, off the event loop
+        app.state.mlflow = mlflow or await asyncio.to_thread(MlflowReader.from_settings, settings)
+        app.state.training_live = LiveState.create(settings.live_state_ttl_s)
         try:
             await asyncio.to_thread(app.state.s3.ensure_bucket)
         except S3Unavailable as exc:
@@ -115,12 +120,7 @@ def reconcile_once(app: FastAPI) -> int:
     with app.state.sessionmaker() as session:
         changed = reconcile_all(session, app.state.s3, app.state.airflow, app.state.settings)
     with app.state.sessionmaker() as session:
-        mlflow = getattr(app.state, "mlflow", None)
-        if mlflow is None and not hasattr(app.state, "mlflow"):
-            from api.clients.mlflow import MlflowReader
-
-            mlflow = app.state.mlflow = MlflowReader.from_settings(app.state.settings)
-        changed += reconcile_trainings(session, app.state.s3, app.state.airflow, mlflow, app.state.settings)
+        changed += reconcile_trainings(session, app.state.s3, app.state.airflow, app.state.mlflow, app.state.settings)
     return changed
 
 

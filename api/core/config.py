@@ -66,6 +66,10 @@ class Settings(BaseSettings):
     #: MLflow reads by the trainings API give up after this long (and retry at most twice)
     mlflow_timeout_s: float = 5.0
 
+    #: live job state (the bulk Airflow and MLflow reads of the list) is shared by all requests of
+    #: the process for this long; 0 reads it on every list request
+    live_state_ttl_s: float = Field(default=2.0, ge=0)
+
     #: period of the background reconcile loop; 0 disables it (tests)
     reconcile_interval_s: float = Field(default=15.0, ge=0)
     #: run Alembic migrations and seed the model catalog at start-up

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import threading
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request, status
+from fastapi import APIRouter, Depends, Query, Request, Response, status
+from pydantic import TypeAdapter
 
-from api.clients.mlflow import MlflowApi, MlflowReader
+from api.clients.mlflow import MlflowApi
 from api.deps import AirflowDep, CurrentUser, S3Dep, SessionDep, SettingsDep
 from api.core.config import Settings
 from api.models import TrainingJob
@@ -20,24 +20,24 @@ from api.schemas.trainings import (
     TrainingStartResponse,
     TrainingSummary,
 )
-from api.services.trainings import TrainingService
+from api.services.trainings import LiveState, TrainingService
 from training import job_spec
 
 router = APIRouter(prefix="/trainings", tags=["trainings"], responses={401: {"model": ErrorResponse}})
 
 _UNAVAILABLE = {503: {"model": ErrorResponse, "description": "Airflow cannot be reached; retry later"}}
 _NOT_FOUND = {404: {"model": ErrorResponse, "description": "No such job of yours"}}
-_mlflow_lock = threading.Lock()
+_SUMMARIES = TypeAdapter(list[TrainingSummary])
 
 
 def get_mlflow(request: Request) -> MlflowApi | None:
-    """The MLflow reader, made on first use (importing mlflow costs a second or two)."""
-    state = request.app.state
-    if not hasattr(state, "mlflow"):
-        with _mlflow_lock:
-            if not hasattr(state, "mlflow"):
-                state.mlflow = MlflowReader.from_settings(state.settings)
-    return state.mlflow
+    """The MLflow reader the app made at start-up (None without a tracking server)."""
+    return request.app.state.mlflow
+
+
+def get_live_state(request: Request) -> LiveState:
+    """The process-wide caches of the live job state read on the list path."""
+    return request.app.state.training_live
 
 
 def get_service(
@@ -46,8 +46,9 @@ def get_service(
     airflow: AirflowDep,
     settings: SettingsDep,
     mlflow: Annotated[MlflowApi | None, Depends(get_mlflow)],
+    live: Annotated[LiveState, Depends(get_live_state)],
 ) -> TrainingService:
-    return TrainingService(session, s3, airflow, mlflow, settings)  # type: ignore[arg-type]
+    return TrainingService(session, s3, airflow, mlflow, settings, live)  # type: ignore[arg-type]
 
 
 ServiceDep = Annotated[TrainingService, Depends(get_service)]
@@ -103,10 +104,30 @@ def start_training(body: TrainingRequest, user: CurrentUser, service: ServiceDep
 @router.get(
     "",
     response_model=list[TrainingSummary],
+    responses={400: {"model": ErrorResponse, "description": "`limit` or `offset` out of range"}},
+    openapi_extra={"x-validation-status": 400},
     summary="Your training jobs, newest first",
+    description="All your jobs, newest first; `limit` and `offset` return one page of them instead. The state of "
+    "unfinished jobs is at most a few seconds old (read from Airflow and MLflow in bulk, shared by all requests).",
 )
-def list_trainings(user: CurrentUser, service: ServiceDep) -> list[dict[str, Any]]:
-    return [summary_fields(job) for job in service.list(user)]
+def list_trainings(
+    user: CurrentUser,
+    service: ServiceDep,
+    limit: Annotated[int | None, Query(ge=1, le=1000, description="At most this many jobs (1..1000); all if absent.")]
+    = None,
+    offset: Annotated[int, Query(ge=0, description="Skip this many of the newest jobs first.")] = 0,
+) -> Response:
+    items = [
+        {
+            "job_id": row["id"],
+            **{k: row[k] for k in ("model_id", "dataset_id", "output_name", "status", "stage", "output_path")},
+            "progress": min(max(row["progress"] or 0.0, 0.0), 1.0),
+            **{k: as_utc(row[k]) for k in ("created_at", "started_at", "completed_at")},
+        }
+        for row in service.list(user, limit, offset)
+    ]
+    # serialized once here (validated against the schema) rather than twice by FastAPI
+    return Response(_SUMMARIES.dump_json(_SUMMARIES.validate_python(items)), media_type="application/json")
 
 
 @router.get(

@@ -11,10 +11,13 @@ SIGKILL a few seconds later). So a stopped job settles `stopped` only once that 
 the train task never ran, its partial adapter is in S3 (uploaded after the engine exited), or
 `STOP_KILL_DEADLINE` passed. `job_spec.job_state` decides from that evidence.
 
-Live state is read in bulk on the list path (one Airflow list request for every unsettled job,
-one MLflow search for the running ones); per-job reads (task instances, logs, XCom, the partial
-adapter) happen only on the detail route and in the background reconcile loop, which also
-settles the jobs being stopped. Terminal jobs are cached in the DB.
+Live state is read in bulk on the list path: one Airflow list request for every unsettled job
+of every user and one MLflow search for the running ones, shared by all requests of the process
+for `live_state_ttl_s` (`LiveState`), so N concurrent lists cost about one read per TTL. Per-job
+reads (task instances, logs, XCom, the partial adapter) happen only on the detail of an unsettled
+job and in the background reconcile loop, which also settles the jobs being stopped. A settled
+job (terminal, its log tail, metrics, stage, error and output path cached in the database) never
+reads Airflow or MLflow again.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -45,6 +49,7 @@ from api.models import (
 from api.models.base import as_utc, new_id, utcnow
 from api.schemas.trainings import TrainingRequest
 from api.services.errors import InvalidInput, NotFound
+from api.services.live_cache import LiveCache
 from training import job_spec, storage
 from training.catalog import load_catalog
 
@@ -58,6 +63,33 @@ LOST_RUN_GRACE = timedelta(minutes=5)
 STOP_KILL_DEADLINE = timedelta(seconds=30)
 LOG_TAIL_LINES = 60
 _EXCEPTION_LINE = re.compile(r"^(?:[\w.]+\.)?(\w*(?:Exception|Error|Interrupt)): (.+)$")
+#: the columns of a job in the list (`GET /v1/trainings`)
+SUMMARY_COLUMNS = (
+    TrainingJob.id, TrainingJob.model_id, TrainingJob.dataset_id, TrainingJob.output_name, TrainingJob.status,
+    TrainingJob.stage, TrainingJob.progress, TrainingJob.created_at, TrainingJob.started_at,
+    TrainingJob.completed_at, TrainingJob.output_path,
+)
+
+
+@dataclass(frozen=True)
+class RunSnapshot:
+    """The Airflow runs of the unsettled jobs at one moment: `covered` run ids were asked for,
+    `runs` holds those Airflow knows (a covered id missing from it has no run)."""
+
+    covered: frozenset[str]
+    runs: dict[str, DagRun]
+
+
+@dataclass(frozen=True)
+class LiveState:
+    """The process-wide caches of the list path's two bulk reads."""
+
+    runs: LiveCache[RunSnapshot]
+    summaries: LiveCache[dict[str, RunSummary]]
+
+    @classmethod
+    def create(cls, ttl_s: float) -> LiveState:
+        return cls(LiveCache("airflow runs of unsettled jobs", ttl_s), LiveCache("mlflow runs of running jobs", ttl_s))
 
 
 class TrainingService:
@@ -70,12 +102,14 @@ class TrainingService:
         airflow: TrainingAirflowApi,
         mlflow: MlflowApi | None,
         settings: Settings,
+        live: LiveState | None = None,
     ) -> None:
         self.session = session
         self.s3 = s3
         self.airflow = airflow
         self.mlflow = mlflow
         self.settings = settings
+        self.live = live or LiveState.create(0)
 
     @property
     def dag_id(self) -> str:
@@ -143,24 +177,72 @@ class TrainingService:
             raise NotFound("Training job not found")
         return job
 
-    def list(self, owner: User) -> Sequence[TrainingJob]:
-        """The owner's jobs, newest first; unsettled ones refreshed in bulk first."""
-        active = self.session.scalars(
-            select(TrainingJob).where(
-                TrainingJob.owner_id == owner.id, TrainingJob.status.in_(ACTIVE_TRAINING_STATUSES)
+    def list(self, owner: User, limit: int | None = None, offset: int = 0) -> list[dict[str, Any]]:
+        """The owner's jobs (`SUMMARY_COLUMNS`, one query), newest first, optionally one page;
+        the unsettled ones on it refreshed from the shared live state (no remote call of its own
+        unless the state expired)."""
+        query = (
+            select(*SUMMARY_COLUMNS).where(TrainingJob.owner_id == owner.id)
+            .order_by(TrainingJob.created_at.desc(), TrainingJob.id).offset(offset).limit(limit)
+        )
+        rows = [row._asdict() for row in self.session.execute(query)]
+        active_ids = [r["id"] for r in rows if r["status"] in ACTIVE_TRAINING_STATUSES]
+        if active_ids:
+            active = self.session.scalars(select(TrainingJob).where(TrainingJob.id.in_(active_ids))).all()
+            self.refresh_live(active)
+            fresh = {job.id: {c.key: getattr(job, c.key) for c in SUMMARY_COLUMNS} for job in active}
+            rows = [fresh.get(r["id"], r) for r in rows]
+        return rows
+
+    def refresh_live(self, jobs: Sequence[TrainingJob]) -> int:
+        """Applies the shared live state (`LiveState`) to unsettled `jobs`; outside failures
+        with no earlier state to serve are logged and leave the jobs as they were."""
+        try:
+            snapshot = self.live.runs.get(self._read_live_runs)
+        except AirflowError as exc:
+            log.warning("cannot refresh %d training jobs from Airflow: %s", len(jobs), exc)
+            return 0
+        now = utcnow()
+        changed = sum(
+            self._apply_run(job, snapshot.runs.get(self._run_id(job)), None, now)
+            for job in jobs if job.status in ACTIVE_TRAINING_STATUSES and self._run_id(job) in snapshot.covered
+        )
+        running = [j for j in jobs if j.status == TrainingStatus.RUNNING and j.mlflow_run_id]
+        if running and self.mlflow is not None:
+            try:
+                summaries = self.live.summaries.get(self._read_live_summaries)
+            except MlflowUnavailable as exc:
+                log.warning("cannot read %d MLflow runs: %s", len(running), exc)
+                summaries = {}
+            changed += sum(self._apply_summary(j, s) for j in running if (s := summaries.get(j.mlflow_run_id or "")))
+        if changed:
+            self.session.commit()
+        return changed
+
+    def _read_live_runs(self) -> RunSnapshot:
+        """The Airflow runs of every unsettled job (all users): one request per 100 jobs."""
+        rows = self.session.execute(
+            select(TrainingJob.id, TrainingJob.airflow_run_id).where(TrainingJob.status.in_(ACTIVE_TRAINING_STATUSES))
+        ).all()
+        run_ids = sorted({run_id or job_spec.dag_run_id(job_id) for job_id, run_id in rows})
+        return RunSnapshot(frozenset(run_ids), self.airflow.list_dag_runs(self.dag_id, run_ids) if run_ids else {})
+
+    def _read_live_summaries(self) -> dict[str, RunSummary]:
+        """The MLflow runs of every running job whose run is known (all users): one search per 100."""
+        assert self.mlflow is not None
+        rows = self.session.execute(
+            select(TrainingJob.mlflow_run_id, TrainingJob.mlflow_experiment_id).where(
+                TrainingJob.status == TrainingStatus.RUNNING.value,
+                TrainingJob.mlflow_run_id.is_not(None), TrainingJob.mlflow_experiment_id.is_not(None),
             )
         ).all()
-        self.refresh_active(active)
-        return self.session.scalars(
-            select(TrainingJob).where(TrainingJob.owner_id == owner.id).order_by(
-                TrainingJob.created_at.desc(), TrainingJob.id
-            )
-        ).all()
+        runs = {run_id: experiment_id for run_id, experiment_id in rows}
+        return self.mlflow.get_runs(runs) if runs else {}
 
     def refresh_active(self, jobs: Sequence[TrainingJob]) -> int:
-        """Status, start/end times and progress of queued/running jobs: ONE Airflow request
-        (and one MLflow search for the running ones). Outside failures are logged and leave
-        the jobs as they were. Returns how many changed."""
+        """Status, start/end times and progress of queued/running jobs, read now (the reconcile
+        loop): ONE Airflow request (and one MLflow search for the running ones). Outside failures
+        are logged and leave the jobs as they were. Returns how many changed."""
         active = [j for j in jobs if j.status in ACTIVE_TRAINING_STATUSES]
         if not active:
             return 0
@@ -179,8 +261,11 @@ class TrainingService:
         return changed
 
     def detail(self, job: TrainingJob) -> dict[str, Any]:
-        """Refreshes one job from its run (task instances, XCom, MLflow) and returns the live
-        extras of the detail view: logs, ETA."""
+        """The extras of the detail view (logs, ETA). A settled job's come from the database
+        alone; an unsettled one is refreshed from its run (task instances, XCom, MLflow) first,
+        and settled if its run ended."""
+        if self._is_settled(job):
+            return {"logs": job.log_tail, "eta_seconds": None}
         extras: dict[str, Any] = {"logs": "", "eta_seconds": None}
         tis: dict[str, TaskInstance] = {}
         try:
@@ -191,9 +276,14 @@ class TrainingService:
                     summary = self._refresh_progress([job], single=True)
                     if job.stop_requested_at is None:
                         extras["eta_seconds"] = self._eta(job, tis, summary)
-            else:
+            else:  # settled before log tails were cached: read it once
                 tis = self.airflow.list_task_instances(self.dag_id, self._run_id(job))
-            extras["logs"] = self._logs(job, tis)
+            if self._is_settled(job):
+                extras["logs"] = job.log_tail
+            else:
+                extras["logs"] = self._logs(job, tis)
+                if job.settled_at is not None:
+                    job.log_tail = extras["logs"]
         except AirflowError as exc:
             log.warning("cannot read job %s from Airflow: %s", job.id, exc)
             extras["logs"] = "(logs unavailable: the pipeline service (Airflow) cannot be reached)"
@@ -251,7 +341,7 @@ class TrainingService:
             try:
                 run = self.airflow.get_dag_run(self.dag_id, self._run_id(job))
                 if run is None:
-                    job.settled_at = utcnow()
+                    job.settled_at, job.log_tail = utcnow(), job.log_tail or ""
                 else:
                     self._settle(job, run, self.airflow.list_task_instances(self.dag_id, self._run_id(job)))
                 changed += 1
@@ -263,6 +353,11 @@ class TrainingService:
         return changed
 
     # --- internals ----------------------------------------------------------------------------
+    @staticmethod
+    def _is_settled(job: TrainingJob) -> bool:
+        """Terminal with every detail cached: nothing about it is read from outside again."""
+        return job.status in TERMINAL_TRAINING_STATUSES and job.settled_at is not None and job.log_tail is not None
+
     @staticmethod
     def _run_id(job: TrainingJob) -> str:
         return job.airflow_run_id or job_spec.dag_run_id(job.id)
@@ -293,7 +388,7 @@ class TrainingService:
             elif created is not None and now - created > LOST_RUN_GRACE:
                 job.status, job.completed_at = TrainingStatus.FAILED.value, now
                 job.error = f"The Airflow run {self._run_id(job)} of this job no longer exists"
-                job.settled_at = now
+                job.settled_at, job.log_tail = now, ""
             return int(before != (job.status, job.stage, job.started_at, job.completed_at))
         states = {t: ti.state for t, ti in tis.items()} if tis is not None else None
         stop_requested = job.stop_requested_at is not None
@@ -367,7 +462,10 @@ class TrainingService:
         return int(before != (job.progress, job.metrics))
 
     def _settle(self, job: TrainingJob, run: DagRun, tis: dict[str, TaskInstance]) -> None:
-        """Caches a terminal job's details: MLflow run and metrics, output path, error."""
+        """Caches a terminal job's details: MLflow run and metrics, stage, output path, error and
+        log tail (left unset, to be read once more, when the log cannot be read now)."""
+        if (stage := job_spec.job_stage({t: ti.state for t, ti in tis.items()})) is not None:
+            job.stage = stage.value
         self._find_mlflow_run(job, tis)
         if self.mlflow is not None and job.mlflow_run_id:
             try:
@@ -385,6 +483,10 @@ class TrainingService:
             job.output_path = self._partial_adapter(job)
         elif job.status == TrainingStatus.FAILED and not job.error:
             job.error = self._failure_reason(job, run, tis)
+        try:
+            job.log_tail = self._logs(job, tis)
+        except AirflowError as exc:
+            log.warning("job %s settled without its log tail: %s", job.id, exc)
         job.settled_at = utcnow()
 
     def _partial_adapter(self, job: TrainingJob) -> str | None:

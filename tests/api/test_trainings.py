@@ -14,7 +14,7 @@ from api.clients.mlflow import RunSummary
 from api.models import Dataset, TrainingJob
 from api.models.base import new_id, utcnow
 from api.routers.trainings import get_mlflow
-from tests.api.conftest import FakeAirflow
+from tests.api.conftest import FakeAirflow, make_settings
 from training import job_spec, storage
 
 CLS = "flamingo-tiny-classification"
@@ -84,6 +84,12 @@ class FakeMlflow:
 
     def set(self, run_id: str, progress: float, **metrics: float) -> None:
         self.runs[run_id] = RunSummary(run_id, "7", "RUNNING", None, None, {"progress": progress, **metrics})
+
+
+@pytest.fixture
+def settings(postgres_url, s3):
+    """Live state read on every list (a test of the shared cache sets its own TTL)."""
+    return make_settings(postgres_url, s3, live_state_ttl_s=0)
 
 
 @pytest.fixture
