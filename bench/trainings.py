@@ -6,8 +6,8 @@
 2. stop latency: `POST .../stop` -> the training process is gone, and -> job `stopped`;
 3. p50/p99 of `GET /v1/trainings/{id}` and `GET /v1/trainings` with 10,000 jobs in the table at
    50 concurrent clients, beside `GET /v1/auth/me` in the same run: a user with 100 settled jobs,
-   one with 100 of which 2 are running (each list then reads their runs from Airflow in one
-   request), and one with 1,000 settled jobs (the list is not paginated: every row is returned).
+   one with 100 of which 2 are running (the lists of the process share one bulk Airflow read per
+   `QLORA_LIVE_STATE_TTL_S`), and one with 1,000 settled jobs, listed whole and by pages of 100.
 
     python -m bench.trainings [--jobs 10000] [--user-jobs 100] [--heavy-user-jobs 1000]
                               [--clients 50] [--seconds 8]
@@ -169,7 +169,8 @@ def seed_jobs(database_url: str, usernames: list[str], per_user: list[int], data
                     stage="registering", progress=1.0, created_at=now - timedelta(seconds=i),
                     started_at=now - timedelta(seconds=i + 60), completed_at=now - timedelta(seconds=i),
                     output_path=storage.s3_uri("qlora", storage.adapter_prefix(job_id)),
-                    metrics={"loss": 0.1, "progress": 1.0}, settled_at=now))
+                    metrics={"loss": 0.1, "progress": 1.0}, settled_at=now,
+                    log_tail="\n".join(f"[engine] step {s}/60 loss 0.1" for s in range(60))))
             session.add_all(rows)
             session.commit()
             first_ids.append(rows[0].id)
@@ -239,7 +240,9 @@ def main() -> None:
         print_table([paired("GET /v1/trainings/{id} (completed)", f"/v1/trainings/{job_id}"),
                      paired(f"GET /v1/trainings ({counts[0]} rows)", "/v1/trainings"),
                      paired(f"GET /v1/trainings ({counts[1]}, 2 running)", "/v1/trainings", names[1]),
-                     paired(f"GET /v1/trainings ({counts[2]} rows)", "/v1/trainings", names[2])], args.clients)
+                     paired(f"GET /v1/trainings ({counts[2]} rows)", "/v1/trainings", names[2]),
+                     paired(f"GET /v1/trainings?limit=100 (of {counts[2]})", "/v1/trainings?limit=100&offset=100",
+                            names[2])], args.clients)
     finally:
         stack.down(log=lambda line: None)
         pg.stop()

@@ -3,6 +3,8 @@ calls and return scripted states (the e2e test runs the real ones)."""
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
@@ -13,7 +15,10 @@ from api.clients.airflow import AirflowUnavailable, TaskInstance
 from api.clients.mlflow import RunSummary
 from api.models import Dataset, TrainingJob
 from api.models.base import new_id, utcnow
+from api.deps import get_airflow
 from api.routers.trainings import get_mlflow
+from api.services.live_cache import LiveCache
+from api.services.trainings import LiveState
 from tests.api.conftest import FakeAirflow, make_settings
 from training import job_spec, storage
 
@@ -74,11 +79,14 @@ class FakeMlflow:
     def __init__(self) -> None:
         self.runs: dict[str, RunSummary] = {}
         self.bulk_calls = 0
+        self.calls = 0
 
     def get_run(self, run_id):
+        self.calls += 1
         return self.runs.get(run_id)
 
     def get_runs(self, runs):
+        self.calls += 1
         self.bulk_calls += 1
         return {r: self.runs[r] for r in runs if r in self.runs}
 
@@ -477,6 +485,144 @@ def test_stop_of_a_queued_job(client, auth, airflow, mlflow) -> None:
     job_id = start(client, auth, make_dataset(client, auth))
     assert client.post(f"/v1/trainings/{job_id}/stop", headers=auth).status_code == 202
     assert client.get(f"/v1/trainings/{job_id}", headers=auth).json()["status"] == "stopped"
+
+
+# --- the list stays fast: shared live state, settled jobs from the database, pages ----------
+
+class SlowListAirflow(FakeTrainingAirflow):
+    """Its bulk run list takes a while, like a loaded Airflow API server."""
+
+    attempts = 0
+
+    def list_dag_runs(self, dag_id, run_ids):
+        self.attempts += 1
+        time.sleep(0.3)
+        return super().list_dag_runs(dag_id, run_ids)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def shared_live_state(client, ttl_s: float) -> Clock:
+    clock = Clock()
+    client.app.state.training_live = LiveState(LiveCache("runs", ttl_s, clock), LiveCache("summaries", ttl_s, clock))
+    return clock
+
+
+def test_concurrent_lists_within_the_ttl_share_one_airflow_call(client, auth, other_auth, mlflow) -> None:
+    airflow = SlowListAirflow()
+    airflow.states = {}
+    client.app.dependency_overrides[get_airflow] = lambda: airflow
+    mine = [start(client, auth, make_dataset(client, auth), output_name=f"m{i}") for i in range(3)]
+    theirs = start(client, other_auth, make_dataset(client, other_auth))
+    run = f"train-{mine[0]}"
+    airflow.states[run] = "running"
+    airflow.task(run, "train", "running")
+    airflow.xcoms[(run, "train", "mlflow_run_id")] = "b" * 32
+    airflow.xcoms[(run, "train", "mlflow_experiment_id")] = "7"
+    client.get(f"/v1/trainings/{mine[0]}", headers=auth)  # learns its MLflow run
+    mlflow.set("b" * 32, 0.4)
+    clock = shared_live_state(client, ttl_s=2.0)
+    airflow.list_calls = mlflow.bulk_calls = 0
+
+    with ThreadPoolExecutor(12) as pool:
+        lists = list(pool.map(lambda h: client.get("/v1/trainings", headers=h), [auth] * 10 + [other_auth] * 2))
+    assert [r.status_code for r in lists] == [200] * 12
+    assert airflow.list_calls == 1 and mlflow.bulk_calls == 1  # for 12 requests of 2 users
+    assert {(j["job_id"], j["status"], j["progress"]) for j in lists[0].json()} == {
+        (mine[0], "running", 0.4), (mine[1], "queued", 0.0), (mine[2], "queued", 0.0)}
+    assert [j["job_id"] for j in lists[-1].json()] == [theirs]
+
+    def statuses() -> dict[str, str]:
+        resp = client.get("/v1/trainings", headers=auth)
+        assert resp.status_code == 200
+        return {j["job_id"]: j["status"] for j in resp.json()}
+
+    # within the TTL changes are not seen yet; after it, one more call sees them
+    airflow.states[f"train-{mine[1]}"] = "success"
+    clock.now += 1.0
+    assert statuses()[mine[1]] == "queued" and airflow.list_calls == 1
+    clock.now += 1.5
+    assert statuses()[mine[1]] == "completed" and airflow.list_calls == 2
+
+    # Airflow down after a good read: the last state is served (one failed try per TTL)
+    airflow.states[f"train-{mine[2]}"] = "running"
+    airflow.down = True
+    clock.now += 2.5
+    for _ in range(3):
+        assert statuses() == {mine[0]: "running", mine[1]: "completed", mine[2]: "queued"}
+    assert airflow.attempts == 3 and airflow.list_calls == 2
+
+
+def test_a_settled_job_is_read_from_the_database_alone(client, auth, airflow, mlflow) -> None:
+    job_id = start(client, auth, make_dataset(client, auth))
+    run = f"train-{job_id}"
+    airflow.states[run] = "success"
+    for task in job_spec.TASK_IDS:
+        airflow.task(run, task, "success")
+    airflow.xcoms[(run, "train", "mlflow_run_id")] = "c" * 32
+    airflow.xcoms[(run, "train", "mlflow_experiment_id")] = "7"
+    output = storage.s3_uri("qlora-test", storage.adapter_prefix(job_id))
+    airflow.xcoms[(run, "finalize", "return_value")] = {"output_path": output}
+    airflow.logs[(run, "train")] = [f"line {i}" for i in range(100)] + ["training done"]
+    mlflow.set("c" * 32, 1.0, loss=0.1)
+    first = client.get(f"/v1/trainings/{job_id}", headers=auth).json()  # settles it
+    assert (first["status"], first["stage"], first["output_path"]) == ("completed", "registering", output)
+    assert first["logs"].endswith("training done") and first["metrics"]["loss"] == 0.1
+
+    airflow.per_job_calls = airflow.list_calls = mlflow.calls = 0
+    airflow.logs[(run, "train")] = ["would be seen if read again"]
+    mlflow.set("c" * 32, 1.0, loss=9.0)
+    airflow.down = True
+    again = client.get(f"/v1/trainings/{job_id}", headers=auth).json()
+    assert again == first
+    assert client.get("/v1/trainings", headers=auth).json()[0]["status"] == "completed"
+    assert (airflow.per_job_calls, airflow.list_calls, mlflow.calls) == (0, 0, 0)
+
+
+def test_a_failed_job_keeps_its_reason_and_log_without_airflow(client, auth, airflow, mlflow) -> None:
+    job_id = start(client, auth, make_dataset(client, auth))
+    run = f"train-{job_id}"
+    airflow.states[run] = "failed"
+    airflow.task(run, "validate_inputs", "success")
+    airflow.task(run, "prepare", "failed")
+    airflow.logs[(run, "prepare")] = ["downloading", "RuntimeError: the model is not in S3"]
+    from api.main import reconcile_once
+
+    client.app.state.airflow = airflow
+    reconcile_once(client.app)  # settled in the background, never read by the user before
+    airflow.down = True
+    detail = client.get(f"/v1/trainings/{job_id}", headers=auth).json()
+    assert (detail["status"], detail["stage"]) == ("failed", "downloading")
+    assert detail["error"] == "task prepare (downloading) failed: the model is not in S3"
+    assert detail["logs"].endswith("RuntimeError: the model is not in S3")
+
+
+def test_list_pages_with_limit_and_offset(client, auth, airflow, mlflow) -> None:
+    dataset_id = make_dataset(client, auth)
+    jobs = [start(client, auth, dataset_id, output_name=f"p{i}") for i in range(5)][::-1]  # newest first
+
+    def page(query: str) -> list[str]:
+        resp = client.get(f"/v1/trainings{query}", headers=auth)
+        assert resp.status_code == 200, resp.text
+        return [j["job_id"] for j in resp.json()]
+
+    assert page("") == jobs
+    assert page("?limit=2") == jobs[:2]
+    assert page("?limit=2&offset=2") == jobs[2:4]
+    assert page("?limit=1000&offset=4") == jobs[4:]
+    assert page("?offset=5") == []
+    for bad, field in (("limit=0", "limit"), ("limit=1001", "limit"), ("offset=-1", "offset"), ("limit=x", "limit")):
+        resp = client.get(f"/v1/trainings?{bad}", headers=auth)
+        assert resp.status_code == 400 and resp.json()["detail"].startswith(f"{field}: "), resp.text
+    params = {p["name"]: p for p in client.get("/v1/openapi.json").json()["paths"]["/v1/trainings"]["get"]["parameters"]}
+    assert params["limit"]["schema"]["anyOf"][0] == {"type": "integer", "maximum": 1000, "minimum": 1}
+    assert params["offset"]["schema"]["minimum"] == 0
 
 
 # --- dataset delete uses the real job states ------------------------------------------------
