@@ -114,7 +114,7 @@ def test_train_watch_stop_and_kill(api_server, tmp_path):
             seen = history[kind]
             final = seen[-1]
             statuses = list(dict.fromkeys(j["status"] for j in seen))
-            assert final["status"] == "completed", (kind, final)
+            assert final["status"] == "completed", (kind, final.get("error"), final.get("logs"))
             assert statuses[-1] == "completed" and set(statuses) <= {"queued", "running", "completed"}, statuses
             assert "running" in statuses, statuses
             progress = [j["progress"] for j in seen]
