@@ -85,6 +85,8 @@ class Stage(StrEnum):
     REGISTERING = "registering"
     #: a stop was asked; the training process is saving its partial adapter and exiting
     STOPPING = "stopping"
+    #: every task succeeded: the adapter is registered and the job is complete
+    FINISHED = "finished"
 
 
 STAGES: tuple[str, ...] = tuple(s.value for s in Stage)
@@ -145,12 +147,14 @@ def job_state(dag_run_state: str | None, *, stop_requested: bool = False,
 
 
 def job_stage(task_states: Mapping[str, str | None] | None, *, stopping: bool = False) -> Stage | None:
-    """The stage of a run: `stopping` while a requested stop is under way, else the stage of the
-    latest task (in DAG order) that ran; None before any task runs or when the task states were
-    not read."""
+    """The stage of a run: `stopping` while a requested stop is under way, `finished` once every
+    task succeeded, else the stage of the latest task (in DAG order) that ran; None before any
+    task runs or when the task states were not read."""
     if stopping:
         return Stage.STOPPING
     stage, states = None, task_states or {}
+    if states and all((states.get(t) or "").lower() == "success" for t in TASK_IDS):
+        return Stage.FINISHED
     for task_id in TASK_IDS:
         if (states.get(task_id) or "").lower() in _TI_RAN:  # not the ones a failed run skipped
             stage = TASK_STAGES[task_id]

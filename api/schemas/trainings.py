@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from training import job_spec
 
 TrainingStatusField = Literal["queued", "running", "completed", "failed", "stopped"]
-TrainingStageField = Literal["validating", "downloading", "training", "evaluating", "registering", "stopping"]
+TrainingStageField = Literal["validating", "downloading", "training", "evaluating", "registering", "stopping", "finished"]
 
 STATUS_DESCRIPTION = (
     "`queued` (waiting for a worker), `running`, `completed`, `failed` (see `error`), or `stopped` "
@@ -63,7 +63,8 @@ class TrainingSummary(BaseModel):
     stage: TrainingStageField | None = Field(
         default=None,
         description="The pipeline step: validating, downloading, training, evaluating, registering; `stopping` while "
-        "a requested stop is under way (the job reads `running` until its training process is gone).",
+        "a requested stop is under way (the job reads `running` until its training process is gone); `finished` "
+        "once every step succeeded. A failed or stopped job keeps the stage it ended in.",
     )
     progress: float = Field(ge=0, le=1, description="Share of training steps done (never decreases).")
     created_at: datetime

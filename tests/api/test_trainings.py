@@ -572,7 +572,7 @@ def test_a_settled_job_is_read_from_the_database_alone(client, auth, airflow, ml
     airflow.logs[(run, "train")] = [f"line {i}" for i in range(100)] + ["training done"]
     mlflow.set("c" * 32, 1.0, loss=0.1)
     first = client.get(f"/v1/trainings/{job_id}", headers=auth).json()  # settles it
-    assert (first["status"], first["stage"], first["output_path"]) == ("completed", "registering", output)
+    assert (first["status"], first["stage"], first["output_path"]) == ("completed", "finished", output)
     assert first["logs"].endswith("training done") and first["metrics"]["loss"] == 0.1
 
     airflow.per_job_calls = airflow.list_calls = mlflow.calls = 0

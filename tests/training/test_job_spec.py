@@ -239,7 +239,8 @@ def test_a_running_run_with_no_task_started_is_still_queued():
 
 def test_states_and_stages_are_the_documented_names():
     assert job_spec.JOB_STATES == ("queued", "running", "completed", "failed", "stopped")
-    assert job_spec.STAGES == ("validating", "downloading", "training", "evaluating", "registering", "stopping")
+    assert job_spec.STAGES == ("validating", "downloading", "training", "evaluating", "registering", "stopping",
+                              "finished")
     assert {str(s) for s in job_spec.TERMINAL_STATES} == {"completed", "failed", "stopped"}
 
 
@@ -249,7 +250,8 @@ def test_the_stage_is_the_latest_started_task():
     assert job_stage({"validate_inputs": "success", "prepare": "up_for_retry"}) == Stage.DOWNLOADING
     assert job_stage({"validate_inputs": "success", "prepare": "success", "train": "running",
                       "evaluate": None}) == Stage.TRAINING
-    assert job_stage(dict.fromkeys(job_spec.TASK_IDS, "success")) == Stage.REGISTERING
+    assert job_stage(dict.fromkeys(job_spec.TASK_IDS, "success")) == Stage.FINISHED
+    assert job_stage({**dict.fromkeys(job_spec.TASK_IDS, "success"), "finalize": "running"}) == Stage.REGISTERING
     # a failed run skips the tasks after the failed one: they did not run
     assert job_stage({"validate_inputs": "success", "prepare": "success", "train": "failed",
                       "evaluate": "skipped", "register": "skipped", "finalize": "skipped"}) == Stage.TRAINING
