@@ -267,7 +267,7 @@ def job_conf_schema() -> dict[str, dict[str, Any]]:
         "job_id": {"type": "string", "pattern": SAFE_ID_PATTERN,
                    "description": "the job's id (the API's; used in S3 keys and MLflow tags)"},
         "user": {"type": "string", "pattern": SAFE_ID_PATTERN,
-                 "description": "id of the user who owns the job (MLflow experiment qlora/{user})"},
+                 "description": "username of the owner of the job (MLflow experiment qlora/{user})"},
         "model_id": {"type": "string", "enum": [m.id for m in load_catalog().models],
                      "description": "catalog id of the base model"},
         "dataset_id": {"type": "string", "pattern": SAFE_ID_PATTERN,

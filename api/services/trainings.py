@@ -142,7 +142,7 @@ class TrainingService:
         job_id = new_id()
         conf = {
             "job_id": job_id,
-            "user": owner.id,
+            "user": owner.username,  # readable in MLflow: experiment qlora/{username}
             "model_id": model.id,
             "dataset_id": dataset.id,
             "training_params": dict(request.training_params),

@@ -153,7 +153,7 @@ def test_start_creates_the_job_and_triggers_one_run(client, auth, airflow, mlflo
     job_id = resp.json()["job_id"]
     assert resp.json() == {"job_id": job_id, "status": "queued", "message": "Training job initiated successfully"}
     assert airflow.triggers == [("qlora_training", f"train-{job_id}", {
-        "job_id": job_id, "user": user_id(client, auth), "model_id": CLS, "dataset_id": dataset_id,
+        "job_id": job_id, "user": client.get("/v1/auth/me", headers=auth).json()["username"], "model_id": CLS, "dataset_id": dataset_id,
         "training_params": {"epochs": 1, "batch_size": 2, "lora_rank": 4}, "output_name": "squares-v1"})]
     assert job_spec.validate_job_conf(airflow.triggers[0][2], ["video_classification"]) == []
     detail = client.get(f"/v1/trainings/{job_id}", headers=auth).json()
