@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Annotated
+from typing import Annotated, NamedTuple
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, HTTPException, Query, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
@@ -63,3 +63,21 @@ def get_current_user(
 
 
 CurrentUser = Annotated[User, Depends(get_current_user)]
+
+
+class Page(NamedTuple):
+    """Optional paging of a list: everything when `limit` is None."""
+
+    limit: int | None
+    offset: int
+
+
+def get_page(
+    limit: Annotated[int | None, Query(ge=1, le=1000, description="At most this many items (1..1000); all if absent.")]
+    = None,
+    offset: Annotated[int, Query(ge=0, description="Skip this many of the newest items first.")] = 0,
+) -> Page:
+    return Page(limit, offset)
+
+
+PageDep = Annotated[Page, Depends(get_page)]

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Response, status
 from pydantic import TypeAdapter
 
-from api.deps import AirflowDep, CurrentUser, S3Dep, SessionDep, SettingsDep
+from api.deps import AirflowDep, CurrentUser, PageDep, S3Dep, SessionDep, SettingsDep
 from api.models import Dataset
 from api.models.base import as_utc
 from api.schemas.common import ErrorResponse
@@ -97,12 +97,19 @@ def upload_complete(body: UploadCompleteRequest, user: CurrentUser, service: Ser
 _SUMMARIES = TypeAdapter(list[DatasetSummary])
 
 
-@router.get("", response_model=list[DatasetSummary], summary="The user's datasets, newest first")
-def list_datasets(user: CurrentUser, service: ServiceDep, settings: SettingsDep) -> Response:
+@router.get(
+    "",
+    response_model=list[DatasetSummary],
+    responses={400: {"model": ErrorResponse, "description": "`limit` or `offset` out of range"}},
+    openapi_extra={"x-validation-status": 400},
+    summary="The user's datasets, newest first",
+    description="All your datasets, newest first; `limit` and `offset` return one page of them instead.",
+)
+def list_datasets(user: CurrentUser, service: ServiceDep, settings: SettingsDep, page: PageDep) -> Response:
     prefix = f"s3://{settings.s3_bucket}/"
     items = [
         {**row, "s3_path": prefix + row["s3_key"], "created_at": as_utc(row["created_at"])}
-        for row in service.list(user)
+        for row in service.list(user, page.limit, page.offset)
     ]
     # serialized once here (validated against the schema) rather than twice by FastAPI
     return Response(_SUMMARIES.dump_json(_SUMMARIES.validate_python(items)), media_type="application/json")

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Request, Response, status
 from pydantic import TypeAdapter
 
 from api.clients.mlflow import MlflowApi
-from api.deps import AirflowDep, CurrentUser, S3Dep, SessionDep, SettingsDep
+from api.deps import AirflowDep, CurrentUser, PageDep, S3Dep, SessionDep, SettingsDep
 from api.core.config import Settings
 from api.models import TrainingJob
 from api.models.base import as_utc
@@ -110,13 +110,7 @@ def start_training(body: TrainingRequest, user: CurrentUser, service: ServiceDep
     description="All your jobs, newest first; `limit` and `offset` return one page of them instead. The state of "
     "unfinished jobs is at most a few seconds old (read from Airflow and MLflow in bulk, shared by all requests).",
 )
-def list_trainings(
-    user: CurrentUser,
-    service: ServiceDep,
-    limit: Annotated[int | None, Query(ge=1, le=1000, description="At most this many jobs (1..1000); all if absent.")]
-    = None,
-    offset: Annotated[int, Query(ge=0, description="Skip this many of the newest jobs first.")] = 0,
-) -> Response:
+def list_trainings(user: CurrentUser, service: ServiceDep, page: PageDep) -> Response:
     items = [
         {
             "job_id": row["id"],
@@ -124,7 +118,7 @@ def list_trainings(
             "progress": min(max(row["progress"] or 0.0, 0.0), 1.0),
             **{k: as_utc(row[k]) for k in ("created_at", "started_at", "completed_at")},
         }
-        for row in service.list(user, limit, offset)
+        for row in service.list(user, page.limit, page.offset)
     ]
     # serialized once here (validated against the schema) rather than twice by FastAPI
     return Response(_SUMMARIES.dump_json(_SUMMARIES.validate_python(items)), media_type="application/json")

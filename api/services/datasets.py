@@ -76,8 +76,8 @@ class DatasetService:
         self.refresh([dataset])
         return dataset
 
-    def list(self, owner: User) -> Sequence[RowMapping]:
-        """The owner's datasets, newest first, as plain rows of `LIST_COLUMNS`.
+    def list(self, owner: User, limit: int | None = None, offset: int = 0) -> Sequence[RowMapping]:
+        """The owner's datasets, newest first (optionally one page), as plain rows of `LIST_COLUMNS`.
 
         Only unsettled datasets (awaiting upload or validating) are loaded as ORM objects and
         reconciled (in bulk); the list itself is one column query, which keeps 1,000 rows cheap.
@@ -91,6 +91,8 @@ class DatasetService:
                 select(*LIST_COLUMNS)
                 .where(Dataset.owner_id == owner.id)
                 .order_by(Dataset.created_at.desc(), Dataset.id)
+                .offset(offset)
+                .limit(limit)
             )
             .mappings()
             .all()

@@ -214,6 +214,23 @@ def test_list_reconciles_in_one_airflow_call(client, auth, initiate, airflow: Fa
     assert airflow.list_calls == 1
 
 
+def test_list_pages_with_limit_and_offset(client, auth, initiate) -> None:
+    ids = [initiate(dataset_name=f"page {i}")["dataset_id"] for i in range(5)][::-1]  # newest first
+
+    def page(query: str) -> list[str]:
+        resp = client.get(f"/v1/datasets{query}", headers=auth)
+        assert resp.status_code == 200, resp.text
+        return [d["id"] for d in resp.json()]
+
+    assert page("") == ids
+    assert page("?limit=2") == ids[:2]
+    assert page("?limit=2&offset=2") == ids[2:4]
+    assert page("?offset=5") == []
+    for bad, field in (("limit=0", "limit"), ("limit=1001", "limit"), ("offset=-1", "offset")):
+        resp = client.get(f"/v1/datasets?{bad}", headers=auth)
+        assert resp.status_code == 400 and resp.json()["detail"].startswith(f"{field}: "), resp.text
+
+
 def test_background_loop_reconciles(postgres_url, s3) -> None:
     import time
 
