@@ -1,5 +1,5 @@
 """Models and datasets from a local folder or an `s3://` URI (boto3's standard credential and
-endpoint chain, e.g. `AWS_ENDPOINT_URL_S3`), cached under `QLORA_CACHE_DIR` (default `.cache/`);
+endpoint chain, e.g. `AWS_ENDPOINT_URL_S3`), cached under `QLORA_CACHE_DIR` (see `training.s3.cache_dir`);
 and the upload of an output folder to an `s3://` URI."""
 
 from __future__ import annotations
@@ -11,10 +11,6 @@ from training.config import ArgumentError
 from training.storage import split_s3_uri
 
 
-def cache_dir() -> Path:
-    return s3.cache_dir()
-
-
 def resolve(location: str, what: str) -> Path:
     """A local folder holding `location` (downloaded when it is an s3:// URI)."""
     if not location.startswith("s3://"):
@@ -24,7 +20,7 @@ def resolve(location: str, what: str) -> Path:
         return path
     bucket, prefix = split_s3_uri(location)
     prefix = prefix.rstrip("/") + "/" if prefix else ""
-    target = cache_dir() / "s3" / bucket / prefix
+    target = s3.cache_dir() / "s3" / bucket / prefix
     try:
         found, _ = s3.download_prefix(s3.client(), bucket, prefix, target)
     except Exception as exc:  # botocore raises several types; one clear line for the user
