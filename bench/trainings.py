@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -34,24 +34,12 @@ import httpx
 from bench.api import ROUNDS, Result, load, print_table, signup
 from devstack.ports import free_ports
 from devstack.postgres import Postgres
+from devstack.processes import pids_with_args
 from training import storage
 from training.data.synthetic import make_dataset, zip_folder
 
 MODEL = "flamingo-tiny-classification"
 PARAMS = {"epochs": 1, "batch_size": 2, "lora_rank": 4}
-
-
-def _pids_of(job_id: str) -> list[int]:
-    found = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                cmd = (proc / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if b"training" in cmd and b"run" in cmd and job_id.encode() in cmd:
-                found.append(int(proc.name))
-    return found
 
 
 def _ts(value: str | None) -> float | None:
@@ -125,7 +113,7 @@ def stop_latency(api: httpx.Client, dataset_id: str) -> None:
     api.post(f"/v1/trainings/{job_id}/stop")
     gone = None
     while time.time() - t0 < 60:
-        if gone is None and not _pids_of(job_id):
+        if gone is None and not pids_with_args("training", "run", job_id):
             gone = time.time() - t0
         got = api.get(f"/v1/trainings/{job_id}").json()
         if got["status"] in ("stopped", "failed", "completed"):

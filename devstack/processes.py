@@ -130,6 +130,20 @@ def _all_pids() -> list[int]:
     return [int(p) for p in os.listdir("/proc") if p.isdigit()]
 
 
+def pids_with_args(*args: str) -> list[int]:
+    """The processes whose command line holds every one of `args` as a whole argument (e.g. the
+    training engine of one job: `pids_with_args("training", "run", job_id)` matches its `--job-id`)."""
+    found = []
+    for pid in _all_pids():
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if all(a.encode() in argv for a in args):
+            found.append(pid)
+    return found
+
+
 def _pgid_of(pid: int) -> int | None:
     try:
         return os.getpgid(pid)

@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from devstack.processes import pids_with_args
 from devstack.seed import seed_tiny_models
 from training import storage
 from training.data.synthetic import make_dataset, zip_folder
@@ -68,20 +69,6 @@ def _watch(api: httpx.Client, job_id: str, until, timeout_s: float = 240) -> tup
             return seen[-1], seen
         time.sleep(0.5)
     raise AssertionError(f"job {job_id} never reached the expected state: {seen[-1] if seen else None}")
-
-
-def _engine_pids(job_id: str) -> list[int]:
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmd = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"training" in cmd and b"run" in cmd and job_id.encode() in cmd:
-            pids.append(int(proc.name))
-    return pids
 
 
 def test_train_watch_stop_and_kill(api_server, tmp_path):
@@ -146,7 +133,7 @@ def test_train_watch_stop_and_kill(api_server, tmp_path):
         assert final["status"] == "stopped", final
         assert stopped_s < 30
         # stopped means the training process is gone and its partial adapter is complete in S3
-        assert not _engine_pids(long_job)
+        assert not pids_with_args("training", "run", long_job)
         assert {(j["status"], j["stage"]) for j in seen[:-1]} <= {("running", "training"), ("running", "stopping")}
         prefix = storage.adapter_prefix(long_job)
         assert final["output_path"] == storage.s3_uri(api_server.s3.bucket, prefix)
@@ -161,7 +148,7 @@ def test_train_watch_stop_and_kill(api_server, tmp_path):
         # SIGKILL of the training process: the job ends failed with a reason
         doomed = _start(api, dataset_id, "flamingo-tiny-classification", "doomed", epochs=100, batch_size=1)
         _watch(api, doomed, lambda j: j["status"] == "running" and j["progress"] > 0, 240)
-        pids = _engine_pids(doomed)
+        pids = pids_with_args("training", "run", doomed)
         assert pids, "training process not found"
         for pid in pids:
             os.kill(pid, signal.SIGKILL)
