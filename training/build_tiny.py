@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from transformers.utils import logging as hf_logging
 
-from training.model_info import ModelInfo
+from training.model_info import ModelInfo, tiny_build_id
 from training.models import get_family
 from training.models.tokenizer import build_tokenizer
 
@@ -30,5 +30,5 @@ def build_tiny(architecture: str, task: str, out: str | Path, *, labels: list[st
     tokenizer.save_pretrained(out)
     prep.save_pretrained(out)
     ModelInfo(architecture=architecture, task=task, catalog_id=catalog_id, tiny=True,
-              labels=list(labels or [])).save(out)
+              labels=list(labels or []), build_id=tiny_build_id()).save(out)
     return out

@@ -61,7 +61,9 @@ def list_objects(s3, bucket_name: str, prefix: str) -> list[dict]:
 
 
 def download_prefix(s3, bucket_name: str, prefix: str, dest: Path) -> tuple[int, int]:
-    """Mirrors `s3://bucket/prefix` into `dest`; files whose size already matches are kept.
+    """Mirrors `s3://bucket/prefix` into `dest`. A local file is kept when its size and its
+    modification time equal the object's (the time is set from `LastModified` on download, as
+    `aws s3 sync` compares them), so an object re-uploaded with the same size is fetched again.
     Each file is written under a temporary name and renamed, so readers never see half a file.
     Returns (objects found, files downloaded)."""
     found = downloaded = 0
@@ -71,11 +73,13 @@ def download_prefix(s3, bucket_name: str, prefix: str, dest: Path) -> tuple[int,
             continue
         found += 1
         target = dest / rel
-        if target.is_file() and target.stat().st_size == obj["Size"]:
+        modified = obj["LastModified"].timestamp()
+        if target.is_file() and (stat := target.stat()).st_size == obj["Size"] and stat.st_mtime == modified:
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(f".{target.name}.{os.getpid()}.part")
         s3.download_file(bucket_name, obj["Key"], str(partial))
+        os.utime(partial, (modified, modified))
         os.replace(partial, target)
         downloaded += 1
     return found, downloaded
