@@ -24,20 +24,25 @@ class Architecture:
 
 
 _LM_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+#: the default: every linear layer of the language model's blocks. The QLoRA paper (Dettmers et
+#: al. 2023, section 4) finds adapting all of them is what matches 16-bit full fine-tuning;
+#: attention-only (q_proj, v_proj) adapters learn much less (here: tiny captioning models stay
+#: at BLEU 0 with them and reach ~80 with all layers)
+_ALL_LM_LINEAR = _LM_PROJECTIONS
 
 ARCHITECTURES: dict[str, Architecture] = {
     "flamingo": Architecture(
         name="flamingo",
         model_class="IdeficsForVisionText2Text",
         allowed_target_modules=_LM_PROJECTIONS,
-        default_target_modules=("q_proj", "v_proj"),
+        default_target_modules=_ALL_LM_LINEAR,
         target_regex=r"^model\.(layers|gated_cross_attn_layers)\.\d+\..*\.({targets})$",
     ),
     "video_llama": Architecture(
         name="video_llama",
         model_class="VideoLlama3ForConditionalGeneration",
         allowed_target_modules=_LM_PROJECTIONS,
-        default_target_modules=("q_proj", "v_proj"),
+        default_target_modules=_ALL_LM_LINEAR,
         target_regex=r".*language_model\..*\.({targets})$",
     ),
 }

@@ -36,8 +36,10 @@ def test_model_detail(client: TestClient, auth, settings) -> None:
     assert body["architecture_class"] == "IdeficsForVisionText2Text"
     assert body["weights_uri"] == f"s3://{settings.s3_bucket}/models/flamingo-tiny-captioning/"
     assert body["tiny"] is True and body["checkpoint"] is None
-    assert body["default_target_modules"] == ["q_proj", "v_proj"]
-    assert "o_proj" in body["allowed_target_modules"]
+    # every linear layer of the language model, as the QLoRA paper recommends
+    assert body["default_target_modules"] == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                              "down_proj"]
+    assert body["allowed_target_modules"] == body["default_target_modules"]
     real = client.get("/v1/models/idefics-9b-captioning", headers=auth).json()
     assert real["checkpoint"] == "HuggingFaceM4/idefics-9b-instruct"
     assert real["tiny"] is False

@@ -20,6 +20,7 @@ CATALOG = load_catalog()
 CAPTIONING = CATALOG.get("flamingo-tiny-captioning")        # ranks 1..16, default alpha 16
 CLASSIFICATION = CATALOG.get("videollama-tiny-classification")
 BIG = CATALOG.get("videollama3-7b-captioning")               # ranks 4..128
+ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # the default
 
 
 def good_conf(**changes):
@@ -185,9 +186,9 @@ def test_defaults_come_from_the_rules_and_the_model():
     resolved = resolve_training_params(CAPTIONING, {})
     assert resolved.as_dict() == {"epochs": 3, "learning_rate": 2e-4, "batch_size": 4,
                                   "lora_rank": 8, "lora_alpha": CAPTIONING.default_alpha,
-                                  "lora_dropout": 0.05, "target_modules": ["q_proj", "v_proj"]}
+                                  "lora_dropout": 0.05, "target_modules": list(ALL_LINEAR)}
     assert resolve_training_params(BIG, {"lora_rank": 4}).lora_rank == 4
-    assert resolve_training_params(CAPTIONING, {"target_modules": []}).target_modules == ("q_proj", "v_proj")
+    assert resolve_training_params(CAPTIONING, {"target_modules": []}).target_modules == ALL_LINEAR
     assert resolve_training_params(CAPTIONING, {"epochs": 2.0}).epochs == 2
 
 
@@ -200,7 +201,7 @@ def test_cli_args_follow_the_engine_contract():
     args = resolve_training_params(CAPTIONING, {"learning_rate": 1e-3}).cli_args()
     assert args == ["--epochs", "3", "--learning-rate", "0.001", "--batch-size", "4",
                     "--lora-rank", "8", "--lora-alpha", "16", "--lora-dropout", "0.05",
-                    "--target-modules", "q_proj,v_proj"]
+                    "--target-modules", ",".join(ALL_LINEAR)]
 
 
 # ---------------------------------------------------------------- states and stages

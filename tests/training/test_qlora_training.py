@@ -45,7 +45,7 @@ def test_trains_in_4bit_and_the_adapter_reloads(tmp_path, tiny_models, colour_da
         assert (out / name).is_file()
     assert (out / "label_map.json").is_file() == (task == "video_classification")
     adapter_config = json.loads((out / "adapter_config.json").read_text())
-    assert "q_proj|v_proj" in adapter_config["target_modules"]
+    assert "q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj" in adapter_config["target_modules"]
 
     capsys.readouterr()
     assert main(["evaluate", "--model", str(tiny_models(architecture, task)), "--adapter", str(out),
@@ -75,3 +75,19 @@ def test_classification_learns_the_colour(tmp_path, tiny_models, colour_dataset,
     prediction = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert prediction["label"] in ("red", "blue")
     assert sum(prediction["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_captioning_learns_to_describe_the_clip(tmp_path, tiny_models, colour_dataset, architecture):
+    """Greedy captions of the held-out clips: the base model's are noise (BLEU 0); after 10 epochs
+    with the default LoRA targets (every linear layer of the language model) every one reads
+    "a {red|blue} square moves {left|right}". (On 24 training clips the tiny model mostly settles
+    on the template with the majority's words: BLEU ~50-80, not 100.)"""
+    task = "video_captioning"
+    metrics = _train(tiny_models(architecture, task), colour_dataset, task, tmp_path / "out", "--epochs", "10",
+                     "--learning-rate", "2e-3", "--seed", "1", "--lora-dropout", "0")
+    adapter, base = metrics["adapter"], metrics["base"]
+    assert base["bleu"] < 5
+    assert adapter["bleu"] >= 30 and adapter["rougeL"] >= 0.6
+    generated = [s["generated"] for s in adapter["samples"]]
+    assert all(re.fullmatch(r"a (red|blue) square moves (left|right)", g) for g in generated), generated
