@@ -70,6 +70,11 @@ class Settings(BaseSettings):
     #: the process for this long; 0 reads it on every list request
     live_state_ttl_s: float = Field(default=2.0, ge=0)
 
+    #: after a stop request, a job whose train task uploaded no partial adapter is taken as
+    #: gone after this long (Airflow's heartbeat sends SIGTERM within ~5 s, SIGKILL 5 s later,
+    #: plus slack): raise it where the scheduler's heartbeat or kill timeouts are longer
+    stop_kill_deadline_s: float = Field(default=30.0, gt=0)
+
     #: period of the background reconcile loop; 0 disables it (tests)
     reconcile_interval_s: float = Field(default=15.0, ge=0)
     #: run Alembic migrations and seed the model catalog at start-up

@@ -9,7 +9,7 @@ A stop marks the run failed at once, but the train task's process runs on until 
 heartbeat kills it (SIGTERM: the engine saves its partial adapter, the task uploads it, then
 SIGKILL a few seconds later). So a stopped job settles `stopped` only once that process is gone:
 the train task never ran, its partial adapter is in S3 (uploaded after the engine exited), or
-`STOP_KILL_DEADLINE` passed. `job_spec.job_state` decides from that evidence.
+`settings.stop_kill_deadline_s` (QLORA_STOP_KILL_DEADLINE_S) passed. `job_spec.job_state` decides from that evidence.
 
 Live state is read in bulk on the list path: one Airflow list request for every unsettled job
 of every user and one MLflow search for the running ones, shared by all requests of the process
@@ -57,10 +57,6 @@ log = logging.getLogger(__name__)
 
 #: a job whose run Airflow does not know after this long ends failed
 LOST_RUN_GRACE = timedelta(minutes=5)
-#: after a stop request, the train task's process is surely gone after this long even if it
-#: uploaded no adapter: Airflow's heartbeat (5 s) sends SIGTERM, SIGKILL follows 5 s later
-#: (the engine dies with its task), plus slack for a loaded worker
-STOP_KILL_DEADLINE = timedelta(seconds=30)
 LOG_TAIL_LINES = 60
 _EXCEPTION_LINE = re.compile(r"^(?:[\w.]+\.)?(\w*(?:Exception|Error|Interrupt)): (.+)$")
 #: the columns of a job in the list (`GET /v1/trainings`)
@@ -287,8 +283,8 @@ class TrainingService:
         except AirflowError as exc:
             log.warning("cannot read job %s from Airflow: %s", job.id, exc)
             extras["logs"] = "(logs unavailable: the pipeline service (Airflow) cannot be reached)"
-        if self.session.dirty:
-            self.session.commit()
+        # always: the queries above autoflush, so `session.dirty` can be empty with changes pending
+        self.session.commit()
         return extras
 
     # --- stop -------------------------------------------------------------------------------
@@ -348,8 +344,7 @@ class TrainingService:
             except AirflowError as exc:
                 log.warning("cannot settle job %s: %s", job.id, exc)
                 break
-        if self.session.dirty or self.session.new:
-            self.session.commit()
+        self.session.commit()  # unconditionally: autoflush leaves `session.dirty` empty
         return changed
 
     # --- internals ----------------------------------------------------------------------------
@@ -505,7 +500,7 @@ class TrainingService:
         adapter is uploaded (the task does so after the engine exited), or the kill deadline
         passed (Airflow SIGKILLs the task, the engine dies with it)."""
         asked = as_utc(job.stop_requested_at)
-        if asked is not None and now - asked >= STOP_KILL_DEADLINE:
+        if asked is not None and now - asked >= timedelta(seconds=self.settings.stop_kill_deadline_s):
             return True
         return self._partial_adapter(job) is not None
 

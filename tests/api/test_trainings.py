@@ -443,15 +443,13 @@ def test_a_torn_partial_adapter_is_not_the_output(client, auth, airflow, mlflow,
     assert (detail["status"], detail["output_path"]) == ("running", None)
 
 
-def test_stop_without_an_adapter_ends_stopped_at_the_kill_deadline(client, auth, airflow, mlflow) -> None:
-    from api.services.trainings import STOP_KILL_DEADLINE
-
+def test_stop_without_an_adapter_ends_stopped_at_the_kill_deadline(client, auth, airflow, mlflow, settings) -> None:
     job_id, run = running_job(client, auth, airflow)
     assert client.post(f"/v1/trainings/{job_id}/stop", headers=auth).status_code == 202
     assert client.get(f"/v1/trainings/{job_id}", headers=auth).json()["status"] == "running"
     with client.app.state.sessionmaker() as session:  # the request was made long enough ago
         session.execute(update(TrainingJob).where(TrainingJob.id == job_id)
-                        .values(stop_requested_at=utcnow() - STOP_KILL_DEADLINE - timedelta(seconds=1)))
+                        .values(stop_requested_at=utcnow() - timedelta(seconds=settings.stop_kill_deadline_s + 1)))
         session.commit()
     detail = client.get(f"/v1/trainings/{job_id}", headers=auth).json()
     assert (detail["status"], detail["output_path"], detail["error"]) == ("stopped", None, None)
