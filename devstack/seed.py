@@ -46,7 +46,7 @@ def _seeded_build(s3: S3Settings, prefix: str) -> str | None:
     return str(info.get("build_id") or "") if isinstance(info, dict) else ""
 
 
-def _build_and_upload(s3: S3Settings, model, prefix: str, log: Path, stale: bool) -> str:
+def _build_and_upload(s3: S3Settings, model, prefix: str, stale: bool, log: Path) -> str:
     with tempfile.TemporaryDirectory(prefix=f"tiny-{model.id}-") as out:
         argv = [sys.executable, "-m", "training", "build-tiny", "--architecture", model.base_architecture,
                 "--task", model.model_type, "--out", out, "--catalog-id", model.id]
@@ -84,7 +84,7 @@ def seed_tiny_models(s3: S3Settings, log: Path) -> list[str]:
         if seeded == current:
             lines.append(f"{model.id}: already in s3://{s3.bucket}/{prefix}")
         else:
-            todo.append((model, prefix, seeded is not None))
+            todo.append((model, prefix, seeded is not None))  # (model, prefix, stale)
     with ThreadPoolExecutor(max_workers=2) as pool:  # each build imports torch: 2 at a time
-        lines += pool.map(lambda item: _build_and_upload(s3, *item[:2], log, stale=item[2]), todo)
+        lines += pool.map(lambda job: _build_and_upload(s3, *job, log=log), todo)
     return lines
