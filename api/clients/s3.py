@@ -12,10 +12,12 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from api.core.config import Settings
+from training.s3 import MISSING_CODES
 
 log = logging.getLogger(__name__)
 
-_NOT_FOUND = {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}
+#: the pipeline's "no such object" codes, and a bucket not created yet reads as empty too
+_NOT_FOUND = MISSING_CODES | {"NoSuchBucket"}
 
 
 class S3Unavailable(Exception):
