@@ -1,5 +1,10 @@
 """Apache Airflow 3.3 as separate processes (api-server, scheduler, dag-processor) with the
-LocalExecutor, the simple auth manager and the repo's `dags/` and `plugins/`.
+simple auth manager and the repo's `dags/` and `plugins/`.
+
+Executors: the LocalExecutor (the default: tasks run as children of the scheduler), or the
+CeleryExecutor (`celery_broker_url` set; PostgreSQL metadata DB) with one Celery worker per
+queue, `default` (validation, bookkeeping) and `gpu` (prepare/train/evaluate/register), each
+with a cache folder of its own as if it were another machine.
 
 Every process gets the S3, MLflow and QLORA_* environment so that tasks see it."""
 
@@ -15,11 +20,14 @@ from pathlib import Path
 import httpx
 
 from devstack.ports import HOST
-from devstack.processes import Process, run_checked, wait_until
+from devstack.processes import Process, ServiceError, run_checked, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 USERNAME = "admin"
 GPU_POOL = "gpu"
+#: the Celery queues and a worker for each: Airflow's default queue, and the training queue
+#: (`queue="gpu"` in dags/qlora_training.py)
+CELERY_QUEUES = ("default", "gpu")
 
 
 class Airflow:
@@ -27,6 +35,7 @@ class Airflow:
 
     def __init__(self, folder: Path, port: int, *, password: str, jwt_secret: str, secret_key: str,
                  extra_env: Mapping[str, str] = (), database_url: str | None = None,
+                 celery_broker_url: str | None = None,
                  dags_folder: Path = REPO / "dags", plugins_folder: Path = REPO / "plugins"):
         self.folder = Path(folder)
         self.port = port
@@ -36,16 +45,20 @@ class Airflow:
         self.passwords_file = self.folder / "passwords.json"
         extra = dict(extra_env)
         self.gpu_slots = int(extra.get("QLORA_GPU_POOL_SLOTS") or os.environ.get("QLORA_GPU_POOL_SLOTS") or 1)
+        self.executor = "CeleryExecutor" if celery_broker_url else "LocalExecutor"
+        database_url = database_url or f"sqlite:///{self.folder / 'airflow.db'}"
+        if celery_broker_url and database_url.startswith("sqlite"):
+            raise ServiceError("the CeleryExecutor needs a PostgreSQL metadata database, not SQLite")
         airflow_env = {
             "AIRFLOW_HOME": str(self.folder),
             "AIRFLOW__CORE__DAGS_FOLDER": str(dags_folder),
             "AIRFLOW__CORE__PLUGINS_FOLDER": str(plugins_folder),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__EXECUTOR": self.executor,
             "AIRFLOW__CORE__PARALLELISM": "4",
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": database_url or f"sqlite:///{self.folder / 'airflow.db'}",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": database_url,
             "AIRFLOW__CORE__AUTH_MANAGER":
                 "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{USERNAME}:admin",
@@ -62,6 +75,9 @@ class Airflow:
             "PYTHONUNBUFFERED": "1",
             "GIT_PYTHON_REFRESH": "quiet",
         }
+        if celery_broker_url:
+            airflow_env |= {"AIRFLOW__CELERY__BROKER_URL": celery_broker_url,
+                            "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + database_url}
         self.env = {**os.environ, **extra, **airflow_env}
         airflow = [sys.executable, "-m", "airflow"]
         run = self.folder / "run"
@@ -72,7 +88,21 @@ class Airflow:
                     run_dir=run, env=self.env, cwd=self.folder),
             Process("airflow-dag-processor", [*airflow, "dag-processor"], run_dir=run, env=self.env, cwd=self.folder),
         ]
+        #: Celery workers by queue: each its own process tree and cache folder (QLORA_CACHE_DIR)
+        self.workers: dict[str, Process] = {}
+        for queue in CELERY_QUEUES if celery_broker_url else ():
+            concurrency = self.gpu_slots if queue == GPU_POOL else 2
+            env = {**self.env, "QLORA_CACHE_DIR": str(self.worker_cache_dir(queue))}
+            self.workers[queue] = Process(
+                f"airflow-worker-{queue}",
+                [*airflow, "celery", "worker", "--queues", queue, "--concurrency", str(concurrency),
+                 "--celery-hostname", f"{queue}@%h", "--skip-serve-logs", "--without-gossip", "--without-mingle"],
+                run_dir=run, env=env, cwd=self.folder, stop_timeout=30)
+        self.processes += self.workers.values()
         self._airflow = airflow
+
+    def worker_cache_dir(self, queue: str) -> Path:
+        return self.folder / "workers" / queue / "cache"
 
     @property
     def base_url(self) -> str:
@@ -109,6 +139,8 @@ class Airflow:
         health = self.health()
         if not all((health.get(part) or {}).get("status") == "healthy"
                    for part in ("metadatabase", "scheduler", "dag_processor")):
+            return False
+        if not all(worker.running() for worker in self.workers.values()):
             return False
         return bool(self.token())
 

@@ -87,14 +87,17 @@ class Postgres:
         with psycopg2.connect(host=HOST, port=self.port, user=PG_USER, dbname="postgres", connect_timeout=2):
             return True
 
-    def create_database(self, name: str) -> str:
+    def create_database(self, name: str, *, exist_ok: bool = False) -> str:
+        """Makes database `name` (kept as it is when it exists and `exist_ok`); returns its URL."""
         import psycopg2
 
         conn = psycopg2.connect(host=HOST, port=self.port, user=PG_USER, dbname="postgres")
         try:
             conn.autocommit = True
             with conn.cursor() as cur:
-                cur.execute(f'CREATE DATABASE "{name}"')
+                cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+                if cur.fetchone() is None or not exist_ok:
+                    cur.execute(f'CREATE DATABASE "{name}"')
         finally:
             conn.close()
         return self.url(name)

@@ -1,9 +1,14 @@
 """The whole local stack of `make up`: SeaweedFS (S3), MLflow, Airflow and the API on fixed
-loopback ports, with state, secrets, pid files and logs under `.stack/`."""
+loopback ports, with state, secrets, pid files and logs under `.stack/`.
+
+`QLORA_STACK_EXECUTOR=celery` runs Airflow as it runs past one machine: the CeleryExecutor with
+Redis as broker, one worker for the `default` queue and one for the `gpu` queue (each with a
+cache folder of its own), and PostgreSQL for Airflow's metadata and the service database."""
 
 from __future__ import annotations
 
 import os
+import random
 import shlex
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +20,9 @@ from devstack.airflow import Airflow
 from devstack.api_server import APIServer
 from devstack.mlflow_server import MLflowServer
 from devstack.ports import HOST, port_open
+from devstack.postgres import Postgres
 from devstack.processes import ServiceError
+from devstack.redis_server import RedisServer
 from devstack.secrets_file import load_or_create
 from devstack.seaweedfs import SeaweedFS
 from devstack.seed import seed_tiny_models
@@ -33,17 +40,35 @@ class Ports:
     s3_volume: int = 9340
     s3_filer: int = 8888
     s3_admin: int = 23646
+    postgres: int = 5432  # QLORA_STACK_EXECUTOR=celery only
+    redis: int = 6379  # QLORA_STACK_EXECUTOR=celery only
 
     @classmethod
     def shifted(cls, offset: int) -> Ports:
         """Every port + `offset` (QLORA_STACK_PORT_OFFSET: a second stack beside the first)."""
         return cls(**{k: v + offset for k, v in cls().__dict__.items()})
 
+    @classmethod
+    def free_offset(cls, low: int = 20000, high: int = 30000) -> int:
+        """A random offset in [low, high) whose every port (and SeaweedFS's gRPC port, +10000)
+        is free now: a private stack beside any other (tests, benchmarks)."""
+        for _ in range(50):
+            offset = random.randrange(low, high)
+            if not any(port_open(p) or port_open(p + 10000) for p in cls.shifted(offset).__dict__.values()):
+                return offset
+        raise ServiceError(f"no free port range between +{low} and +{high}")
+
+
+EXECUTORS = ("local", "celery")
+
 
 class Stack:
-    def __init__(self, folder: Path | None = None, ports: Ports | None = None):
+    def __init__(self, folder: Path | None = None, ports: Ports | None = None, executor: str | None = None):
         self.folder = Path(folder or os.environ.get("QLORA_STACK_DIR") or REPO / ".stack").resolve()
         self.ports = ports or Ports.shifted(int(os.environ.get("QLORA_STACK_PORT_OFFSET", "0")))
+        self.executor = executor or os.environ.get("QLORA_STACK_EXECUTOR") or "local"
+        if self.executor not in EXECUTORS:
+            raise ServiceError(f"QLORA_STACK_EXECUTOR={self.executor!r}: use one of {', '.join(EXECUTORS)}")
         self.secrets = load_or_create(self.folder / "secrets.env")
         self.bucket = os.environ.get("QLORA_S3_BUCKET", "qlora")
         p, s = self.ports, self.secrets
@@ -51,13 +76,21 @@ class Stack:
                             filer_port=p.s3_filer, admin_port=p.s3_admin, access_key=s["S3_ACCESS_KEY"],
                             secret_key=s["S3_SECRET_KEY"], bucket=self.bucket)
         self.mlflow = MLflowServer(self.folder / "mlflow", p.mlflow, self.s3.settings)
+        #: the celery mode's own servers (started first, stopped last)
+        self.postgres = self.redis = None
+        if self.executor == "celery":
+            self.postgres = Postgres(self.folder / "postgres", p.postgres)
+            self.redis = RedisServer(self.folder / "redis", p.redis)
         self.env = self._client_env()
         task_env = {k: v for k, v in self.env.items() if k not in ("QLORA_JWT_SECRET", "QLORA_AIRFLOW_PASSWORD")}
+        airflow_db = os.environ.get("QLORA_AIRFLOW_DATABASE_URL") or (self.postgres and self.postgres.url("airflow"))
         self.airflow = Airflow(self.folder / "airflow", p.airflow, password=s["AIRFLOW_ADMIN_PASSWORD"],
                                jwt_secret=s["AIRFLOW_JWT_SECRET"], secret_key=s["AIRFLOW_API_SECRET_KEY"],
-                               extra_env=task_env, database_url=os.environ.get("QLORA_AIRFLOW_DATABASE_URL"))
+                               extra_env=task_env, database_url=airflow_db,
+                               celery_broker_url=self.redis and self.redis.url)
         self.api = APIServer(self.folder / "api", p.api, self.env)
-        self.services = [self.s3, self.mlflow, self.airflow, self.api]
+        self.databases = [s for s in (self.postgres, self.redis) if s is not None]
+        self.services = [*self.databases, self.s3, self.mlflow, self.airflow, self.api]
 
     def _client_env(self) -> dict[str, str]:
         """Every variable a shell (or the API, or a task) needs to talk to this stack."""
@@ -65,7 +98,8 @@ class Stack:
             **self.s3.settings.env(),
             "MLFLOW_TRACKING_URI": self.mlflow.url,
             "QLORA_ENV": os.environ.get("QLORA_ENV", "development"),
-            "QLORA_DATABASE_URL": os.environ.get("QLORA_DATABASE_URL", f"sqlite:///{self.folder / 'api.db'}"),
+            "QLORA_DATABASE_URL": os.environ.get("QLORA_DATABASE_URL") or (
+                self.postgres.url("qlora") if self.postgres else f"sqlite:///{self.folder / 'api.db'}"),
             "QLORA_JWT_SECRET": self.secrets["QLORA_JWT_SECRET"],
             "QLORA_AIRFLOW_URL": f"http://{HOST}:{self.ports.airflow}",
             "QLORA_AIRFLOW_USERNAME": "admin",
@@ -107,6 +141,13 @@ class Stack:
             return False
         self._check_ports_free()
         started = time.monotonic()
+        for server in self.databases:
+            server.start()
+        if self.postgres:
+            self.redis.wait_ready()
+            for database in ("airflow", "qlora"):
+                self.postgres.create_database(database, exist_ok=True)
+            log(f"  postgres, redis ready in {time.monotonic() - started:5.1f} s")
         self.s3.start()
         self.mlflow.start()
         failure: list[BaseException] = []
@@ -141,9 +182,10 @@ class Stack:
 
     def down(self, log=print) -> None:
         stopped = {"api": self.api.stop()}  # first the API, so nothing triggers new runs; then the rest together
-        rest = (self.airflow, self.mlflow, self.s3)
-        with ThreadPoolExecutor(len(rest)) as pool:
-            stopped.update(zip((r.name for r in rest), pool.map(lambda r: r.stop(), rest)))
+        for group in ((self.airflow, self.mlflow, self.s3), self.databases):  # Airflow needs its DB to stop
+            if group:
+                with ThreadPoolExecutor(len(group)) as pool:
+                    stopped.update(zip((r.name for r in group), pool.map(lambda r: r.stop(), group)))
         names = [name for name, was_running in stopped.items() if was_running]
         log(f"stopped: {', '.join(names)}" if names else "nothing was running")
 
@@ -159,4 +201,7 @@ class Stack:
             f"S3           {e['AWS_ENDPOINT_URL_S3']}   bucket {self.bucket}   "
             f"key {e['AWS_ACCESS_KEY_ID']} / secret {e['AWS_SECRET_ACCESS_KEY']}",
             f"state, logs  {self.folder}   (secrets: secrets.env; shell: source {self.folder / 'stack.env'})",
+            *([(f"executor     CeleryExecutor, broker {self.redis.url}, PostgreSQL {self.postgres.url()}; "
+                f"workers for queues {', '.join(self.airflow.workers)} (caches in "
+                f"{self.airflow.worker_cache_dir('*')})")] if self.redis else []),
         ])

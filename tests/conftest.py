@@ -6,8 +6,11 @@ stopped by pid at the end of the session. The classes are those of `devstack` (`
 
 from __future__ import annotations
 
+import os
 import secrets
 import shutil
+import subprocess
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -23,6 +26,7 @@ from devstack import processes
 from devstack.ports import free_ports
 from devstack.postgres import Postgres
 from devstack.seaweedfs import S3Settings, SeaweedFS
+from devstack.stack import Ports
 
 REPO = Path(__file__).resolve().parents[1]
 processes.DIE_WITH_PARENT = True  # a killed test session leaves no services behind
@@ -140,3 +144,31 @@ def api_server(postgres_server: Postgres, s3: S3Settings, airflow: Airflow, mlfl
         yield ApiHandle(server.url, database_url, jwt_secret, airflow, mlflow_uri, s3)
     finally:
         server.stop()
+
+
+# -- a whole stack through its CLI (what `make up` runs) ------------------------------------
+@pytest.fixture
+def stack_cli() -> Iterator:
+    """`stack_cli("up")` runs `python -m devstack up` for a private stack (own folder, free port
+    offset, none of the caller's QLORA_/AWS_/MLFLOW_/AIRFLOW variables) and returns its output;
+    `.folder`, `.env` (set e.g. QLORA_STACK_EXECUTOR in it before the first call). The stack
+    is stopped at the end."""
+    # Not under pytest's tmp folder: PostgreSQL (celery mode) runs as `postgres`, see postgres_server.
+    top = Path(tempfile.mkdtemp(prefix="qlora-stack-"))
+    top.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "QLORA_", "MLFLOW_", "AIRFLOW"))}
+    env.update(QLORA_STACK_DIR=str(top / "stack"), QLORA_STACK_PORT_OFFSET=str(Ports.free_offset()))
+
+    def run(*args: str) -> str:
+        result = subprocess.run([sys.executable, "-m", "devstack", *args], env=env, cwd=REPO,
+                                capture_output=True, text=True, timeout=400)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result.stdout
+
+    run.folder = top / "stack"
+    run.env = env
+    try:
+        yield run
+    finally:
+        run("down")
+        shutil.rmtree(top, ignore_errors=True)

@@ -3,8 +3,6 @@ it starts everything, is idempotent, stops by pid, and state and secrets survive
 
 from __future__ import annotations
 
-import os
-import random
 import subprocess
 import sys
 from pathlib import Path
@@ -14,36 +12,8 @@ import pytest
 
 from devstack.ports import port_open
 from devstack.secrets_file import read_env_file
-from devstack.stack import Ports
 
 pytestmark = pytest.mark.stack
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _free_offset() -> int:
-    for _ in range(50):
-        offset = random.randrange(20000, 30000)
-        ports = list(Ports.shifted(offset).__dict__.values())
-        if not any(port_open(p) or port_open(p + 10000) for p in ports):
-            return offset
-    raise RuntimeError("no free port range for a second stack")
-
-
-@pytest.fixture
-def stack_cli(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "QLORA_", "MLFLOW_", "AIRFLOW"))}
-    env.update(QLORA_STACK_DIR=str(tmp_path / "stack"), QLORA_STACK_PORT_OFFSET=str(_free_offset()))
-
-    def run(*args: str) -> str:
-        result = subprocess.run([sys.executable, "-m", "devstack", *args], env=env, cwd=REPO,
-                                capture_output=True, text=True, timeout=400)
-        assert result.returncode == 0, result.stdout + result.stderr
-        return result.stdout
-
-    run.folder = tmp_path / "stack"
-    run.env = env
-    yield run
-    run("down")
 
 
 def _shell(stack_env: Path, code: str) -> str:

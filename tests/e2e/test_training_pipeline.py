@@ -7,68 +7,16 @@ from __future__ import annotations
 import os
 import signal
 import time
-import uuid
-from pathlib import Path
 
 import httpx
 import pytest
 
 from devstack.processes import pids_with_args
 from devstack.seed import seed_tiny_models
+from tests.e2e.journey import TERMINAL, login, ready_dataset, start_job, watch
 from training import storage
-from training.data.synthetic import make_dataset, zip_folder
 
 pytestmark = [pytest.mark.e2e, pytest.mark.stack, pytest.mark.timeout(900)]
-
-TERMINAL = {"completed", "failed", "stopped"}
-
-
-def _login(api: httpx.Client) -> None:
-    user = f"e2e_{uuid.uuid4().hex[:8]}"
-    password = "correct horse battery"
-    assert api.post("/auth/signup", json={"username": user, "email": f"{user}@example.com",
-                                          "password": password}).status_code == 201
-    token = api.post("/auth/login", json={"username": user, "password": password}).json()["access_token"]
-    api.headers["Authorization"] = f"Bearer {token}"
-
-
-def _ready_dataset(api: httpx.Client, tmp: Path) -> str:
-    folder = make_dataset(tmp / "data" / "squares", 12)
-    archive = zip_folder(tmp / "data", tmp / "squares.zip")
-    init = api.post("/datasets/upload-initiate", json={"file_name": "squares.zip", "file_type": "application/zip",
-                                                       "dataset_name": "squares"}).json()
-    assert httpx.put(init["upload_url"], content=archive.read_bytes(), timeout=30).status_code == 200
-    assert api.post("/datasets/upload-complete", json={"dataset_id": init["dataset_id"],
-                                                       "s3_key": init["s3_key"]}).status_code == 200
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        got = api.get(f"/datasets/{init['dataset_id']}").json()
-        if got["status"] != "processing":
-            assert got["status"] == "ready", got
-            return init["dataset_id"]
-        time.sleep(1)
-    raise AssertionError(f"dataset never ready ({folder})")
-
-
-def _start(api: httpx.Client, dataset_id: str, model_id: str, name: str, **params) -> str:
-    resp = api.post("/trainings", json={"model_id": model_id, "dataset_id": dataset_id, "output_name": name,
-                                        "training_params": {"batch_size": 2, "lora_rank": 4, **params}})
-    assert resp.status_code == 202, resp.text
-    assert resp.json()["status"] == "queued"
-    return resp.json()["job_id"]
-
-
-def _watch(api: httpx.Client, job_id: str, until, timeout_s: float = 240) -> tuple[dict, list[dict]]:
-    seen: list[dict] = []
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        got = api.get(f"/trainings/{job_id}")
-        assert got.status_code == 200, got.text
-        seen.append(got.json())
-        if until(seen[-1]):
-            return seen[-1], seen
-        time.sleep(0.5)
-    raise AssertionError(f"job {job_id} never reached the expected state: {seen[-1] if seen else None}")
 
 
 def test_train_watch_stop_and_kill(api_server, tmp_path):
@@ -76,13 +24,13 @@ def test_train_watch_stop_and_kill(api_server, tmp_path):
     assert not any("failed" in line for line in lines), lines
     base = api_server.base_url.rstrip("/") + "/v1"
     with httpx.Client(base_url=base, timeout=60) as api, httpx.Client(base_url=base, timeout=60) as other:
-        _login(api)
-        _login(other)
-        dataset_id = _ready_dataset(api, tmp_path)
+        login(api)
+        login(other)
+        dataset_id = ready_dataset(api, tmp_path)
 
         # two tiny jobs to completion (the gpu pool has one slot: they run one after the other)
-        jobs = {"captioning": _start(api, dataset_id, "flamingo-tiny-captioning", "caps", epochs=1),
-                "classification": _start(api, dataset_id, "flamingo-tiny-classification", "dirs", epochs=2)}
+        jobs = {"captioning": start_job(api, dataset_id, "flamingo-tiny-captioning", "caps", epochs=1),
+                "classification": start_job(api, dataset_id, "flamingo-tiny-classification", "dirs", epochs=2)}
         assert other.get(f"/trainings/{jobs['captioning']}").status_code == 404
         from mlflow.tracking import MlflowClient
 
@@ -123,11 +71,11 @@ def test_train_watch_stop_and_kill(api_server, tmp_path):
         assert other.get("/trainings").json() == []
 
         # stop a long job while it trains
-        long_job = _start(api, dataset_id, "flamingo-tiny-classification", "long", epochs=100, batch_size=1)
-        _watch(api, long_job, lambda j: j["status"] == "running" and j["progress"] > 0, 240)
+        long_job = start_job(api, dataset_id, "flamingo-tiny-classification", "long", epochs=100, batch_size=1)
+        watch(api, long_job, lambda j: j["status"] == "running" and j["progress"] > 0, 240)
         asked = time.monotonic()
         assert api.post(f"/trainings/{long_job}/stop").status_code == 202
-        final, seen = _watch(api, long_job, lambda j: j["status"] in TERMINAL, 60)
+        final, seen = watch(api, long_job, lambda j: j["status"] in TERMINAL, 60)
         stopped_s = time.monotonic() - asked
         print(f"stop request -> job stopped: {stopped_s:.1f} s")
         assert final["status"] == "stopped", final
@@ -146,12 +94,12 @@ def test_train_watch_stop_and_kill(api_server, tmp_path):
         assert {j["job_id"]: j["status"] for j in api.get("/trainings").json()}[long_job] == "stopped"
 
         # SIGKILL of the training process: the job ends failed with a reason
-        doomed = _start(api, dataset_id, "flamingo-tiny-classification", "doomed", epochs=100, batch_size=1)
-        _watch(api, doomed, lambda j: j["status"] == "running" and j["progress"] > 0, 240)
+        doomed = start_job(api, dataset_id, "flamingo-tiny-classification", "doomed", epochs=100, batch_size=1)
+        watch(api, doomed, lambda j: j["status"] == "running" and j["progress"] > 0, 240)
         pids = pids_with_args("training", "run", doomed)
         assert pids, "training process not found"
         for pid in pids:
             os.kill(pid, signal.SIGKILL)
-        final, _ = _watch(api, doomed, lambda j: j["status"] in TERMINAL, 90)
+        final, _ = watch(api, doomed, lambda j: j["status"] in TERMINAL, 90)
         assert final["status"] == "failed", final
         assert "SIGKILL" in (final["error"] or ""), final

@@ -1,0 +1,65 @@
+"""The steps of a user's journey through the API, shared by the end-to-end tests: sign up and
+log in, upload a generated dataset until it is ready, start a training job, watch it."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+
+from training.data.synthetic import make_dataset, zip_folder
+
+TERMINAL = {"completed", "failed", "stopped"}
+
+
+def login(api: httpx.Client) -> None:
+    """Signs up a new user and puts its bearer token on `api`."""
+    user = f"e2e_{uuid.uuid4().hex[:8]}"
+    password = "correct horse battery"
+    assert api.post("/auth/signup", json={"username": user, "email": f"{user}@example.com",
+                                          "password": password}).status_code == 201
+    token = api.post("/auth/login", json={"username": user, "password": password}).json()["access_token"]
+    api.headers["Authorization"] = f"Bearer {token}"
+
+
+def ready_dataset(api: httpx.Client, tmp: Path, clips: int = 12) -> str:
+    """Uploads generated clips through a pre-signed URL; returns the id once it is `ready`."""
+    folder = make_dataset(tmp / "data" / "squares", clips)
+    archive = zip_folder(tmp / "data", tmp / "squares.zip")
+    init = api.post("/datasets/upload-initiate", json={"file_name": "squares.zip", "file_type": "application/zip",
+                                                       "dataset_name": "squares"}).json()
+    assert httpx.put(init["upload_url"], content=archive.read_bytes(), timeout=30).status_code == 200
+    assert api.post("/datasets/upload-complete", json={"dataset_id": init["dataset_id"],
+                                                       "s3_key": init["s3_key"]}).status_code == 200
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        got = api.get(f"/datasets/{init['dataset_id']}").json()
+        if got["status"] != "processing":
+            assert got["status"] == "ready", got
+            return init["dataset_id"]
+        time.sleep(1)
+    raise AssertionError(f"dataset never ready ({folder})")
+
+
+def start_job(api: httpx.Client, dataset_id: str, model_id: str, name: str, **params) -> str:
+    resp = api.post("/trainings", json={"model_id": model_id, "dataset_id": dataset_id, "output_name": name,
+                                        "training_params": {"batch_size": 2, "lora_rank": 4, **params}})
+    assert resp.status_code == 202, resp.text
+    assert resp.json()["status"] == "queued"
+    return resp.json()["job_id"]
+
+
+def watch(api: httpx.Client, job_id: str, until, timeout_s: float = 240) -> tuple[dict, list[dict]]:
+    """Polls the job until `until(job)`; returns the last state and every state seen."""
+    seen: list[dict] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        got = api.get(f"/trainings/{job_id}")
+        assert got.status_code == 200, got.text
+        seen.append(got.json())
+        if until(seen[-1]):
+            return seen[-1], seen
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} never reached the expected state: {seen[-1] if seen else None}")
