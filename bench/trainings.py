@@ -10,7 +10,10 @@
    `QLORA_LIVE_STATE_TTL_S`), and one with 1,000 settled jobs, listed whole and by pages of 100.
 
     python -m bench.trainings [--jobs 10000] [--user-jobs 100] [--heavy-user-jobs 1000]
-                              [--clients 50] [--seconds 8]
+                              [--clients 50] [--seconds 8] [--executor local|celery] [--skip-load]
+
+`--executor celery` runs parts 1-2 on the stack of `QLORA_STACK_EXECUTOR=celery` (Celery
+workers for the `default` and `gpu` queues, Redis): run it beside the default to compare.
 
 Measures; asserts nothing. PostgreSQL for the API database.
 """
@@ -174,6 +177,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--skip-jobs", action="store_true", help="only the load part")
+    parser.add_argument("--skip-load", action="store_true", help="only the job parts (1-2)")
+    parser.add_argument("--executor", choices=("local", "celery"), default="local",
+                        help="Airflow executor of the stack (QLORA_STACK_EXECUTOR)")
     args = parser.parse_args()
 
     folder = Path(tempfile.mkdtemp(prefix="qlora-bench-trainings-"))
@@ -184,7 +190,7 @@ def main() -> None:
     os.environ["QLORA_CACHE_DIR"] = str(folder / "cache")
     from devstack.stack import Ports, Stack
 
-    stack = Stack(folder / "stack", Ports.shifted(20000 + (os.getpid() % 500) * 10))
+    stack = Stack(folder / "stack", Ports.shifted(Ports.free_offset()), executor=args.executor)
     try:
         stack.up(log=lambda line: print(line, flush=True))
         base = stack.api.url
@@ -206,6 +212,8 @@ def main() -> None:
         if not args.skip_jobs:
             tiny_job(stack, api, dataset_id, folder)
             stop_latency(api, dataset_id)
+        if args.skip_load:
+            return
 
         names = [f"bench_{uuid.uuid4().hex[:8]}" for _ in range(4)]  # settled, 2 running, heavy, filler
         headers_of = {name: signup(base, name) for name in names}
