@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import update
 
-from api.clients.airflow import AirflowUnavailable, TaskInstance
+from api.clients.airflow import TaskInstance
 from api.clients.mlflow import RunSummary
 from api.models import Dataset, TrainingJob
 from api.models.base import new_id, utcnow
