@@ -60,13 +60,16 @@ class Ports:
 
 
 EXECUTORS = ("local", "celery")
+EXECUTOR_FILE = "executor"  # in the stack folder: the executor of the last `up`
 
 
 class Stack:
     def __init__(self, folder: Path | None = None, ports: Ports | None = None, executor: str | None = None):
         self.folder = Path(folder or os.environ.get("QLORA_STACK_DIR") or REPO / ".stack").resolve()
         self.ports = ports or Ports.shifted(int(os.environ.get("QLORA_STACK_PORT_OFFSET", "0")))
-        self.executor = executor or os.environ.get("QLORA_STACK_EXECUTOR") or "local"
+        #: as asked, else as the stack in this folder was last started (so a plain `make down`
+        #: or `make status` sees a celery stack whole), else local
+        self.executor = executor or os.environ.get("QLORA_STACK_EXECUTOR") or self.recorded_executor() or "local"
         if self.executor not in EXECUTORS:
             raise ServiceError(f"QLORA_STACK_EXECUTOR={self.executor!r}: use one of {', '.join(EXECUTORS)}")
         self.secrets = load_or_create(self.folder / "secrets.env")
@@ -130,10 +133,27 @@ class Stack:
                 raise ServiceError(f"port {service.port} (for {service.name}) is taken by another program; "
                                    "stop it or set QLORA_STACK_PORT_OFFSET")
 
+    def recorded_executor(self) -> str | None:
+        try:
+            return (self.folder / EXECUTOR_FILE).read_text().strip() or None
+        except OSError:
+            return None
+
+    def _record_executor(self) -> None:
+        """Refuses to start one executor's stack while the other's runs in this folder."""
+        recorded = self.recorded_executor()
+        if recorded and recorded != self.executor:
+            running = [s.name for s in Stack(self.folder, self.ports, executor=recorded).services if s.pids()]
+            if running:
+                raise ServiceError(f"the stack in {self.folder} runs with the {recorded} executor "
+                                   f"({', '.join(running)}): `make down` first")
+        (self.folder / EXECUTOR_FILE).write_text(self.executor + "\n")
+
     def up(self, log=print, seed: bool = True) -> bool:
         """Starts what is not running and waits until every service answers. Returns False if
         everything was already running."""
         self.folder.mkdir(parents=True, exist_ok=True)
+        self._record_executor()
         self.write_env_file()
         if all(self._healthy(s) for s in self.services):
             if seed:

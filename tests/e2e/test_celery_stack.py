@@ -5,6 +5,8 @@ completion, a stopped training ends `stopped` with its partial adapter; `down` s
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 
 import boto3
@@ -47,6 +49,10 @@ def test_celery_workers_validate_train_and_stop(stack_cli, tmp_path):
     stack_cli.env["QLORA_STACK_EXECUTOR"] = "celery"
     out = stack_cli("up")
     assert "CeleryExecutor" in out and "failed" not in out, out
+    del stack_cli.env["QLORA_STACK_EXECUTOR"]  # plain `make status`/`make down` know the executor
+    local = subprocess.run([sys.executable, "-m", "devstack", "up"], capture_output=True, text=True,
+                           env={**stack_cli.env, "QLORA_STACK_EXECUTOR": "local"}, timeout=60)
+    assert local.returncode == 1 and "runs with the celery executor" in local.stderr, local.stderr
     status = stack_cli("status")
     for service in ("postgres", "redis", "seaweedfs", "mlflow", "airflow", "api"):
         assert any(line.split()[:1] == [service] and "healthy" in line.split() for line in status.splitlines()), status
