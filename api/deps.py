@@ -65,6 +65,10 @@ def get_current_user(
 CurrentUser = Annotated[User, Depends(get_current_user)]
 
 
+#: beyond any real list, and within the 64-bit OFFSET of every database
+MAX_OFFSET = 1_000_000_000
+
+
 class Page(NamedTuple):
     """Optional paging of a list: everything when `limit` is None."""
 
@@ -75,7 +79,7 @@ class Page(NamedTuple):
 def get_page(
     limit: Annotated[int | None, Query(ge=1, le=1000, description="At most this many items (1..1000); all if absent.")]
     = None,
-    offset: Annotated[int, Query(ge=0, description="Skip this many of the newest items first.")] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Skip this many of the newest items first.")] = 0,
 ) -> Page:
     return Page(limit, offset)
 

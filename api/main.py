@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -24,6 +25,7 @@ from api.clients.s3 import S3Storage, S3Unavailable
 from api.core.config import Settings, get_settings
 from api.db import make_engine, make_sessionmaker, upgrade_to_head
 from api.routers import auth, datasets, models, trainings
+from api.schemas.common import ValidationErrorResponse
 from api.services.catalog import seed_catalog
 from api.services.datasets import reconcile_all
 from api.services.trainings import LiveState, reconcile_trainings
@@ -105,7 +107,30 @@ def create_app(
         return {"status": "ok"}
 
     _install_error_handlers(app)
+    _document_validation_errors(app)
     return app
+
+
+def _document_validation_errors(app: FastAPI) -> None:
+    """The OpenAPI schema names the validation error body the handler below really returns
+    (`detail` is a string everywhere) instead of FastAPI's default `HTTPValidationError`."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            spec = generate()
+            schemas = spec.get("components", {}).get("schemas", {})
+            if schemas.pop("HTTPValidationError", None) is not None:
+                schemas.pop("ValidationError", None)
+                ours = ValidationErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}")
+                schemas.update(ours.pop("$defs", {}))
+                schemas["ValidationErrorResponse"] = ours
+                text = json.dumps(spec).replace('"#/components/schemas/HTTPValidationError"',
+                                                '"#/components/schemas/ValidationErrorResponse"')
+                app.openapi_schema = json.loads(text)
+        return app.openapi_schema
+
+    app.openapi = openapi
 
 
 def _migrate_and_seed(app: FastAPI) -> None:

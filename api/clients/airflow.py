@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import httpx
@@ -268,12 +268,14 @@ def _dag_run(item: dict[str, Any], dag_id: str) -> DagRun:
 
 
 def _time(value: Any) -> datetime | None:
+    """Airflow's ISO timestamps, timezone-aware (UTC when one comes without a zone)."""
     if not value:
         return None
     try:
-        return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
     except ValueError:
         return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _detail(resp: httpx.Response) -> str:

@@ -9,7 +9,6 @@ from pydantic import TypeAdapter
 
 from api.deps import AirflowDep, CurrentUser, PageDep, S3Dep, SessionDep, SettingsDep
 from api.models import Dataset
-from api.models.base import as_utc
 from api.schemas.common import ErrorResponse
 from api.schemas.datasets import (
     DatasetDetail,
@@ -55,10 +54,10 @@ def _fields(dataset: Dataset, bucket: str) -> dict[str, Any]:
         "status": dataset.status,
         "stage": dataset.stage,
         "error": dataset.error,
-        "created_at": as_utc(dataset.created_at),
+        "created_at": dataset.created_at,
         "file_count": dataset.file_count,
         "total_size_bytes": dataset.total_size_bytes,
-        "updated_at": as_utc(dataset.updated_at),
+        "updated_at": dataset.updated_at,
     }
 
 
@@ -108,7 +107,7 @@ _SUMMARIES = TypeAdapter(list[DatasetSummary])
 def list_datasets(user: CurrentUser, service: ServiceDep, settings: SettingsDep, page: PageDep) -> Response:
     prefix = f"s3://{settings.s3_bucket}/"
     items = [
-        {**row, "s3_path": prefix + row["s3_key"], "created_at": as_utc(row["created_at"])}
+        {**row, "s3_path": prefix + row["s3_key"], "created_at": row["created_at"]}
         for row in service.list(user, page.limit, page.offset)
     ]
     # serialized once here (validated against the schema) rather than twice by FastAPI

@@ -11,7 +11,6 @@ from api.clients.mlflow import MlflowApi
 from api.deps import AirflowDep, CurrentUser, PageDep, S3Dep, SessionDep, SettingsDep
 from api.core.config import Settings
 from api.models import TrainingJob
-from api.models.base import as_utc
 from api.schemas.common import ErrorResponse
 from api.schemas.trainings import (
     StopResponse,
@@ -63,9 +62,9 @@ def summary_fields(job: TrainingJob) -> dict[str, Any]:
         "status": job.status,
         "stage": job.stage,
         "progress": min(max(job.progress or 0.0, 0.0), 1.0),
-        "created_at": as_utc(job.created_at),
-        "started_at": as_utc(job.started_at),
-        "completed_at": as_utc(job.completed_at),
+        "created_at": job.created_at,
+        "started_at": job.started_at,
+        "completed_at": job.completed_at,
         "output_path": job.output_path,
     }
 
@@ -114,9 +113,9 @@ def list_trainings(user: CurrentUser, service: ServiceDep, page: PageDep) -> Res
     items = [
         {
             "job_id": row["id"],
-            **{k: row[k] for k in ("model_id", "dataset_id", "output_name", "status", "stage", "output_path")},
+            **{k: row[k] for k in ("model_id", "dataset_id", "output_name", "status", "stage", "output_path",
+                                   "created_at", "started_at", "completed_at")},
             "progress": min(max(row["progress"] or 0.0, 0.0), 1.0),
-            **{k: as_utc(row[k]) for k in ("created_at", "started_at", "completed_at")},
         }
         for row in service.list(user, page.limit, page.offset)
     ]
@@ -142,7 +141,7 @@ def get_training(job_id: str, user: CurrentUser, service: ServiceDep, settings: 
         "error": job.error,
         "stop_requested": job.stop_requested_at is not None,
         "mlflow_run_id": job.mlflow_run_id,
-        "updated_at": as_utc(job.updated_at),
+        "updated_at": job.updated_at,
     }
 
 

@@ -20,7 +20,7 @@ from api.clients.airflow import AirflowApi, AirflowError, DagRun
 from api.clients.s3 import S3Storage, S3Unavailable
 from api.core.config import Settings
 from api.models import ACTIVE_TRAINING_STATUSES, Dataset, DatasetStage, TrainingJob, User
-from api.models.base import as_utc, new_id, utcnow
+from api.models.base import new_id, utcnow
 from api.schemas.datasets import UploadInitiateRequest
 from api.services.errors import Conflict, InvalidInput, NotFound
 from api.services.file_names import check_file_type, sanitize_file_name
@@ -217,7 +217,7 @@ class DatasetService:
 
     def _settle(self, dataset: Dataset, run: DagRun | None, now: datetime) -> int:
         if run is None:
-            completed = as_utc(dataset.upload_completed_at) or as_utc(dataset.created_at)
+            completed = dataset.upload_completed_at or dataset.created_at
             if completed is not None and now - completed > LOST_RUN_GRACE:
                 dataset.set_stage(
                     DatasetStage.FAILED,
@@ -259,7 +259,7 @@ class DatasetService:
     def _upload_expired(self, dataset: Dataset, now: datetime) -> bool:
         # never before the presigned URL itself expires, or a late PUT would leave an orphan
         window = max(self.settings.upload_expiry_s, self.settings.presigned_url_expiry_s)
-        created = as_utc(dataset.created_at)
+        created = dataset.created_at
         return created is not None and now - created > timedelta(seconds=window)
 
     def _expire(self, dataset: Dataset) -> None:

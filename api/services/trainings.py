@@ -46,7 +46,7 @@ from api.models import (
     TrainingStatus,
     User,
 )
-from api.models.base import as_utc, new_id, utcnow
+from api.models.base import new_id, utcnow
 from api.schemas.trainings import TrainingRequest
 from api.services.errors import InvalidInput, NotFound
 from api.services.live_cache import LiveCache
@@ -377,7 +377,7 @@ class TrainingService:
         if job.status in TERMINAL_TRAINING_STATUSES:
             return 0
         if run is None:
-            created = as_utc(job.created_at)
+            created = job.created_at
             if job.stop_requested_at is not None:
                 job.status, job.completed_at = TrainingStatus.STOPPED.value, now
             elif created is not None and now - created > LOST_RUN_GRACE:
@@ -499,7 +499,7 @@ class TrainingService:
         """Whether the training process of a job being stopped is surely gone: its partial
         adapter is uploaded (the task does so after the engine exited), or the kill deadline
         passed (Airflow SIGKILLs the task, the engine dies with it)."""
-        asked = as_utc(job.stop_requested_at)
+        asked = job.stop_requested_at
         if asked is not None and now - asked >= timedelta(seconds=self.settings.stop_kill_deadline_s):
             return True
         return self._partial_adapter(job) is not None
@@ -540,7 +540,7 @@ class TrainingService:
         progress = job.progress or 0.0
         if started is None or not 0 < progress < 1:
             return None
-        elapsed = (utcnow() - as_utc(started)).total_seconds()  # type: ignore[operator]
+        elapsed = (utcnow() - started).total_seconds()  # type: ignore[operator]
         return round(max(elapsed, 0.0) * (1 - progress) / progress, 1)
 
 

@@ -41,6 +41,13 @@ def test_openapi_and_docs_under_v1(client: TestClient) -> None:
     assert "400" in paths["/v1/auth/signup"]["post"]["responses"]
     assert "409" in paths["/v1/datasets/{dataset_id}"]["delete"]["responses"]
     assert spec["components"]["schemas"]["SignupRequest"]["examples"]
+    # a 422 is documented as what the API returns: `detail` a string, each problem in `errors`
+    login_422 = paths["/v1/auth/login"]["post"]["responses"]["422"]["content"]["application/json"]["schema"]
+    assert login_422 == {"$ref": "#/components/schemas/ValidationErrorResponse"}
+    schema = spec["components"]["schemas"]["ValidationErrorResponse"]
+    assert schema["properties"]["detail"]["type"] == "string" and "HTTPValidationError" not in spec["components"]["schemas"]
+    body = client.post("/v1/auth/login").json()
+    assert isinstance(body["detail"], str) and set(body) == set(schema["properties"])
     docs = client.get("/v1/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
 
@@ -56,3 +63,27 @@ def test_sqlite_default_migrates_at_start_up(tmp_path, settings, airflow) -> Non
     with TestClient(create_app(settings.model_copy(update={"database_url": f"sqlite:///{db}"}))) as client:
         assert client.post("/v1/auth/signup", json={"username": "bob", "email": "b@example.com",
                                                      "password": "long-enough"}).status_code == 201
+
+
+def test_timestamps_carry_their_zone_on_sqlite(tmp_path, settings, airflow) -> None:
+    """SQLite (the `make up` default) keeps no time zone; responses still say UTC."""
+    from datetime import UTC, datetime, timedelta
+
+    from api.deps import get_airflow
+    from tests.api.conftest import signup_and_login
+
+    app = create_app(settings.model_copy(update={"database_url": f"sqlite:///{tmp_path / 'api.db'}"}))
+    app.dependency_overrides[get_airflow] = lambda: airflow
+    before = datetime.now(UTC)
+    with TestClient(app) as client:
+        auth = signup_and_login(client)
+        dataset = client.post("/v1/datasets/upload-initiate", headers=auth, json={
+            "file_name": "clips.zip", "file_type": "application/zip", "dataset_name": "tz"}).json()
+        stamps = [client.get("/v1/auth/me", headers=auth).json()["created_at"],
+                  *(client.get(f"/v1/datasets/{dataset['dataset_id']}", headers=auth).json()[k]
+                    for k in ("created_at", "updated_at")),
+                  client.get("/v1/datasets", headers=auth).json()[0]["created_at"]]
+    for stamp in stamps:
+        parsed = datetime.fromisoformat(stamp)
+        assert parsed.utcoffset() == timedelta(0), stamp
+        assert before - timedelta(seconds=1) <= parsed <= datetime.now(UTC), stamp

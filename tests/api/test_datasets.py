@@ -226,7 +226,9 @@ def test_list_pages_with_limit_and_offset(client, auth, initiate) -> None:
     assert page("?limit=2") == ids[:2]
     assert page("?limit=2&offset=2") == ids[2:4]
     assert page("?offset=5") == []
-    for bad, field in (("limit=0", "limit"), ("limit=1001", "limit"), ("offset=-1", "offset")):
+    assert page("?offset=1000000000") == []  # the largest offset
+    for bad, field in (("limit=0", "limit"), ("limit=1001", "limit"), ("offset=-1", "offset"),
+                       ("offset=25328633764896853132190941184", "offset")):
         resp = client.get(f"/v1/datasets?{bad}", headers=auth)
         assert resp.status_code == 400 and resp.json()["detail"].startswith(f"{field}: "), resp.text
 

@@ -615,7 +615,9 @@ def test_list_pages_with_limit_and_offset(client, auth, airflow, mlflow) -> None
     assert page("?limit=2&offset=2") == jobs[2:4]
     assert page("?limit=1000&offset=4") == jobs[4:]
     assert page("?offset=5") == []
-    for bad, field in (("limit=0", "limit"), ("limit=1001", "limit"), ("offset=-1", "offset"), ("limit=x", "limit")):
+    assert page("?offset=1000000000") == []  # the largest offset
+    for bad, field in (("limit=0", "limit"), ("limit=1001", "limit"), ("offset=-1", "offset"),
+                       ("offset=25328633764896853132190941184", "offset"), ("limit=x", "limit")):
         resp = client.get(f"/v1/trainings?{bad}", headers=auth)
         assert resp.status_code == 400 and resp.json()["detail"].startswith(f"{field}: "), resp.text
     params = {p["name"]: p for p in client.get("/v1/openapi.json").json()["paths"]["/v1/trainings"]["get"]["parameters"]}
