@@ -155,50 +155,6 @@ def _steps_per_epoch(data: Path) -> int:
     return -(-len(split_examples(read_examples(data, TASK), TASK, SEED, 0.2).train) // BATCH)
 
 
-class LocalMlflowServer:
-    """`mlflow server` (1 worker, SQLite backend, local file artifact root) on a free port."""
-
-    def __init__(self, folder: Path) -> None:
-        from devstack.ports import free_port
-
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        folder.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "GIT_PYTHON_REFRESH": "quiet"}
-        env.pop("MLFLOW_TRACKING_URI", None)
-        self.log = open(folder / "server.log", "w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
-             "--workers", "1", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
-             "--artifacts-destination", (folder / "artifacts").as_uri()],
-            env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-
-    def wait_ready(self, timeout: float = 120) -> None:
-        import httpx
-
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited: {self.proc.returncode}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise RuntimeError("mlflow server not healthy in time")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)  # its own session: the server and its worker
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self.log.close()
-
-
 def _run_child(*argv: str, timeout: float = 600) -> dict:
     done = subprocess.run([sys.executable, "-m", "bench.training", "--child", *argv], capture_output=True,
                           text=True, env={**os.environ, **CHILD_ENV}, timeout=timeout)
@@ -208,7 +164,11 @@ def _run_child(*argv: str, timeout: float = 600) -> dict:
 
 
 def seconds_per_step(model: Path, data: Path, work: Path, repeats: int) -> list[tuple[str, str]]:
-    server = LocalMlflowServer(work / "mlflow")
+    from devstack.mlflow_server import MLflowServer
+    from devstack.ports import free_port
+
+    server = MLflowServer(work / "mlflow", free_port(), None)  # artifacts in a local folder
+    server.start()
     try:
         server.wait_ready()
         runs: dict[str, list[float]] = {v: [] for v in VARIANTS}

@@ -10,13 +10,15 @@ from pathlib import Path
 import httpx
 
 from devstack.ports import HOST
-from devstack.processes import Process, wait_until
+from devstack.processes import Process, ProcessService
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-class APIServer:
+class APIServer(ProcessService):
     name = "api"
+    what = "API"
+    ready_timeout = 90
 
     def __init__(self, folder: Path, port: int, env: Mapping[str, str], app: str = "api.main:app"):
         self.folder = Path(folder)
@@ -28,18 +30,5 @@ class APIServer:
                     "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
         self.process = Process("api", argv, run_dir=self.folder, env=full_env, cwd=REPO)
 
-    def start(self) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.process.start()
-
     def healthy(self) -> bool:
         return httpx.get(f"{self.url}/v1/openapi.json", timeout=5).status_code == 200
-
-    def wait_ready(self, timeout: float = 90) -> float:
-        return wait_until(self.healthy, timeout=timeout, what="API", processes=[self.process])
-
-    def stop(self) -> bool:
-        return self.process.stop()
-
-    def pids(self) -> list[int]:
-        return [p] if (p := self.process.pid()) else []

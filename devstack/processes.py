@@ -216,3 +216,33 @@ def run_checked(argv: Sequence[str], *, env: Mapping[str, str] | None = None, lo
     if result.returncode != 0:
         out = (result.stdout + result.stderr).strip().splitlines()[-30:]
         raise ServiceError(f"{' '.join(map(str, argv))} failed ({result.returncode}):\n" + "\n".join(out))
+
+
+class ProcessService:
+    """A service that is one background `Process`: subclasses set `name`, `what`, `folder`,
+    `process` and `ready_timeout`, and define `healthy()` (exceptions count as not healthy)."""
+
+    name: str
+    #: how errors name it ("MLflow not ready after ...")
+    what: str
+    ready_timeout: float = 60
+    folder: Path
+    process: Process
+
+    def start(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.process.start()
+
+    def healthy(self) -> bool:
+        raise NotImplementedError
+
+    def wait_ready(self, timeout: float | None = None) -> float:
+        """Seconds until healthy; fails fast with the log tail if the process dies."""
+        return wait_until(self.healthy, timeout=timeout or self.ready_timeout, what=self.what,
+                          processes=[self.process])
+
+    def stop(self) -> bool:
+        return self.process.stop()
+
+    def pids(self) -> list[int]:
+        return [p] if (p := self.process.pid()) else []

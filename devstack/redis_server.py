@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from devstack.ports import HOST
-from devstack.processes import Process, ServiceError, wait_until
+from devstack.processes import Process, ProcessService, ServiceError
 
 
 def redis_binary() -> str:
@@ -22,8 +22,10 @@ def redis_binary() -> str:
     return found
 
 
-class RedisServer:
+class RedisServer(ProcessService):
     name = "redis"
+    what = "Redis"
+    ready_timeout = 30
 
     def __init__(self, folder: Path, port: int):
         self.folder = Path(folder)
@@ -33,21 +35,8 @@ class RedisServer:
                 "--dir", str(self.folder), "--protected-mode", "yes"]
         self.process = Process("redis", argv, run_dir=self.folder, cwd=self.folder)
 
-    def start(self) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.process.start()
-
     def healthy(self) -> bool:
         """Answers PING with PONG (the inline protocol: no client library needed)."""
         with socket.create_connection((HOST, self.port), timeout=2) as conn:
             conn.sendall(b"PING\r\n")
             return conn.recv(64).startswith(b"+PONG")
-
-    def wait_ready(self, timeout: float = 30) -> float:
-        return wait_until(self.healthy, timeout=timeout, what="Redis", processes=[self.process])
-
-    def stop(self) -> bool:
-        return self.process.stop()
-
-    def pids(self) -> list[int]:
-        return [p] if (p := self.process.pid()) else []

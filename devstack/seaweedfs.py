@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from devstack.ports import HOST
-from devstack.processes import Process, ServiceError, wait_until
+from devstack.processes import Process, ProcessService, ServiceError
 
 REGION = "us-east-1"
 
@@ -56,13 +56,15 @@ class S3Settings:
                                           retries={"max_attempts": 2}, connect_timeout=3, read_timeout=30))
 
 
-class SeaweedFS:
+class SeaweedFS(ProcessService):
     """One `weed mini` (master, volume, filer, S3) with data under `folder`.
 
     `ports` must hold distinct free ports: s3, master, volume, filer, admin; their gRPC ports
     are these + `grpc_offset` (SeaweedFS's own default is +10000)."""
 
     name = "seaweedfs"
+    what = "SeaweedFS S3"
+    ready_timeout = 60
 
     def __init__(self, folder: Path, *, s3_port: int, master_port: int, volume_port: int, filer_port: int,
                  admin_port: int, access_key: str, secret_key: str, bucket: str = "qlora",
@@ -112,12 +114,3 @@ class SeaweedFS:
         ok = client.get_object(Bucket=self.settings.bucket, Key=key)["Body"].read() == body
         client.delete_object(Bucket=self.settings.bucket, Key=key)
         return ok
-
-    def wait_ready(self, timeout: float = 60) -> float:
-        return wait_until(self.healthy, timeout=timeout, what="SeaweedFS S3", processes=[self.process])
-
-    def stop(self) -> bool:
-        return self.process.stop()
-
-    def pids(self) -> list[int]:
-        return [p] if (p := self.process.pid()) else []
