@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,6 +39,30 @@ def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
         yield session
 
 
+#: PostgreSQL advisory lock keys: migrations, and the background reconcile pass
+MIGRATION_LOCK = 724113
+RECONCILE_LOCK = 724114
+
+
+@contextlib.contextmanager
+def exclusive_pass(engine: Engine, key: int = RECONCILE_LOCK) -> Iterator[bool]:
+    """Yields True in the one API process (of several uvicorn workers or replicas sharing a
+    PostgreSQL database) that got the lock now; the others get False and skip this pass.
+    SQLite (one process) always gets True."""
+    if engine.dialect.name != "postgresql":
+        yield True
+        return
+    with engine.connect() as connection:
+        got = bool(connection.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": key}).scalar())
+        connection.commit()
+        try:
+            yield got
+        finally:
+            if got:
+                connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+                connection.commit()
+
+
 def upgrade_to_head(engine: Engine) -> None:
     """Applies the Alembic migrations (api/migrations) up to head."""
     from alembic import command
@@ -47,6 +72,6 @@ def upgrade_to_head(engine: Engine) -> None:
     with engine.begin() as connection:
         if connection.dialect.name == "postgresql":
             # several API processes starting at once migrate one after the other
-            connection.execute(text("SELECT pg_advisory_xact_lock(724113)"))
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         config.attributes["connection"] = connection
         command.upgrade(config, "head")

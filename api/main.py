@@ -23,7 +23,7 @@ from api.clients.airflow import AirflowApi, AirflowClient, AirflowError
 from api.clients.mlflow import MlflowApi, MlflowReader
 from api.clients.s3 import S3Storage, S3Unavailable
 from api.core.config import Settings, get_settings
-from api.db import make_engine, make_sessionmaker, upgrade_to_head
+from api.db import exclusive_pass, make_engine, make_sessionmaker, upgrade_to_head
 from api.routers import auth, datasets, models, trainings
 from api.schemas.common import ValidationErrorResponse
 from api.services.catalog import seed_catalog
@@ -141,12 +141,17 @@ def _migrate_and_seed(app: FastAPI) -> None:
 
 def reconcile_once(app: FastAPI) -> int:
     """One pass: expire stale uploads, settle validating datasets, refresh and settle training
-    jobs (a job whose run died ends failed with a reason). Returns how many changed."""
-    with app.state.sessionmaker() as session:
-        changed = reconcile_all(session, app.state.s3, app.state.airflow, app.state.settings)
-    with app.state.sessionmaker() as session:
-        changed += reconcile_trainings(session, app.state.s3, app.state.airflow, app.state.mlflow, app.state.settings)
-    return changed
+    jobs (a job whose run died ends failed with a reason). Returns how many changed. One API
+    process at a time: with several, the others skip the pass (and return 0)."""
+    with exclusive_pass(app.state.engine) as mine:
+        if not mine:
+            return 0
+        with app.state.sessionmaker() as session:
+            changed = reconcile_all(session, app.state.s3, app.state.airflow, app.state.settings)
+        with app.state.sessionmaker() as session:
+            changed += reconcile_trainings(session, app.state.s3, app.state.airflow, app.state.mlflow,
+                                           app.state.settings)
+        return changed
 
 
 async def _reconcile_loop(app: FastAPI, interval_s: float) -> None:

@@ -259,6 +259,7 @@ def test_background_loop_reconciles(postgres_url, s3) -> None:
 
 
 def test_never_completed_uploads_expire_and_lose_their_objects(client, auth, initiate, s3) -> None:
+    from api.db import exclusive_pass
     from api.main import reconcile_once
 
     stale, fresh = initiate(), initiate()
@@ -267,6 +268,11 @@ def test_never_completed_uploads_expire_and_lose_their_objects(client, auth, ini
         session.execute(update(Dataset).where(Dataset.id == stale["dataset_id"])
                         .values(created_at=utcnow() - timedelta(seconds=601)))
         session.commit()
+    # another API process (uvicorn worker, replica) is reconciling: this one skips the pass
+    with exclusive_pass(client.app.state.engine) as other:
+        assert other
+        assert reconcile_once(client.app) == 0
+        assert keys_under(s3, storage.dataset_prefix(stale["dataset_id"]))  # untouched
     assert reconcile_once(client.app) >= 1
     assert keys_under(s3, storage.dataset_prefix(stale["dataset_id"])) == []
     detail = client.get(f"/v1/datasets/{stale['dataset_id']}", headers=auth).json()
