@@ -41,6 +41,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import deque
 from datetime import timedelta
@@ -228,15 +229,38 @@ class EngineExit(NamedTuple):
     stop_at: float | None
     #: the last lines of its output
     tail: list[str]
+    #: the task's supervisor (Airflow's task runner parent) died while the engine ran
+    orphaned: bool = False
+
+
+#: how often the train task checks that its Airflow supervisor still lives
+SUPERVISOR_CHECK_S = 1.0
+
+
+def _stop_when_orphaned(process: subprocess.Popen, state: dict) -> None:
+    """Watches the task's parent, Airflow's supervisor. If it dies (the Celery worker crashed
+    or was OOM-killed), Airflow fails the task after its heartbeat timeout and may give the GPU
+    to another training, while this process, reparented, would train on: so the engine is
+    stopped (SIGTERM: it saves its adapter) as soon as the supervisor is gone."""
+    supervisor = os.getppid()
+    while process.poll() is None:
+        if os.getppid() != supervisor:
+            state["orphaned"] = True
+            log.error("the Airflow supervisor of this task (pid %s) is gone: stopping the training", supervisor)
+            process.send_signal(signal.SIGTERM)
+            return
+        time.sleep(SUPERVISOR_CHECK_S)
 
 
 def run_engine(command: list[str], env: dict[str, str], *, on_line=None) -> EngineExit:
     """Runs the engine, streaming its output to the task log; SIGTERM/SIGINT received by the
-    task are forwarded to it."""
+    task are forwarded to it, and it is stopped if the task's supervisor dies."""
     tail: deque[str] = deque(maxlen=40)
-    stop = {"requested": False, "at": 0.0}
+    stop = {"requested": False, "at": 0.0, "orphaned": False}
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                bufsize=1, env=env, preexec_fn=_die_with_parent, errors="replace")
+    threading.Thread(target=_stop_when_orphaned, args=(process, stop), daemon=True,
+                     name="supervisor-watch").start()
 
     def forward(signum, _frame):
         if not stop["requested"]:
@@ -269,7 +293,7 @@ def run_engine(command: list[str], env: dict[str, str], *, on_line=None) -> Engi
             process.wait()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    return EngineExit(code, stop["at"] if stop["requested"] else None, list(tail))
+    return EngineExit(code, stop["at"] if stop["requested"] else None, list(tail), stop["orphaned"])
 
 
 def _describe_exit(code: int, tail: list[str]) -> str:
@@ -386,13 +410,13 @@ def qlora_training():
         log.info("running: %s", " ".join(command))
 
         started = time.monotonic()
-        code, stop_at, tail = run_engine(command, env, on_line=watcher)
+        code, stop_at, tail, orphaned = run_engine(command, env, on_line=watcher)
         elapsed = time.monotonic() - started
         log.info("training process exited with code %s after %.1f s", code, elapsed)
         if _tracking_uri():
             watcher.recover(experiment)
 
-        if stop_at is not None or code == EXIT_STOPPED:
+        if orphaned or stop_at is not None or code == EXIT_STOPPED:
             if stop_at is not None:
                 log.info("the engine exited %.2f s after the stop request", time.monotonic() - stop_at)
             # upload the partial adapter inside the grace period Airflow leaves before SIGKILL
@@ -401,6 +425,11 @@ def qlora_training():
             if files:  # Airflow sends SIGKILL ~5 s after SIGTERM: this races it (see _upload_files)
                 _upload_files(s3.client(), output, files, storage.adapter_prefix(job_id))
                 where = f"partial adapter at {adapter_uri}"
+            if orphaned:  # nobody asked: the worker process above this task died
+                reason = f"the Airflow worker running this task was lost, so the training was stopped; {where}"
+                if watcher.run_id:
+                    _end_mlflow_run(watcher.run_id, "FAILED", reason)
+                raise AirflowFailException(reason)
             if watcher.run_id:
                 _end_mlflow_run(watcher.run_id, "KILLED", "stopped by request")
             raise AirflowFailException(f"training stopped by request; {where}")

@@ -215,10 +215,13 @@ RUN_ENGINE = f"""
             elif mode == "kill-parent":
                 print("child " + lines[0].split()[1], flush=True)
                 os.kill(os.getpid(), signal.SIGKILL)
+            elif mode == "kill-supervisor":
+                os.kill(os.getppid(), signal.SIGKILL)  # the Celery worker above the task dies
     start = time.monotonic()
-    code, stop_at, tail = module.run_engine([sys.executable, engine, out], dict(os.environ), on_line=on_line)
+    code, stop_at, tail, orphaned = module.run_engine([sys.executable, engine, out], dict(os.environ),
+                                                      on_line=on_line)
     stopped = stop_at is not None
-    print({MARK!r} + json.dumps({{"code": code, "stopped": stopped, "tail": tail,
+    print({MARK!r} + json.dumps({{"code": code, "stopped": stopped, "tail": tail, "orphaned": orphaned,
                                   "reason": module._describe_exit(code, tail),
                                   "seconds": time.monotonic() - start,
                                   "saved": os.path.exists(os.path.join(out, "adapter_config.json"))}}))
@@ -239,6 +242,27 @@ def test_sigterm_is_forwarded_and_the_engine_saves_its_adapter(airflow_env, fake
     assert result["tail"][-1] == "stopping: saving the adapter"
     assert "step 2" in result["tail"] and "step 2 loss 0.5" in result["tail"]  # \r split, streamed
     assert result["seconds"] < 5
+
+
+def test_the_engine_is_stopped_when_the_task_supervisor_dies(airflow_env, fake_engine, tmp_path):
+    """A task process whose supervisor (Airflow's, in the Celery worker) is SIGKILLed stops its
+    engine at once (it saves its adapter) instead of training on as an orphan."""
+    result_file = tmp_path / "result.txt"
+    supervisor = (f"import subprocess, sys\n"
+                  f"with open({str(result_file)!r}, 'w') as out:\n"
+                  f"    subprocess.run(sys.argv[1:], stdout=out, stderr=subprocess.STDOUT)\n")
+    proc = subprocess.run([sys.executable, "-c", supervisor, sys.executable, "-c", textwrap.dedent(RUN_ENGINE),
+                           "kill-supervisor", str(fake_engine), str(tmp_path)], env=airflow_env,
+                          cwd=airflow_env["AIRFLOW_HOME"], timeout=60)
+    assert proc.returncode == -9  # the supervisor is gone; the task process lives on, orphaned
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and MARK not in result_file.read_text():
+        time.sleep(0.2)
+    line = next(line for line in result_file.read_text().splitlines() if line.startswith(MARK))
+    result = json.loads(line[len(MARK):])
+    assert result["orphaned"] is True and result["stopped"] is False
+    assert result["code"] == 75 and result["saved"] is True  # stopped by SIGTERM: the adapter is saved
+    assert result["tail"][-1] == "stopping: saving the adapter"
 
 
 def test_a_child_killed_by_sigkill_is_reported(airflow_env, fake_engine, tmp_path):

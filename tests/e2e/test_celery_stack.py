@@ -1,10 +1,13 @@
 """`QLORA_STACK_EXECUTOR=celery make up`: Airflow as it runs past one machine (CeleryExecutor,
 Redis broker, a `default` and a `gpu` Celery worker with caches of their own, PostgreSQL). A
 user's dataset is validated on the default worker, a training runs on the gpu worker to
-completion, a stopped training ends `stopped` with its partial adapter; `down` stops it all."""
+completion, a stopped training ends `stopped` with its partial adapter, a training whose worker
+dies ends `failed`; `down` stops it all."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -15,6 +18,7 @@ import pytest
 
 from api.services.datasets import validation_run_id
 from devstack.ports import port_open
+from devstack.processes import pids_with_args
 from devstack.secrets_file import read_env_file
 from tests.e2e.journey import TERMINAL, login, ready_dataset, start_job, watch
 from training import job_spec, storage
@@ -47,6 +51,7 @@ def _adapter_files(stack_env: dict[str, str], job_id: str) -> set[str]:
 
 def test_celery_workers_validate_train_and_stop(stack_cli, tmp_path):
     stack_cli.env["QLORA_STACK_EXECUTOR"] = "celery"
+    stack_cli.env["AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT"] = "20"  # 300 s by default
     out = stack_cli("up")
     assert "CeleryExecutor" in out and "failed" not in out, out
     del stack_cli.env["QLORA_STACK_EXECUTOR"]  # plain `make status`/`make down` know the executor
@@ -97,6 +102,18 @@ def test_celery_workers_validate_train_and_stop(stack_cli, tmp_path):
         assert final["output_path"] == storage.s3_uri(bucket, storage.adapter_prefix(long_job))
         assert {"adapter_config.json", "adapter_model.safetensors"} <= _adapter_files(env, long_job)
         assert final["error"] is None and final["progress"] < 1.0, final
+
+        # the gpu worker dies mid-training (its host is lost): Airflow fails the task once its
+        # heartbeat times out, and the job ends failed with a reason instead of staying running
+        doomed = start_job(api, dataset_id, MODEL, "celery-doomed", epochs=100, batch_size=1)
+        watch(api, doomed, lambda j: j["status"] == "running" and j["progress"] > 0, 240)
+        worker = stack_cli.folder / "airflow" / "run" / "airflow-worker-gpu.pid"
+        os.killpg(int(worker.read_text().split()[0]), signal.SIGKILL)
+        lost = time.monotonic()
+        final, _ = watch(api, doomed, lambda j: j["status"] in TERMINAL, 240)
+        print(f"celery worker lost: SIGKILL -> {final['status']} in {time.monotonic() - lost:.1f} s: {final['error']}")
+        assert final["status"] == "failed" and final["error"], final
+        assert not pids_with_args("training", "run", doomed)  # the engine died with its worker
 
     assert "stopped: api, airflow, mlflow, seaweedfs, postgres, redis" in stack_cli("down")
     assert not any(port_open(int(env[k].rsplit(":", 1)[1].split("/")[0]))
