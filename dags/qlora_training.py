@@ -19,7 +19,9 @@ trigger it from this form, which validates the conf with the same rules as the A
    its id to XCom `mlflow_run_id` as soon as the engine announces it (before the first step).
    Stopping the run (mark it failed) sends SIGTERM: the engine finishes its step and saves the
    adapter so far, which is uploaded to `trainings/{job_id}/adapter/`. Never retried (a retry
-   would redo the compute); a killed engine fails the run with the signal's name.
+   would redo the compute); a killed engine fails the run with the signal's name. If the
+   task's Airflow supervisor dies (a crashed worker), the engine is stopped too. The job's
+   folder in the worker cache is deleted once the adapter is in S3 (or the job ended).
 4. **evaluate** (*evaluating*): reads the final metrics (`metrics.json`: adapter and base model
    on the held-out split).
 5. **register** (*registering*): the adapter in `s3://$QLORA_S3_BUCKET/trainings/{job_id}/adapter/`
@@ -77,6 +79,16 @@ def _output_dir(job_id: str) -> Path:
     return s3.cache_dir() / "trainings" / job_id / "output"
 
 
+def _discard_output(job_id: str) -> None:
+    """Deletes the job's folder in this worker's cache (adapter, checkpoints, log) once it is
+    of no more use here: its adapter is in S3, or the job ended stopped/failed (the API has no
+    resume). Without this every job would leave hundreds of MB on the GPU host's disk."""
+    folder = _output_dir(job_id).parent
+    if folder.exists():
+        shutil.rmtree(folder, ignore_errors=True)
+        log.info("removed the job's local output %s", folder)
+
+
 def _s3_failure(what: str, exc: Exception) -> Exception:
     """The exception to raise for a failed S3 call: itself when transient (the task retries),
     else an AirflowFailException (no retry)."""
@@ -122,6 +134,18 @@ def _upload_files(client, root: Path, files: list[Path], prefix: str) -> list[st
     so an upload cut short (SIGKILL after a stop) never leaves a torn adapter behind."""
     return _s3_call(f"uploading to {prefix}", s3.upload_files, client, s3.bucket(), root, files, prefix,
                     last="adapter_config.json")
+
+
+def _uploaded_by_engine(job_id: str) -> bool:
+    """The engine's own upload (`--output-uri`) holds the adapter and the final metrics."""
+    prefix = storage.adapter_prefix(job_id)
+    try:
+        listed = s3.client().list_objects_v2(Bucket=s3.bucket(), Prefix=prefix)
+    except Exception as exc:  # keep the local copy: evaluate/register use it or retry S3
+        log.warning("cannot list %s: %s", prefix, exc)
+        return False
+    names = {o["Key"][len(prefix):] for o in listed.get("Contents", [])}
+    return {"adapter_config.json", "metrics.json"} <= names
 
 
 def _adapter_files(output: Path) -> list[Path]:
@@ -425,6 +449,7 @@ def qlora_training():
             if files:  # Airflow sends SIGKILL ~5 s after SIGTERM: this races it (see _upload_files)
                 _upload_files(s3.client(), output, files, storage.adapter_prefix(job_id))
                 where = f"partial adapter at {adapter_uri}"
+            _discard_output(job_id)
             if orphaned:  # nobody asked: the worker process above this task died
                 reason = f"the Airflow worker running this task was lost, so the training was stopped; {where}"
                 if watcher.run_id:
@@ -437,9 +462,13 @@ def qlora_training():
             reason = _describe_exit(code, tail)
             if watcher.run_id:
                 _end_mlflow_run(watcher.run_id, "FAILED", reason)
+            _discard_output(job_id)
             raise AirflowFailException(reason)
         if not _adapter_files(output):
+            _discard_output(job_id)
             raise AirflowFailException(f"the training exited 0 but wrote no adapter to {output}")
+        if _uploaded_by_engine(job_id):  # evaluate and register read S3, on whichever worker
+            _discard_output(job_id)
         return {"output_dir": str(output), "mlflow_run_id": watcher.run_id,
                 "mlflow_experiment_id": watcher.experiment_id, "train_seconds": round(elapsed, 2)}
 
@@ -476,6 +505,7 @@ def qlora_training():
         if "adapter_config.json" not in in_s3 | {p.name for p in missing}:
             raise AirflowFailException(f"no adapter in {output_path} and none on this worker")
         log.info("adapter in %s (%d files uploaded here)", output_path, len(missing))
+        _discard_output(params["job_id"])
         registered = None
         if run_id := trained.get("mlflow_run_id"):
             registered = _register_model(run_id, params)

@@ -84,9 +84,10 @@ def test_celery_workers_validate_train_and_stop(stack_cli, tmp_path):
         assert {task: state for task, (_, state) in tasks.items()} == dict.fromkeys(tasks, "success")
         assert {task for task, (queue, _) in tasks.items() if queue == "gpu"} == \
             {"prepare", "train", "evaluate", "register"}, tasks
-        # the gpu worker downloaded the model and trained; the default worker holds neither
+        # the gpu worker downloaded the model and trained (its job folder is gone once the adapter is
+        # in S3); the default worker holds neither
         assert (caches["gpu"] / "models" / MODEL / "config.json").is_file()
-        assert (caches["gpu"] / "trainings" / job_id / "output" / "adapter_config.json").is_file()
+        assert (caches["gpu"] / "trainings").is_dir() and not (caches["gpu"] / "trainings" / job_id).exists()
         assert not (caches["default"] / "models").exists() and not (caches["default"] / "trainings").exists()
         assert final["output_path"] == storage.s3_uri(bucket, storage.adapter_prefix(job_id))
         assert {"adapter_config.json", "adapter_model.safetensors"} <= _adapter_files(env, job_id)
@@ -102,6 +103,7 @@ def test_celery_workers_validate_train_and_stop(stack_cli, tmp_path):
         assert final["output_path"] == storage.s3_uri(bucket, storage.adapter_prefix(long_job))
         assert {"adapter_config.json", "adapter_model.safetensors"} <= _adapter_files(env, long_job)
         assert final["error"] is None and final["progress"] < 1.0, final
+        assert not (caches["gpu"] / "trainings" / long_job).exists()
 
         # the gpu worker dies mid-training (its host is lost): Airflow fails the task once its
         # heartbeat times out, and the job ends failed with a reason instead of staying running

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -66,6 +67,9 @@ def test_train_watch_stop_and_kill(api_server, tmp_path):
             assert any(a.path == "adapter" for a in mlflow.list_artifacts(run.info.run_id))
             assert final["mlflow_run_url"].endswith(f"/runs/{run.info.run_id}")
             assert final["logs"], final
+        # the worker's cache keeps the model, not the jobs' outputs (their adapters are in S3)
+        cache = Path(api_server.airflow.env["QLORA_CACHE_DIR"])
+        assert (cache / "models").is_dir() and not any((cache / "trainings" / j).exists() for j in jobs.values())
         listed = {j["job_id"]: j for j in api.get("/trainings").json()}
         assert {listed[j]["status"] for j in jobs.values()} == {"completed"}
         assert other.get("/trainings").json() == []
@@ -89,6 +93,7 @@ def test_train_watch_stop_and_kill(api_server, tmp_path):
                 s3.list_objects_v2(Bucket=api_server.s3.bucket, Prefix=prefix).get("Contents", [])}
         assert {"adapter_config.json", "adapter_model.safetensors"} <= keys, keys
         assert final["error"] is None and final["progress"] < 1.0, final
+        assert not (cache / "trainings" / long_job).exists()
         again = api.post(f"/trainings/{long_job}/stop")
         assert again.status_code == 400, again.text
         assert {j["job_id"]: j["status"] for j in api.get("/trainings").json()}[long_job] == "stopped"
