@@ -11,7 +11,8 @@ trigger it from this form, which validates the conf with the same rules as the A
    the target modules are the architecture's. A bad request fails at once, without retry.
 2. **prepare** (*downloading*): model `s3://$QLORA_S3_BUCKET/models/{model_id}/` and dataset
    `datasets/{dataset_id}/files/` into the worker cache `$QLORA_CACHE_DIR` (skipped when already
-   there). Transient S3 errors are retried.
+   there), first evicting the least recently used models and datasets beyond
+   `$QLORA_CACHE_MAX_GB`. Transient S3 errors are retried.
 3. **train** (*training*, queue `gpu`, pool `gpu`: as many trainings at once as the pool has
    slots): runs `python -m training run` in a child process and streams its log here. The
    engine tracks the training in one MLflow run (experiment `qlora/{user}`, run name
@@ -53,7 +54,7 @@ from typing import Any, NamedTuple
 from airflow.sdk import Param, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
-from training import job_spec, s3, storage
+from training import cache, job_spec, s3, storage
 from training.catalog import load_catalog
 from training.cli import EXIT_BAD_INPUT, EXIT_STOPPED
 
@@ -77,6 +78,11 @@ TRANSIENT = dict(retries=3, retry_delay=timedelta(seconds=5), retry_exponential_
 
 def _output_dir(job_id: str) -> Path:
     return s3.cache_dir() / "trainings" / job_id / "output"
+
+
+def _cache_entries(params: dict[str, Any]) -> tuple[Path, Path]:
+    """The job's model and dataset folders in this worker's cache (see training/cache.py)."""
+    return s3.cache_dir() / "models" / params["model_id"], s3.cache_dir() / "datasets" / params["dataset_id"]
 
 
 def _discard_output(job_id: str) -> None:
@@ -393,12 +399,15 @@ def qlora_training():
         params = _params()
         client = s3.client()
         started = time.monotonic()
-        model_dir, n_model = _sync_prefix(client, storage.model_prefix(params["model_id"]),
-                                          s3.cache_dir() / "models" / params["model_id"],
+        model_entry, data_entry = _cache_entries(params)
+        for entry in (model_entry, data_entry):
+            cache.touch(entry)
+        for entry, size in cache.evict(s3.cache_dir(), cache.max_bytes(), keep=(model_entry, data_entry)):
+            log.info("evicted %s from the worker cache (%.1f MB) to stay under QLORA_CACHE_MAX_GB", entry, size / 1e6)
+        model_dir, n_model = _sync_prefix(client, storage.model_prefix(params["model_id"]), model_entry,
                                           f"model {params['model_id']}")
         data_dir, n_data = _sync_prefix(client, storage.dataset_files_prefix(params["dataset_id"]),
-                                        s3.cache_dir() / "datasets" / params["dataset_id"] / "files",
-                                        f"dataset {params['dataset_id']}")
+                                        data_entry / "files", f"dataset {params['dataset_id']}")
         log.info("cache ready in %.1f s (%d model and %d dataset files downloaded): %s, %s",
                  time.monotonic() - started, n_model, n_data, model_dir, data_dir)
         return {"model_dir": str(model_dir), "data_dir": str(data_dir)}
@@ -434,7 +443,8 @@ def qlora_training():
         log.info("running: %s", " ".join(command))
 
         started = time.monotonic()
-        code, stop_at, tail, orphaned = run_engine(command, env, on_line=watcher)
+        with cache.kept_fresh(_cache_entries(params)):  # no other job's prepare evicts them meanwhile
+            code, stop_at, tail, orphaned = run_engine(command, env, on_line=watcher)
         elapsed = time.monotonic() - started
         log.info("training process exited with code %s after %.1f s", code, elapsed)
         if _tracking_uri():

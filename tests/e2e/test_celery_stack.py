@@ -87,6 +87,7 @@ def test_celery_workers_validate_train_and_stop(stack_cli, tmp_path):
         # the gpu worker downloaded the model and trained (its job folder is gone once the adapter is
         # in S3); the default worker holds neither
         assert (caches["gpu"] / "models" / MODEL / "config.json").is_file()
+        assert (caches["gpu"] / "datasets" / dataset_id / ".last-used").is_file()  # for LRU eviction
         assert (caches["gpu"] / "trainings").is_dir() and not (caches["gpu"] / "trainings" / job_id).exists()
         assert not (caches["default"] / "models").exists() and not (caches["default"] / "trainings").exists()
         assert final["output_path"] == storage.s3_uri(bucket, storage.adapter_prefix(job_id))
