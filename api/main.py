@@ -180,6 +180,16 @@ def _format_validation_errors(errors: list[dict[str, Any]]) -> str:
     return "; ".join(parts) or "Invalid request"
 
 
+def _methods_of(request: Request) -> list[str]:
+    """Every method some route serves on this path (Starlette's 405 names only the first
+    route's, e.g. `POST` for `/v1/trainings`, which serves `GET` too)."""
+    path = request.url.path
+    methods = {m for route in request.app.router.routes
+               if getattr(route, "path_regex", None) is not None and route.path_regex.match(path)
+               for m in getattr(route, "methods", None) or ()}
+    return sorted(methods - {"HEAD"})
+
+
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -192,9 +202,12 @@ def _install_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": _format_validation_errors(errors), "errors": errors}, status_code=code)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = exc.detail if exc.status_code != 404 or exc.detail != "Not Found" else "Not Found: no such route"
-        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
+        headers = exc.headers
+        if exc.status_code == status.HTTP_405_METHOD_NOT_ALLOWED:
+            headers = {**(headers or {}), "Allow": ", ".join(_methods_of(request))}
+        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(ServiceError)
     async def service_error(_: Request, exc: ServiceError) -> JSONResponse:

@@ -17,6 +17,10 @@ def test_unknown_route_and_method_are_json(client: TestClient) -> None:
     resp = client.put("/v1/auth/login", json={})
     assert resp.status_code == 405
     assert resp.json() == {"detail": "Method Not Allowed"}
+    assert resp.headers["allow"] == "POST"
+    # a path served by several routes names all their methods
+    assert client.options("/v1/trainings").headers["allow"] == "GET, POST"
+    assert client.put("/v1/datasets/some-id").headers["allow"] == "DELETE, GET"
 
 
 def test_unhandled_exception_is_json_500(settings, airflow) -> None:
