@@ -181,12 +181,11 @@ def _format_validation_errors(errors: list[dict[str, Any]]) -> str:
 
 
 def _methods_of(request: Request) -> list[str]:
-    """Every method some route serves on this path (Starlette's 405 names only the first
-    route's, e.g. `POST` for `/v1/trainings`, which serves `GET` too)."""
-    path = request.url.path
-    methods = {m for route in request.app.router.routes
-               if getattr(route, "path_regex", None) is not None and route.path_regex.match(path)
-               for m in getattr(route, "methods", None) or ()}
+    """Every method served on the path template this request's path matched first (Starlette's
+    405 names only one route's, e.g. `POST` for `/v1/trainings`, which serves `GET` too)."""
+    routes = [r for r in request.app.router.routes if getattr(r, "path_regex", None) is not None]
+    template = next((r.path for r in routes if r.path_regex.match(request.url.path)), None)
+    methods = {m for r in routes if r.path == template for m in getattr(r, "methods", None) or ()}
     return sorted(methods - {"HEAD"})
 
 

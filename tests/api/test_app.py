@@ -21,6 +21,7 @@ def test_unknown_route_and_method_are_json(client: TestClient) -> None:
     # a path served by several routes names all their methods
     assert client.options("/v1/trainings").headers["allow"] == "GET, POST"
     assert client.put("/v1/datasets/some-id").headers["allow"] == "DELETE, GET"
+    assert client.options("/v1/datasets/upload-complete").headers["allow"] == "POST"
 
 
 def test_unhandled_exception_is_json_500(settings, airflow) -> None:
