@@ -166,6 +166,10 @@ async def _reconcile_loop(app: FastAPI, interval_s: float) -> None:
 
 
 # --- errors: always {"detail": ...} ---------------------------------------------------------
+#: what FastAPI raises (400) for a body it cannot decode; answered like invalid JSON
+BODY_PARSE_ERROR = "There was an error parsing the body"
+
+
 def _format_validation_errors(errors: list[dict[str, Any]]) -> str:
     parts = []
     for error in errors:
@@ -190,18 +194,22 @@ def _methods_of(request: Request) -> list[str]:
 
 
 def _install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    def invalid_request(request: Request, errors: list[dict[str, Any]]) -> JSONResponse:
         route = request.scope.get("route")
         extra = getattr(route, "openapi_extra", None) or {}
         code = extra.get("x-validation-status", status.HTTP_422_UNPROCESSABLE_CONTENT)
-        errors = [
-            {"loc": list(e.get("loc", ())), "msg": str(e.get("msg")), "type": e.get("type")} for e in exc.errors()
-        ]
         return JSONResponse({"detail": _format_validation_errors(errors), "errors": errors}, status_code=code)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return invalid_request(request, [
+            {"loc": list(e.get("loc", ())), "msg": str(e.get("msg")), "type": e.get("type")} for e in exc.errors()
+        ])
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and exc.detail == BODY_PARSE_ERROR:  # e.g. a body that is not UTF-8
+            return invalid_request(request, [{"loc": ["body"], "msg": "is not valid JSON", "type": "json_invalid"}])
         detail = exc.detail if exc.status_code != 404 or exc.detail != "Not Found" else "Not Found: no such route"
         headers = exc.headers
         if exc.status_code == status.HTTP_405_METHOD_NOT_ALLOWED:

@@ -92,3 +92,10 @@ def test_timestamps_carry_their_zone_on_sqlite(tmp_path, settings, airflow) -> N
         parsed = datetime.fromisoformat(stamp)
         assert parsed.utcoffset() == timedelta(0), stamp
         assert before - timedelta(seconds=1) <= parsed <= datetime.now(UTC), stamp
+
+
+def test_a_body_that_is_not_json_is_a_validation_error(client: TestClient) -> None:
+    for body in (b"{not json", b'{"username": "\xff\xfe"}'):  # broken JSON, then bytes that are not UTF-8
+        resp = client.post("/v1/auth/login", content=body, headers={"content-type": "application/json"})
+        assert resp.status_code == 422, (body, resp.text)
+        assert resp.json()["detail"] == "body: is not valid JSON", resp.text
