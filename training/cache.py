@@ -88,7 +88,6 @@ def evict(root: Path, limit: int | None, keep: Iterable[Path] = (), *, min_idle_
         shutil.rmtree(entry, ignore_errors=True)
         total -= sizes[entry]
         removed.append((entry, sizes[entry]))
-        log.info("cache: evicted %s (%.1f MB, unused for %.1f h)", entry, sizes[entry] / 1e6, idle / 3600)
     if total > limit:
         log.warning("cache: %.1f GB in %s is over the %.1f GB limit (the rest is in use)", total / 1024**3,
                     root, limit / 1024**3)
