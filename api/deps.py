@@ -14,6 +14,7 @@ from api.clients.s3 import S3Storage
 from api.core.config import Settings
 from api.core.security import InvalidToken, decode_access_token
 from api.models import User
+from api.schemas.common import ErrorResponse
 
 
 def get_settings_dep(request: Request) -> Settings:
@@ -85,3 +86,8 @@ def get_page(
 
 
 PageDep = Annotated[Page, Depends(get_page)]
+#: route options of a paged list: an out-of-range `limit`/`offset` is a documented 400
+PAGED_LIST_ROUTE = {
+    "responses": {400: {"model": ErrorResponse, "description": "`limit` or `offset` out of range"}},
+    "openapi_extra": {"x-validation-status": 400},
+}

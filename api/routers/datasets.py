@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Response, status
 from pydantic import TypeAdapter
 
-from api.deps import AirflowDep, CurrentUser, PageDep, S3Dep, SessionDep, SettingsDep
+from api.deps import AirflowDep, CurrentUser, PAGED_LIST_ROUTE, PageDep, S3Dep, SessionDep, SettingsDep
 from api.models import Dataset
 from api.schemas.common import ErrorResponse
 from api.schemas.datasets import (
@@ -99,15 +99,14 @@ _SUMMARIES = TypeAdapter(list[DatasetSummary])
 @router.get(
     "",
     response_model=list[DatasetSummary],
-    responses={400: {"model": ErrorResponse, "description": "`limit` or `offset` out of range"}},
-    openapi_extra={"x-validation-status": 400},
+    **PAGED_LIST_ROUTE,
     summary="The user's datasets, newest first",
     description="All your datasets, newest first; `limit` and `offset` return one page of them instead.",
 )
 def list_datasets(user: CurrentUser, service: ServiceDep, settings: SettingsDep, page: PageDep) -> Response:
     prefix = f"s3://{settings.s3_bucket}/"
     items = [
-        {**row, "s3_path": prefix + row["s3_key"], "created_at": row["created_at"]}
+        {**row, "s3_path": prefix + row["s3_key"]}
         for row in service.list(user, page.limit, page.offset)
     ]
     # serialized once here (validated against the schema) rather than twice by FastAPI

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Request, Response, status
 from pydantic import TypeAdapter
 
 from api.clients.mlflow import MlflowApi
-from api.deps import AirflowDep, CurrentUser, PageDep, S3Dep, SessionDep, SettingsDep
+from api.deps import AirflowDep, CurrentUser, PAGED_LIST_ROUTE, PageDep, S3Dep, SessionDep, SettingsDep
 from api.core.config import Settings
 from api.models import TrainingJob
 from api.schemas.common import ErrorResponse
@@ -103,8 +103,7 @@ def start_training(body: TrainingRequest, user: CurrentUser, service: ServiceDep
 @router.get(
     "",
     response_model=list[TrainingSummary],
-    responses={400: {"model": ErrorResponse, "description": "`limit` or `offset` out of range"}},
-    openapi_extra={"x-validation-status": 400},
+    **PAGED_LIST_ROUTE,
     summary="Your training jobs, newest first",
     description="All your jobs, newest first; `limit` and `offset` return one page of them instead. The state of "
     "unfinished jobs is at most a few seconds old (read from Airflow and MLflow in bulk, shared by all requests).",
