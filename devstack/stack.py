@@ -92,8 +92,8 @@ class Stack:
                                extra_env=task_env, database_url=airflow_db,
                                celery_broker_url=self.redis and self.redis.url)
         self.api = APIServer(self.folder / "api", p.api, self.env)
-        self.databases = [s for s in (self.postgres, self.redis) if s is not None]
-        self.services = [*self.databases, self.s3, self.mlflow, self.airflow, self.api]
+        self.celery_servers = [s for s in (self.postgres, self.redis) if s is not None]
+        self.services = [*self.celery_servers, self.s3, self.mlflow, self.airflow, self.api]
 
     def _client_env(self) -> dict[str, str]:
         """Every variable a shell (or the API, or a task) needs to talk to this stack."""
@@ -161,7 +161,7 @@ class Stack:
             return False
         self._check_ports_free()
         started = time.monotonic()
-        for server in self.databases:
+        for server in self.celery_servers:
             server.start()
         if self.postgres:
             self.redis.wait_ready()
@@ -202,7 +202,7 @@ class Stack:
 
     def down(self, log=print) -> None:
         stopped = {"api": self.api.stop()}  # first the API, so nothing triggers new runs; then the rest together
-        for group in ((self.airflow, self.mlflow, self.s3), self.databases):  # Airflow needs its DB to stop
+        for group in ((self.airflow, self.mlflow, self.s3), self.celery_servers):  # Airflow needs its DB to stop
             if group:
                 with ThreadPoolExecutor(len(group)) as pool:
                     stopped.update(zip((r.name for r in group), pool.map(lambda r: r.stop(), group)))
