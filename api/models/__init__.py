@@ -1,7 +1,7 @@
 """ORM models of the service database (the API is its only writer)."""
 
 from api.models.base import Base
-from api.models.base_model import BaseModel
+from api.models.catalog_model import CatalogModelRow
 from api.models.dataset import Dataset, DatasetStage, DatasetStatus
 from api.models.training_job import (
     ACTIVE_TRAINING_STATUSES,
@@ -15,7 +15,7 @@ __all__ = [
     "ACTIVE_TRAINING_STATUSES",
     "TERMINAL_TRAINING_STATUSES",
     "Base",
-    "BaseModel",
+    "CatalogModelRow",
     "Dataset",
     "DatasetStage",
     "DatasetStatus",

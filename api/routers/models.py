@@ -6,7 +6,7 @@ from fastapi import APIRouter, HTTPException, status
 from sqlalchemy import select
 
 from api.deps import CurrentUser, SessionDep, SettingsDep
-from api.models import BaseModel
+from api.models import CatalogModelRow
 from api.schemas.common import ErrorResponse
 from api.schemas.models import ModelDetail, SupportedLoraParams
 from training import storage
@@ -14,7 +14,7 @@ from training import storage
 router = APIRouter(prefix="/models", tags=["models"], responses={401: {"model": ErrorResponse}})
 
 
-def to_detail(row: BaseModel, bucket: str) -> ModelDetail:
+def to_detail(row: CatalogModelRow, bucket: str) -> ModelDetail:
     return ModelDetail(
         id=row.id,
         name=row.name,
@@ -36,7 +36,9 @@ def to_detail(row: BaseModel, bucket: str) -> ModelDetail:
 
 @router.get("/allowed", response_model=list[ModelDetail], summary="Models available for QLoRA fine-tuning")
 def list_allowed(_: CurrentUser, session: SessionDep, settings: SettingsDep) -> list[ModelDetail]:
-    rows = session.scalars(select(BaseModel).where(BaseModel.active.is_(True)).order_by(BaseModel.id))
+    rows = session.scalars(
+        select(CatalogModelRow).where(CatalogModelRow.active.is_(True)).order_by(CatalogModelRow.id)
+    )
     return [to_detail(row, settings.s3_bucket) for row in rows]
 
 
@@ -47,7 +49,7 @@ def list_allowed(_: CurrentUser, session: SessionDep, settings: SettingsDep) -> 
     summary="One allowed model with its LoRA limits",
 )
 def get_model(model_id: str, _: CurrentUser, session: SessionDep, settings: SettingsDep) -> ModelDetail:
-    row = session.get(BaseModel, model_id)
+    row = session.get(CatalogModelRow, model_id)
     if row is None or not row.active:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"Model {model_id[:128]!r} not found")
     return to_detail(row, settings.s3_bucket)

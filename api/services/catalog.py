@@ -5,16 +5,16 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.models import BaseModel
+from api.models import CatalogModelRow
 from training.catalog import Catalog, load_catalog
 
 
 def seed_catalog(session: Session, catalog: Catalog | None = None) -> int:
     """Inserts or updates every catalog entry; entries gone from the catalog become inactive."""
     catalog = catalog or load_catalog()
-    existing = {row.id: row for row in session.scalars(select(BaseModel))}
+    existing = {row.id: row for row in session.scalars(select(CatalogModelRow))}
     for entry in catalog.models:
-        row = existing.pop(entry.id, None) or BaseModel(id=entry.id)
+        row = existing.pop(entry.id, None) or CatalogModelRow(id=entry.id)
         row.name = entry.name
         row.description = entry.description
         row.model_type = entry.model_type

@@ -39,7 +39,7 @@ from api.core.config import Settings
 from api.models import (
     ACTIVE_TRAINING_STATUSES,
     TERMINAL_TRAINING_STATUSES,
-    BaseModel,
+    CatalogModelRow,
     Dataset,
     DatasetStage,
     TrainingJob,
@@ -116,7 +116,7 @@ class TrainingService:
         """Validates everything (400 with every problem), creates the job and triggers its run.
         An unreachable Airflow raises `AirflowError` (503) and leaves no job behind."""
         model = load_catalog().get(request.model_id)
-        row = self.session.get(BaseModel, request.model_id)
+        row = self.session.get(CatalogModelRow, request.model_id)
         if model is None or row is None or not row.active:
             raise InvalidInput(f"model_id {request.model_id!r} is not an available model; see GET /v1/models/allowed")
         dataset = self.session.get(Dataset, request.dataset_id)

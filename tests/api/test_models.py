@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from api.models import BaseModel
+from api.models import CatalogModelRow
 from api.services.catalog import seed_catalog
 from training.catalog import load_catalog
 
@@ -56,4 +56,4 @@ def test_seeding_is_idempotent(client: TestClient) -> None:
     with client.app.state.sessionmaker() as session:
         seed_catalog(session)
         seed_catalog(session)
-        assert session.scalar(select(func.count()).select_from(BaseModel)) == len(load_catalog().models)
+        assert session.scalar(select(func.count()).select_from(CatalogModelRow)) == len(load_catalog().models)

@@ -8,8 +8,10 @@ from sqlalchemy.orm import Mapped, mapped_column
 from api.models.base import Base, utcnow
 
 
-class BaseModel(Base):
-    """A base model users may fine-tune; rows are seeded from `training/catalog.toml`."""
+class CatalogModelRow(Base):
+    """One row of the model catalog (table `base_models`): a base model users may fine-tune, seeded
+    from its `training.catalog.CatalogModel` entry of `training/catalog.toml`. (Not pydantic's
+    `BaseModel`; the table keeps its name.)"""
 
     __tablename__ = "base_models"
 
