@@ -28,6 +28,8 @@ class CatalogModel:
     min_rank: int
     max_rank: int
     default_alpha: int
+    #: frames sampled per clip unless a job says otherwise (the checkpoint's video preprocessing)
+    frames: int = 8
     checkpoint: str | None = None
 
     @property
@@ -60,6 +62,8 @@ def _check(model: CatalogModel) -> None:
         raise ValueError(f"catalog entry {model.id}: {model.base_architecture} uses {arch.model_class}")
     if not 1 <= model.min_rank <= model.max_rank:
         raise ValueError(f"catalog entry {model.id}: need 1 <= min_rank <= max_rank")
+    if not 1 <= model.frames <= 256:
+        raise ValueError(f"catalog entry {model.id}: frames must be in 1..256")
     if not model.tiny and not model.checkpoint:
         raise ValueError(f"catalog entry {model.id}: a real model names its checkpoint")
 
