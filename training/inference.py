@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from training.config import ArgumentError
+from training.errors import InputError
 from training.loading import TRAINING_INFO_FILE, load_adapter_model, read_base_model
 from training.model_info import ModelInfo
 
@@ -28,11 +28,16 @@ def _setup(args: argparse.Namespace):
     frames = args.frames or train_info.get("frames") or base.prep.frames
     task = getattr(args, "task", None) or (info.task if info else None) or train_info.get("task")
     if task is None:
-        raise ArgumentError("--task is needed: the adapter does not record its task")
+        raise InputError("is needed: the adapter does not record its task", field="task")
     return base, model, id2label, frames, task, train_info, dev, compute_dtype(dev)
 
 
 def evaluate_command(args: argparse.Namespace) -> int:
+    """The adapter and (unless --no-base) the base model on the held-out split: METRICS_FILE
+    `{"task", "split", "adapter", "base", "held_out_examples"}`, `final_*`/`base_*` metrics on
+    the training's MLflow run (--mlflow-run-id), the file uploaded to --output-uri."""
+    import os
+
     from training.data.loader import ClipDataset, read_examples, split_examples
     from training.evaluation import evaluate
     from training.remote import resolve
@@ -49,17 +54,53 @@ def evaluate_command(args: argparse.Namespace) -> int:
     if label2id:
         unknown = sorted({e.label for e in examples} - set(label2id))
         if unknown:
-            raise ArgumentError(f"labels {', '.join(unknown)} are not among the adapter's labels")
+            raise InputError(f"labels {', '.join(unknown)} are not among the adapter's labels", field="data")
     dataset = ClipDataset(examples, task=task, family=base.family, prep=base.prep, tokenizer=base.tokenizer,
                           frames=frames, label2id=label2id)
     dataset.check_clips()
-    metrics = evaluate(model, base.family, task, base.prep, dataset, dev=dev, dtype=dtype, batch_size=8,
-                       id2label=id2label)
-    text = json.dumps({"task": task, "split": args.split, "adapter": metrics}, indent=2)
+    batch_size = (train_info.get("params") or {}).get("batch_size") or 8
+    report = {"task": task, "split": args.split, "held_out_examples": len(dataset),
+              "adapter": evaluate(model, base.family, task, base.prep, dataset, dev=dev, dtype=dtype,
+                                  batch_size=batch_size, id2label=id2label)}
+    if args.with_base:
+        with model.disable_adapter():
+            report["base"] = evaluate(model, base.family, task, base.prep, dataset, dev=dev, dtype=dtype,
+                                      batch_size=batch_size, id2label=id2label)
+    text = json.dumps(report, indent=2)
+    uri = args.mlflow_uri if args.mlflow_uri is not None else os.environ.get("MLFLOW_TRACKING_URI")
+    if uri and args.mlflow_run_id:
+        _log_final_metrics(uri, args.mlflow_run_id, report, train_info.get("steps") or 0)
     if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(text + "\n")
+        if args.output_uri:
+            import shutil
+            import tempfile
+
+            from training.remote import upload_folder
+
+            with tempfile.TemporaryDirectory() as folder:  # the metrics file alone, under its name
+                shutil.copy2(args.output, Path(folder) / Path(args.output).name)
+                upload_folder(Path(folder), args.output_uri)
     print(text)
     return 0
+
+
+def _numbers(metrics: dict) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _log_final_metrics(uri: str, run_id: str, report: dict, step: int) -> None:
+    """`final_<metric>` (the adapter) and `base_<metric>` on the training's MLflow run."""
+    import time
+
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    metrics = [Metric(f"final_{k}", v, now, step) for k, v in _numbers(report["adapter"]).items()]
+    metrics += [Metric(f"base_{k}", v, now, step) for k, v in _numbers(report.get("base") or {}).items()]
+    MlflowClient(tracking_uri=uri).log_batch(run_id, metrics=metrics)
 
 
 def predict_command(args: argparse.Namespace) -> int:
@@ -69,7 +110,7 @@ def predict_command(args: argparse.Namespace) -> int:
     base, model, id2label, frames, task, _, dev, dtype = _setup(args)
     clip = Path(args.clip)
     if not clip.is_file():
-        raise ArgumentError(f"--clip {clip} does not exist")
+        raise InputError(f"{clip} does not exist", field="clip")
     example = Example(clip.name, clip, label=next(iter(id2label.values())) if id2label else None, caption="")
     label2id = {l: i for i, l in id2label.items()} if id2label else None
     dataset = ClipDataset([example], task=task, family=base.family, prep=base.prep, tokenizer=base.tokenizer,

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from training.catalog import load_catalog
-from training.config import ArgumentError
+from training.errors import InputError
 from training.model_info import ModelInfo
 from training.models import Family, Preprocessing, family_for_config
 from training.models.base import PREPROCESSING_FILE
@@ -33,25 +33,25 @@ def read_base_model(folder: Path, source: str | None = None) -> BaseModel:
     from transformers import AutoConfig, AutoTokenizer
 
     if not (folder / "config.json").is_file():
-        raise ArgumentError(f"--model {source or folder}: no config.json (not a transformers model folder)")
+        raise InputError(f"{source or folder}: no config.json (not a transformers model folder)", field="model")
     try:
         config = AutoConfig.from_pretrained(str(folder))
     except Exception as exc:
-        raise ArgumentError(f"--model {source or folder}: config.json cannot be read ({exc})") from None
+        raise InputError(f"{source or folder}: config.json cannot be read ({exc})", field="model") from None
     try:
         family = family_for_config(config)
     except ValueError as exc:
-        raise ArgumentError(f"--model {source or folder}: {exc}") from None
+        raise InputError(f"{source or folder}: {exc}", field="model") from None
     prep = (Preprocessing.from_pretrained(folder) if (folder / PREPROCESSING_FILE).is_file()
             else family.default_preprocessing(config))
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
     except Exception as exc:
-        raise ArgumentError(f"--model {source or folder}: tokenizer cannot be loaded ({exc})") from None
+        raise InputError(f"{source or folder}: tokenizer cannot be loaded ({exc})", field="model") from None
     try:
         family.check_tokenizer(tokenizer, config)
     except ValueError as exc:
-        raise ArgumentError(f"--model {source or folder}: {exc}") from None
+        raise InputError(f"{source or folder}: {exc}", field="model") from None
     info = ModelInfo.load(folder)
     catalog_id = info.catalog_id if info else None
     if catalog_id is None and source and "/models/" in source:  # s3://bucket/models/{id}/
@@ -78,7 +78,7 @@ def load_adapter_model(base: BaseModel, adapter: Path, quantization: str, dev: t
     from training.quantization import disable_cpu_repack, load_base_model
 
     if not (adapter / "adapter_config.json").is_file():
-        raise ArgumentError(f"--adapter {adapter}: no adapter_config.json")
+        raise InputError(f"{adapter}: no adapter_config.json", field="adapter")
     model = load_base_model(base.folder, base.family, quantization, dev, extra_skip=("classifier",))
     id2label = read_label_map(adapter)
     if id2label:

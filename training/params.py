@@ -147,6 +147,8 @@ def describe_error(error: Mapping[str, Any]) -> str:
     name = ".".join(loc) or "training_params"
     if error.get("type") == "extra_forbidden":
         return f"unknown training parameter {loc[-1]!r} (known: {', '.join(PARAM_NAMES)})"
+    if error.get("type") == "literal_error":  # target_modules' items
+        return f"{loc[0]}: {error.get('input')!r} is not a known module (allowed: {', '.join(ALL_TARGET_MODULES)})"
     message = str(error.get("msg", "is invalid"))
     message = message.removeprefix("Value error, ")
     if error.get("type") == "value_error" and not loc:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from training import s3
-from training.config import ArgumentError
+from training.errors import InputError
 from training.storage import split_s3_uri
 
 
@@ -16,7 +16,7 @@ def resolve(location: str, what: str) -> Path:
     if not location.startswith("s3://"):
         path = Path(location)
         if not path.is_dir():
-            raise ArgumentError(f"--{what} {location} is not a folder")
+            raise InputError(f"{location} is not a folder", field=what)
         return path
     bucket, prefix = split_s3_uri(location)
     prefix = prefix.rstrip("/") + "/" if prefix else ""
@@ -24,9 +24,9 @@ def resolve(location: str, what: str) -> Path:
     try:
         found, _ = s3.download_prefix(s3.client(), bucket, prefix, target)
     except Exception as exc:  # botocore raises several types; one clear line for the user
-        raise ArgumentError(f"--{what} {location}: cannot read from S3 ({exc})") from None
+        raise InputError(f"{location}: cannot read from S3 ({exc})", field=what) from None
     if not found:
-        raise ArgumentError(f"--{what} {location}: no objects under that prefix")
+        raise InputError(f"{location}: no objects under that prefix", field=what)
     return target
 
 

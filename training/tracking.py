@@ -2,8 +2,9 @@
 
 One run per training (a resumed training continues the same run): every parameter, tags
 (job_id, dataset, base_model, task), per-step loss / learning_rate / samples_per_second /
-progress, per-epoch eval metrics, system metrics, the log file, the adapter as an artifact and
-a registered model version. Metrics go into a queue that a background thread sends with
+progress, per-epoch eval metrics, system metrics, the log file and the adapter as an artifact.
+(Registering a model version is the `qlora_training` DAG's `register` task's job.)
+Metrics go into a queue that a background thread sends with
 `log_batch` about once a second, so logging never waits on the network inside the loop. The
 same thread samples system metrics (MLflow's CPU/memory/disk/network/GPU samplers) every 10 s
 and once more at the end, so even a short run has them.
@@ -22,14 +23,13 @@ log = logging.getLogger("training")
 
 class NullTracker:
     run_id: str | None = None
-    run_url: str | None = None
+    experiment_id: str | None = None
 
     def start(self, **_) -> None: ...
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
     def set_tags(self, tags: dict[str, str]) -> None: ...
     def log_artifacts(self, folder: Path, artifact_path: str) -> None: ...
     def log_file(self, path: Path, artifact_path: str | None = None) -> None: ...
-    def register(self, artifact_path: str, name: str) -> str | None: return None
     def end(self, status: str = "FINISHED") -> None: ...
 
 
@@ -46,6 +46,7 @@ class MlflowTracker(NullTracker):
         self._thread: threading.Thread | None = None
         self._monitor = None
         self.run_id = None
+        self.experiment_id = None
 
     def start(self, *, experiment: str, run_name: str | None, params: dict[str, str], tags: dict[str, str],
               run_id: str | None = None, system_metrics: bool = True) -> None:
@@ -53,12 +54,13 @@ class MlflowTracker(NullTracker):
 
         if run_id:
             self.run_id = run_id
+            self.experiment_id = self.client.get_run(run_id).info.experiment_id
             self.client.update_run(run_id, status="RUNNING")
         else:
             exp = self.client.get_experiment_by_name(experiment)
             exp_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
             run = self.client.create_run(exp_id, run_name=run_name, tags={k: v for k, v in tags.items() if v})
-            self.run_id = run.info.run_id
+            self.run_id, self.experiment_id = run.info.run_id, exp_id
             self.client.log_batch(self.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()],
                                   tags=[RunTag("mlflow.source.name", "python -m training run")])
         if system_metrics:
@@ -133,18 +135,6 @@ class MlflowTracker(NullTracker):
     def log_file(self, path: Path, artifact_path: str | None = None) -> None:
         if Path(path).is_file():
             self.client.log_artifact(self.run_id, str(path), artifact_path)
-
-    def register(self, artifact_path: str, name: str) -> str | None:
-        """A new version of registered model `name` pointing at the run's adapter artifact."""
-        from mlflow.exceptions import MlflowException
-
-        try:
-            self.client.create_registered_model(name)
-        except MlflowException:
-            pass  # already registered
-        source = f"{self.client.get_run(self.run_id).info.artifact_uri.rstrip('/')}/{artifact_path}"
-        version = self.client.create_model_version(name, source=source, run_id=self.run_id)
-        return str(version.version)
 
     def end(self, status: str = "FINISHED") -> None:
         self._stop.set()

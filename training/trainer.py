@@ -6,6 +6,10 @@ checkpoint (trainable weights, optimizer, scheduler, RNG states, step) under
 reason, and exits with code 75 (see training/cli.py). A second signal exits at once.
 `--resume` reloads the last checkpoint and replays the same seeded batch order, so the result
 equals an uninterrupted run with the same seed.
+
+What the run produced is reported in `OUTPUT/result.json` (`training.result`), updated as soon
+as each part is known. The run trains and saves (and uploads, with `--output-uri`) the adapter;
+its held-out metrics against the base model are `python -m training evaluate`'s job.
 """
 
 from __future__ import annotations
@@ -22,16 +26,19 @@ from pathlib import Path
 
 import torch
 
+from training import params
 from training.architectures import get_architecture
 from training.catalog import load_catalog
-from training.cli import EXIT_OK, EXIT_STOPPED
-from training.config import DEFAULT_MAX_RANK, DEFAULT_MIN_RANK, ArgumentError, TrainArgs
 from training.data.loader import ClipDataset, collate, epoch_batches, read_examples, split_examples
+from training.errors import InputError
 from training.loading import LABEL_MAP_FILE, TRAINING_INFO_FILE, read_base_model
 from training.model_info import ModelInfo
+from training.params import ModelLimits, TrainingParams
+from training.result import (ADAPTER_MARKER, EXIT_OK, EXIT_STOPPED, LOG_FILE, RESULT_FILE, Checkpoint, EngineResult,
+                             RunStatus, read_result, write_result)
+from training.run_args import RunArgs
 
 log = logging.getLogger("training")
-LOG_FILE = "train.log"
 CHECKPOINTS = "checkpoints"
 
 
@@ -88,11 +95,17 @@ def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _rank_limits(base, args: TrainArgs) -> tuple[int, int, int | None, str]:
+def _model_limits(base) -> ModelLimits:
     entry = load_catalog().get(base.catalog_id) if base.catalog_id else None
     if entry:
-        return entry.min_rank, entry.max_rank, entry.default_alpha, f"catalog model {entry.id}"
-    return DEFAULT_MIN_RANK, DEFAULT_MAX_RANK, None, "this model"
+        return ModelLimits.of_catalog(entry)
+    return ModelLimits.of_architecture(get_architecture(base.family.name), base.prep.frames)
+
+
+def _tracking_uri(args: RunArgs) -> str | None:
+    if args.mlflow_uri is not None:
+        return args.mlflow_uri or None
+    return os.environ.get("MLFLOW_TRACKING_URI") or None
 
 
 def _trainable_state(model) -> dict[str, torch.Tensor]:
@@ -154,11 +167,29 @@ def _progress_bar(total: int, initial: int):
     return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
 
 
-def run_training(args: TrainArgs) -> int:
-    """Validates everything, trains, evaluates, saves; returns the process exit code."""
+def run_training(args: RunArgs) -> int:
+    """Validates everything, trains, saves (and uploads) the adapter; returns the exit code.
+    Bad input raises `InputError` / `params.InvalidParams` before any training (the CLI's exit 2),
+    after recording it as a failed result."""
     args.validate()
     output = Path(args.output)
     setup_logging(output)
+    previous = read_result(output) if args.resume else None  # a resumed run keeps its checkpoints
+    result = EngineResult(checkpoints=previous.checkpoints) if previous else EngineResult()
+    try:
+        return _run(args, output, result)
+    except (InputError, params.InvalidParams) as exc:
+        result.status, result.error = RunStatus.FAILED, str(exc)
+        write_result(output, result)
+        raise
+    except BaseException as exc:
+        if result.status == RunStatus.RUNNING:
+            result.status, result.error = RunStatus.FAILED, f"{type(exc).__name__}: {exc}"
+            write_result(output, result)
+        raise
+
+
+def _run(args: RunArgs, output: Path, result: EngineResult) -> int:
     stop = StopFlag()
     stop.install()
     started = time.time()
@@ -168,20 +199,18 @@ def run_training(args: TrainArgs) -> int:
 
     base = read_base_model(resolve(args.model, "model"), source=args.model)
     arch = get_architecture(base.family.name)
-    min_rank, max_rank, catalog_alpha, where = _rank_limits(base, args)
-    args.check_rank(min_rank, max_rank, where)
-    args.check_targets(arch.allowed_target_modules, arch.name)
-    targets = args.target_modules or list(arch.default_target_modules)
-    alpha = args.lora_alpha or catalog_alpha or 2 * args.lora_rank
-    frames = args.frames or base.prep.frames
+    p: TrainingParams = params.resolve(_model_limits(base), args.params)  # every default filled in
+    frames = p.frames or base.prep.frames
+    result.params = p.model_dump()
 
     data_dir = resolve(args.data, "data")
-    splits = split_examples(read_examples(data_dir, args.task), args.task, args.seed, args.validation_fraction)
+    splits = split_examples(read_examples(data_dir, args.task), args.task, p.seed, args.validation_fraction)
     label2id = id2label = None
     if args.task == "video_classification":
         labels = sorted({e.label for e in splits.train + splits.held_out})
         if len(labels) < 2:
-            raise ArgumentError(f"video_classification needs at least 2 labels, the dataset has {len(labels)}")
+            raise InputError(f"video_classification needs at least 2 labels, the dataset has {len(labels)}",
+                             field="data")
         label2id = {label: i for i, label in enumerate(labels)}
         id2label = {i: label for label, i in label2id.items()}
     common = dict(task=args.task, family=base.family, prep=base.prep, tokenizer=base.tokenizer, frames=frames,
@@ -201,7 +230,7 @@ def run_training(args: TrainArgs) -> int:
     from training.quantization import compute_dtype, device, load_base_model
     from training.tracking import make_tracker
 
-    _seed_all(args.seed)
+    _seed_all(p.seed)
     dev, dtype = device(), compute_dtype(device())
     model = load_base_model(base.folder, base.family, args.quantization, dev, extra_skip=("classifier",))
     if args.quantization == "nf4":
@@ -211,30 +240,33 @@ def run_training(args: TrainArgs) -> int:
         model.enable_input_require_grads()
     keep = list(base.family.trainable_modules)
     if label2id:
-        attach_classifier(model, len(label2id), args.seed)
+        attach_classifier(model, len(label2id), p.seed)
         keep.append("classifier")
-    lora = LoraConfig(r=args.lora_rank, lora_alpha=alpha, lora_dropout=args.lora_dropout,
-                      target_modules=arch.target_regex.format(targets="|".join(targets)),
+    lora = LoraConfig(r=p.lora_rank, lora_alpha=p.lora_alpha, lora_dropout=p.lora_dropout,
+                      target_modules=arch.target_regex.format(targets="|".join(p.target_modules)),
                       modules_to_save=keep or None)
     try:
         model = get_peft_model(model, lora)
     except ValueError as exc:
-        raise ArgumentError(f"LoRA targets {', '.join(targets)}: {exc}") from None
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    n_trainable, n_total = sum(p.numel() for p in trainable), sum(p.numel() for p in model.parameters())
+        raise InputError(f"{', '.join(p.target_modules)}: {exc}", field="target_modules") from None
+    trainable = [t for t in model.parameters() if t.requires_grad]
+    n_trainable, n_total = sum(t.numel() for t in trainable), sum(t.numel() for t in model.parameters())
     log.info("model: %s (%s), %s on %s, LoRA r=%d alpha=%d targets=%s, %d trainable / %d parameters",
-             base.config.model_type, base.family.name, args.quantization, dev.type, args.lora_rank, alpha,
-             ",".join(targets), n_trainable, n_total)
+             base.config.model_type, base.family.name, args.quantization, dev.type, p.lora_rank, p.lora_alpha,
+             ",".join(p.target_modules), n_trainable, n_total)
 
     if dev.type == "cuda" and args.quantization == "nf4":
         import bitsandbytes as bnb
 
-        optimizer = bnb.optim.PagedAdamW8bit(trainable, lr=args.learning_rate, weight_decay=args.weight_decay)
+        optimizer = bnb.optim.PagedAdamW8bit(trainable, lr=p.learning_rate, weight_decay=p.weight_decay)
     else:
-        optimizer = torch.optim.AdamW(trainable, lr=args.learning_rate, weight_decay=args.weight_decay)
-    steps_per_epoch = math.ceil(len(train_set) / args.batch_size)
-    total_steps = min(steps_per_epoch * args.epochs, args.max_steps or 10**12)
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(args.warmup_ratio * total_steps), total_steps)
+        optimizer = torch.optim.AdamW(trainable, lr=p.learning_rate, weight_decay=p.weight_decay)
+    # one optimizer step = `gradient_accumulation_steps` batches
+    batches_per_epoch = math.ceil(len(train_set) / p.batch_size)
+    steps_per_epoch = math.ceil(batches_per_epoch / p.gradient_accumulation_steps)
+    total_steps = min(steps_per_epoch * p.epochs, p.max_steps or 10**12)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(p.warmup_ratio * total_steps), total_steps)
+    result.total_steps = total_steps
 
     step, run_id = 0, None
     checkpoint = latest_checkpoint(output) if args.resume else None
@@ -245,19 +277,37 @@ def run_training(args: TrainArgs) -> int:
         step, run_id = state["step"], state.get("mlflow_run_id")
         log.info("resumed from %s (step %d of %d)", checkpoint.name, step, total_steps)
 
-    tracker = make_tracker(args.mlflow_uri)
-    tags = {"job_id": args.job_id or "", "dataset": args.data, "base_model": base.catalog_id or args.model,
+    tracker = make_tracker(_tracking_uri(args))
+    job_id = args.job_id or os.environ.get("QLORA_JOB_ID") or ""
+    tags = {"job_id": job_id, "dataset": args.data, "base_model": base.catalog_id or args.model,
             "task": args.task, "architecture": base.family.name}
     tracker.start(experiment=args.experiment or "qlora-training", run_name=args.run_name, params={
-        **args.as_params(), "lora_alpha_used": alpha, "target_modules_used": ",".join(targets), "frames_used": frames,
+        **params.mlflow_params(p), **args.engine_options(),
         "train_examples": len(train_set), "held_out_examples": len(held_set), "split_source": splits.source,
         "trainable_parameters": n_trainable, "total_parameters": n_total, "device": dev.type,
         "total_steps": total_steps}, tags=tags, run_id=run_id)
+    result.mlflow_run_id, result.mlflow_experiment_id = tracker.run_id, tracker.experiment_id
+    result.step = step
+    write_result(output, result)  # the run is known before the first step
 
-    def save_all(reason: str | None) -> None:
-        extra = {"mlflow_run_id": tracker.run_id, "reason": reason}
-        save_checkpoint(output, model, optimizer, scheduler, step, extra)
-        save_adapter(output, model, base, args, label2id, splits, targets, alpha, frames, step, total_steps)
+    def checkpoint_now(reason: str) -> None:
+        folder = save_checkpoint(output, model, optimizer, scheduler, step,
+                                 {"mlflow_run_id": tracker.run_id, "reason": reason})
+        kept = {c.name for c in result.checkpoints} & {f.name for f in (output / CHECKPOINTS).glob("step-*")}
+        result.checkpoints = [c for c in result.checkpoints if c.name in kept and c.name != folder.name]
+        result.checkpoints.append(Checkpoint(step=step, epoch=round(step / steps_per_epoch, 4), name=folder.name))
+        result.step = step
+        write_result(output, result)
+
+    def save_and_upload() -> None:
+        save_adapter(output, model, base, args, p, label2id, splits, frames, step, total_steps)
+        result.adapter_files = sorted(f.name for f in _adapter_files(output).iterdir())
+        if args.output_uri:
+            from training.remote import upload_folder
+
+            log.info("uploaded %d files to %s", upload_folder(_adapter_files(output), args.output_uri),
+                     args.output_uri)
+            result.output_uri = args.output_uri
 
     # ---- the loop --------------------------------------------------------------------------
     bar = _progress_bar(total_steps, step)
@@ -266,23 +316,30 @@ def run_training(args: TrainArgs) -> int:
     status = "FINISHED"
     try:
         first_epoch = step // steps_per_epoch
-        for epoch in range(first_epoch, args.epochs):
-            for i, indices in enumerate(epoch_batches(len(train_set), args.batch_size, args.seed, epoch)):
+        for epoch in range(first_epoch, p.epochs):
+            batches = list(epoch_batches(len(train_set), p.batch_size, p.seed, epoch))
+            groups = [batches[k:k + p.gradient_accumulation_steps]
+                      for k in range(0, len(batches), p.gradient_accumulation_steps)]
+            for i, group in enumerate(groups):
                 if epoch * steps_per_epoch + i < step:
                     continue  # done before the checkpoint we resumed from
                 if stop or step >= total_steps:
                     break
-                batch = collate([train_set[j] for j in indices], base.tokenizer.pad_token_id)
-                loss, _ = batch_loss(model, base.family, args.task, base.prep, batch, dev, dtype)
-                loss.backward()
+                step_loss, samples = 0.0, 0
+                for indices in group:
+                    batch = collate([train_set[j] for j in indices], base.tokenizer.pad_token_id)
+                    loss, _ = batch_loss(model, base.family, args.task, base.prep, batch, dev, dtype)
+                    (loss / len(group)).backward()
+                    step_loss += float(loss.detach()) / len(group)
+                    samples += len(indices)
                 torch.nn.utils.clip_grad_norm_(trainable, 1.0)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
-                window_samples += len(indices)
+                window_samples += samples
                 now = time.perf_counter()
-                metrics = {"loss": float(loss.detach()), "learning_rate": scheduler.get_last_lr()[0],
+                metrics = {"loss": step_loss, "learning_rate": scheduler.get_last_lr()[0],
                            "samples_per_second": window_samples / max(now - window_start, 1e-9),
                            "progress": step / total_steps, "epoch": epoch + (i + 1) / steps_per_epoch}
                 window_start, window_samples = now, 0
@@ -295,64 +352,48 @@ def run_training(args: TrainArgs) -> int:
                              epoch + 1, metrics["loss"], metrics["learning_rate"], metrics["samples_per_second"],
                              metrics["progress"])
                 if step % args.checkpoint_every == 0 and step < total_steps:
-                    save_checkpoint(output, model, optimizer, scheduler, step,
-                                    {"mlflow_run_id": tracker.run_id, "reason": "periodic"})
+                    checkpoint_now("periodic")
                 if args.step_delay:
                     time.sleep(args.step_delay)
             if stop:
                 break
-            if step == min((epoch + 1) * steps_per_epoch, total_steps):  # a full epoch ended here
+            epoch_ended = step == min((epoch + 1) * steps_per_epoch, total_steps)
+            if epoch_ended and ((epoch + 1) % p.eval_every_epochs == 0 or step >= total_steps):
                 metrics = evaluate(model, base.family, args.task, base.prep, held_set, dev=dev, dtype=dtype,
-                                   batch_size=args.batch_size, id2label=id2label, should_stop=lambda: bool(stop))
+                                   batch_size=p.batch_size, id2label=id2label, should_stop=lambda: bool(stop))
                 if metrics:
                     log.info("epoch %d eval: %s", epoch + 1, _numbers(metrics))
                     tracker.log_metrics({f"epoch_{k}": v for k, v in _numbers(metrics).items()}, step)
             if step >= total_steps:
                 break
 
+        if bar is not None:
+            bar.close()
+            bar = None
         if stop:
-            save_all(stop.reason)
+            checkpoint_now(stop.reason or "stopped")
+            save_and_upload()
             log.warning("%s at step %d/%d: checkpoint and adapter saved in %s; exit code %d", stop.reason, step,
                         total_steps, output, EXIT_STOPPED)
             tracker.set_tags({"stop_reason": stop.reason, "stopped_at_step": str(step)})
             tracker.log_file(output / LOG_FILE, "logs")
+            result.status, result.error = RunStatus.STOPPED, f"{stop.reason} at step {step} of {total_steps}"
+            write_result(output, result)
             status = "KILLED"
             return EXIT_STOPPED
 
-        # ---- final evaluation of the adapter and of the base model ----------------------------
-        if bar is not None:
-            bar.close()
-            bar = None
-        adapter_metrics = evaluate(model, base.family, args.task, base.prep, held_set, dev=dev, dtype=dtype,
-                                   batch_size=args.batch_size, id2label=id2label)
-        with model.disable_adapter():
-            base_metrics = evaluate(model, base.family, args.task, base.prep, held_set, dev=dev, dtype=dtype,
-                                    batch_size=args.batch_size, id2label=id2label)
-        summary = {"task": args.task, "steps": step, "adapter": adapter_metrics, "base": base_metrics,
-                   "held_out_examples": len(held_set), "split_source": splits.source,
-                   "train_seconds": round(time.time() - started, 2)}
-        save_adapter(output, model, base, args, label2id, splits, targets, alpha, frames, step, total_steps)
-        (output / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
-        log.info("adapter metrics: %s", _numbers(adapter_metrics))
-        log.info("base model metrics: %s", _numbers(base_metrics))
-        tracker.log_metrics({**{f"final_{k}": v for k, v in _numbers(adapter_metrics).items()},
-                             **{f"base_{k}": v for k, v in _numbers(base_metrics).items()}}, step)
+        save_and_upload()
         tracker.log_artifacts(_adapter_files(output), "adapter")
-        version = tracker.register("adapter", args.registered_model_name or args.run_name
-                                   or f"qlora-{base.catalog_id or base.family.name}-{args.task}")
-        if version:
-            tracker.set_tags({"registered_model_version": version})
-            log.info("registered model version %s", version)
-        if args.output_uri:
-            from training.remote import upload_folder
-
-            log.info("uploaded %d files to %s", upload_folder(_adapter_files(output), args.output_uri), args.output_uri)
         log.info("done in %.1f s: %s", time.time() - started, output)
         tracker.log_file(output / LOG_FILE, "logs")
+        result.status, result.step = RunStatus.COMPLETED, step
+        write_result(output, result)
         return EXIT_OK
     except KeyboardInterrupt:
         status = "KILLED"
         log.warning("interrupted twice: exiting without saving")
+        result.status, result.error = RunStatus.STOPPED, "interrupted twice: nothing saved"
+        write_result(output, result)
         return EXIT_STOPPED
     except BaseException:
         status = "FAILED"
@@ -373,12 +414,12 @@ def _adapter_files(output: Path) -> Path:
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir()
     for path in output.iterdir():
-        if path.is_file() and path.name != LOG_FILE:
+        if path.is_file() and path.name not in (LOG_FILE, RESULT_FILE) and not path.name.startswith("."):
             os.link(path, folder / path.name) if hasattr(os, "link") else shutil.copy2(path, folder / path.name)
     return folder
 
 
-def save_adapter(output: Path, model, base, args: TrainArgs, label2id, splits, targets, alpha, frames, step,
+def save_adapter(output: Path, model, base, args: RunArgs, p: TrainingParams, label2id, splits, frames, step,
                  total_steps) -> None:
     """adapter_model.safetensors + adapter_config.json, tokenizer, preprocessing, label map."""
     model.save_pretrained(str(output))
@@ -391,9 +432,9 @@ def save_adapter(output: Path, model, base, args: TrainArgs, label2id, splits, t
             {"label2id": label2id, "id2label": {str(i): l for l, i in label2id.items()}}, indent=2) + "\n")
     ModelInfo(architecture=base.family.name, task=args.task, catalog_id=base.catalog_id,
               labels=sorted(label2id or [])).save(output)
-    info = {"base_model": args.model, "catalog_id": base.catalog_id, "task": args.task, "seed": args.seed,
+    info = {"base_model": args.model, "catalog_id": base.catalog_id, "task": args.task, "seed": p.seed,
             "validation_fraction": args.validation_fraction, "split_source": splits.source, "frames": frames,
-            "lora_rank": args.lora_rank, "lora_alpha": alpha, "target_modules": targets,
+            "lora_rank": p.lora_rank, "lora_alpha": p.lora_alpha, "target_modules": p.target_modules,
             "quantization": args.quantization, "steps": step, "total_steps": total_steps,
-            "complete": step >= total_steps}
+            "complete": step >= total_steps, "params": p.model_dump()}
     (output / TRAINING_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")

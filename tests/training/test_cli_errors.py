@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from training.cli import EXIT_BAD_INPUT, main
+from training.cli import main
+from training.result import EXIT_BAD_INPUT, RunStatus, read_result
 from training.data.synthetic import make_dataset
 
 
@@ -16,6 +17,8 @@ def run(tmp_path, capsys):
         err = capsys.readouterr().err
         assert code == EXIT_BAD_INPUT
         assert not (out / "adapter_model.safetensors").exists()
+        result = read_result(out)  # a bad option that argparse rejects leaves no result at all
+        assert result is None or (result.status == RunStatus.FAILED and result.error and result.mlflow_run_id is None)
         lines = [line for line in err.splitlines() if line.startswith("error:")]
         assert len(lines) == 1, err
         return lines[0]
@@ -26,7 +29,8 @@ def test_rank_outside_the_catalog_range(run, tiny_models, colour_dataset):
     model = tiny_models("video_llama", "video_classification", "videollama-tiny-classification")
     line = run("--model", str(model), "--data", str(colour_dataset), "--task", "video_classification",
                "--lora-rank", "32")
-    assert "--lora-rank 32" in line and "1..16" in line and "videollama-tiny-classification" in line
+    assert line == ("error: --lora-rank must be between 1 and 16 for model videollama-tiny-classification, "
+                    "got 32")
 
 
 def test_unknown_target_module(run, tiny_models, colour_dataset):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from training.config import ArgumentError
+from training.errors import InputError
 from training.data.frames import ClipError, decode_frames, resize_and_normalise, sample_indices
 from training.data.loader import epoch_batches, read_examples, split_examples
 from training.data.synthetic import make_dataset, write_clip
@@ -48,7 +48,7 @@ def test_seeded_split_is_stratified_and_reproducible(tmp_path):
 
 def test_missing_captions_are_reported(tmp_path):
     folder = make_dataset(tmp_path / "d", 4, with_captions=False, size=32, frames=4)
-    with pytest.raises(ArgumentError, match="no 'caption' column"):
+    with pytest.raises(InputError, match="no 'caption' column"):
         read_examples(folder, "video_captioning")
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from training.cli import main
+from training.result import RunStatus, read_result
 
 from .conftest import ARCHITECTURES, TASKS
 
@@ -20,9 +21,15 @@ LEARNING_RATE = {("video_llama", "video_captioning"): "1e-2", ("flamingo", "vide
 
 
 def _train(model: Path, data: Path, task: str, out: Path, *extra: str) -> dict:
+    """`run`, then `evaluate` (adapter and base model on the held-out split), as the DAG does."""
     code = main(["run", "--model", str(model), "--data", str(data), "--task", task, "--output", str(out),
                  "--batch-size", "4", "--frames", "4", "--mlflow-uri", "", *extra])
     assert code == 0
+    result = read_result(out)
+    assert result.status == RunStatus.COMPLETED and result.step == result.total_steps
+    assert "adapter_config.json" in result.adapter_files and "result.json" not in result.adapter_files
+    assert main(["evaluate", "--model", str(model), "--adapter", str(out), "--data", str(data),
+                 "--output", str(out / "metrics.json"), "--mlflow-uri", ""]) == 0
     return json.loads((out / "metrics.json").read_text())
 
 

@@ -12,7 +12,8 @@ import time
 import torch
 from safetensors.torch import load_file
 
-from training.cli import EXIT_STOPPED, main
+from training.cli import main
+from training.result import EXIT_STOPPED, RunStatus, read_result
 
 TASK = "video_classification"
 
@@ -43,7 +44,11 @@ def test_sigterm_saves_and_resume_matches_an_uninterrupted_run(tmp_path, tiny_mo
     assert "stopped by SIGTERM" in text
     assert (out / "adapter_model.safetensors").is_file() and (out / "label_map.json").is_file()
     assert (out / "checkpoints" / "latest").is_file()
-    assert not (out / "metrics.json").exists()
+    stopped = read_result(out)
+    assert stopped.status == RunStatus.STOPPED and "stopped by SIGTERM" in stopped.error
+    assert 6 <= stopped.step < stopped.total_steps == 18
+    assert stopped.checkpoints[-1].step == stopped.step  # the checkpoint it saved when it stopped
+    assert "adapter_model.safetensors" in stopped.adapter_files
 
     # the partial adapter loads onto a fresh 4-bit base
     assert main(["predict", "--model", str(model), "--adapter", str(out),
@@ -51,7 +56,8 @@ def test_sigterm_saves_and_resume_matches_an_uninterrupted_run(tmp_path, tiny_mo
 
     assert main([*_args(model, colour_dataset, out), "--resume"]) == 0
     assert "resumed from step-" in log.read_text()
-    assert (out / "metrics.json").is_file()
+    finished = read_result(out)
+    assert finished.status == RunStatus.COMPLETED and finished.step == 18 and finished.error is None
 
     straight = tmp_path / "straight"
     assert main(_args(model, colour_dataset, straight)) == 0

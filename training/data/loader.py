@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from training.config import ArgumentError
+from training.errors import InputError
 from training.data.dataset_format import TASK_COLUMNS, DatasetFormatError, read_dataset
 from training.data.frames import ClipError, decode_frames, resize_and_normalise
 from training.models.base import Family, Preprocessing
@@ -50,32 +50,32 @@ def _missing(value) -> bool:
 
 
 def read_examples(folder: str | Path, task: str) -> list[tuple[Example, str | None]]:
-    """Every row as (example, split or None); raises ArgumentError naming the first bad row."""
+    """Every row as (example, split or None); raises InputError naming the first bad row."""
     try:
         table = read_dataset(folder)
     except DatasetFormatError as exc:
-        raise ArgumentError(f"dataset: {exc}") from None
+        raise InputError(f"dataset: {exc}") from None
     column = TASK_COLUMNS[task]
     if not table.supports(task):
-        raise ArgumentError(f"the dataset has no '{column}' column, which {task} needs "
+        raise InputError(f"the dataset has no '{column}' column, which {task} needs "
                             f"(columns: {', '.join(table.frame.columns)})")
     rows = []
     for i, record in enumerate(table.frame.to_dict("records"), start=1):
         record = {k: (None if _missing(v) else v) for k, v in record.items()}
         file_name, value = record.get("file_name"), record.get(column)
         if not file_name:
-            raise ArgumentError(f"dataset row {i}: empty file_name")
+            raise InputError(f"dataset row {i}: empty file_name")
         if value is None or not str(value).strip():
-            raise ArgumentError(f"dataset row {i} ({file_name}): missing {column}, which {task} needs")
+            raise InputError(f"dataset row {i} ({file_name}): missing {column}, which {task} needs")
         path = table.clip_path(file_name)
         if not path.is_file():
-            raise ArgumentError(f"dataset row {i}: clip {file_name} does not exist")
+            raise InputError(f"dataset row {i}: clip {file_name} does not exist")
         value = str(value).strip()
         example = Example(file_name, path, label=value if column == "label" else record.get("label"),
                           caption=value if column == "caption" else record.get("caption"))
         rows.append((example, (record.get("split") or None)))
     if not rows:
-        raise ArgumentError("the dataset has no rows")
+        raise InputError("the dataset has no rows")
     return rows
 
 
@@ -88,11 +88,11 @@ def split_examples(rows: list[tuple[Example, str | None]], task: str, seed: int,
         held_ids = {id(e) for e in held}
         train = [e for e, s in rows if id(e) not in held_ids and (s or "train").lower() == "train"]
         if not train:
-            raise ArgumentError("the dataset's split column leaves no training rows")
+            raise InputError("the dataset's split column leaves no training rows")
         return Splits(train, held, "table")
     examples = [e for e, _ in rows]
     if len(examples) < 2:
-        raise ArgumentError("the dataset needs at least 2 clips (one to train on, one to hold out)")
+        raise InputError("the dataset needs at least 2 clips (one to train on, one to hold out)")
     rng = random.Random(seed)
     groups: dict[str, list[Example]] = defaultdict(list)
     for e in examples:
@@ -147,12 +147,12 @@ class ClipDataset:
         return raw
 
     def check_clips(self) -> None:
-        """Decodes every clip once; raises ArgumentError naming the first unreadable one."""
+        """Decodes every clip once; raises InputError naming the first unreadable one."""
         for example in self.examples:
             try:
                 self.clip_frames(example.path)
             except ClipError as exc:
-                raise ArgumentError(f"unreadable clip {example.file_name}: {exc}") from None
+                raise InputError(f"unreadable clip {example.file_name}: {exc}") from None
 
     def pixels(self, path: Path) -> torch.Tensor:
         return resize_and_normalise(self.clip_frames(path), self.prep.image_size, self.prep.image_mean,
