@@ -1,5 +1,5 @@
-"""The training job request: every validation rule, the JSON schema agreeing with the Python
-checks, defaults, states and stages."""
+"""The training job: its request checks (parameters through `training.params`, the model's
+rules), the flat DAG run conf, its schema agreeing with the checks, states and stages."""
 
 from __future__ import annotations
 
@@ -10,31 +10,31 @@ import sys
 import jsonschema
 import pytest
 
-from training import job_spec
+from training import job_spec, params
 from training.catalog import load_catalog
-from training.job_spec import (JobState, Stage, check_training_params, job_conf_schema,
-                               job_stage, job_state, resolve_training_params,
-                               training_params_schema, validate_job_conf, validate_job_request)
+from training.job_spec import (JobState, Stage, job_stage, job_state, resolve_job_params, validate_job_conf,
+                               validate_job_request)
 
 CATALOG = load_catalog()
 CAPTIONING = CATALOG.get("flamingo-tiny-captioning")        # ranks 1..16, default alpha 16
 CLASSIFICATION = CATALOG.get("videollama-tiny-classification")
 BIG = CATALOG.get("videollama3-7b-captioning")               # ranks 4..128
-ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # the default
+ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]  # the default
+
+
+def good_params(**changes):
+    return {"epochs": 2, "learning_rate": 1e-3, "batch_size": 2, "lora_rank": 4, "lora_alpha": 8,
+            "lora_dropout": 0.1, "target_modules": ["q_proj", "v_proj"]} | changes
 
 
 def good_conf(**changes):
     conf = {"job_id": "0f1e2d3c-job", "user": "user-1", "model_id": CAPTIONING.id,
-            "dataset_id": "ds-1", "output_name": "my-adapter_v1.0",
-            "training_params": {"epochs": 2, "learning_rate": 1e-3, "batch_size": 2,
-                                "lora_rank": 4, "lora_alpha": 8, "lora_dropout": 0.1,
-                                "target_modules": ["q_proj", "v_proj"]}}
+            "dataset_id": "ds-1", "output_name": "my-adapter_v1.0", **good_params()}
     conf.update(changes)
     return conf
 
 
-def params_with(**changes):
-    return good_conf()["training_params"] | changes
+params_with = good_params
 
 
 # ---------------------------------------------------------------- every rule, one by one
@@ -50,26 +50,33 @@ def test_an_empty_request_takes_every_default():
 
 
 @pytest.mark.parametrize("field,value,expected", [
-    ("epochs", 0, "epochs must be >= 1 and <= 100, got 0"),
-    ("epochs", 101, "epochs must be >= 1 and <= 100, got 101"),
-    ("epochs", 2.5, "epochs must be an integer"),
-    ("epochs", "3", "epochs must be an integer"),
-    ("epochs", True, "epochs must be an integer"),
-    ("learning_rate", 0, "learning_rate must be > 0 and <= 1, got 0"),
-    ("learning_rate", -1e-4, "learning_rate must be > 0 and <= 1"),
-    ("learning_rate", 1.5, "learning_rate must be > 0 and <= 1, got 1.5"),
-    ("learning_rate", "fast", "learning_rate must be a number"),
-    ("learning_rate", float("nan"), "learning_rate must be a number"),
-    ("batch_size", 0, "batch_size must be >= 1 and <= 64, got 0"),
-    ("batch_size", 65, "batch_size must be >= 1 and <= 64, got 65"),
-    ("lora_alpha", 0, "lora_alpha must be >= 1"),
-    ("lora_alpha", 1.5, "lora_alpha must be an integer"),
-    ("lora_dropout", -0.1, "lora_dropout must be >= 0 and < 1, got -0.1"),
-    ("lora_dropout", 1, "lora_dropout must be >= 0 and < 1, got 1"),
-    ("lora_rank", 0, "lora_rank must be >= 1 and <= 128, got 0"),
+    ("epochs", 0, "epochs: input should be greater than or equal to 1, got 0"),
+    ("epochs", 101, "epochs: input should be less than or equal to 100, got 101"),
+    ("epochs", 2.5, "epochs: input should be a valid integer, got 2.5"),
+    ("epochs", "3", "epochs: input should be a valid integer, got '3'"),
+    ("epochs", True, "epochs: input should be a valid integer, got True"),
+    ("learning_rate", 0, "learning_rate: input should be greater than 0, got 0"),
+    ("learning_rate", -1e-4, "learning_rate: input should be greater than 0"),
+    ("learning_rate", 1.5, "learning_rate: input should be less than or equal to 1, got 1.5"),
+    ("learning_rate", "fast", "learning_rate: input should be a valid number"),
+    ("learning_rate", float("nan"), "learning_rate: input should be a finite number"),
+    ("batch_size", 0, "batch_size: input should be greater than or equal to 1, got 0"),
+    ("batch_size", 65, "batch_size: input should be less than or equal to 64, got 65"),
+    ("gradient_accumulation_steps", 0, "gradient_accumulation_steps: input should be greater than or equal to 1"),
+    ("max_steps", 0, "max_steps: input should be greater than or equal to 1, got 0"),
+    ("warmup_ratio", 1, "warmup_ratio: input should be less than 1, got 1"),
+    ("weight_decay", -0.1, "weight_decay: input should be greater than or equal to 0"),
+    ("frames", 257, "frames: input should be less than or equal to 256, got 257"),
+    ("eval_every_epochs", 0, "eval_every_epochs: input should be greater than or equal to 1"),
+    ("seed", -1, "seed: input should be greater than or equal to 0, got -1"),
+    ("lora_alpha", 0, "lora_alpha: input should be greater than or equal to 1"),
+    ("lora_alpha", 1.5, "lora_alpha: input should be a valid integer"),
+    ("lora_dropout", -0.1, "lora_dropout: input should be greater than or equal to 0, got -0.1"),
+    ("lora_dropout", 1, "lora_dropout: input should be less than 1, got 1"),
+    ("lora_rank", 0, "lora_rank: input should be greater than or equal to 1, got 0"),
     ("lora_rank", 17, "lora_rank must be between 1 and 16 for model flamingo-tiny-captioning, got 17"),
-    ("target_modules", "q_proj", "target_modules must be a list of strings"),
-    ("target_modules", [1], "target_modules must be a list of strings"),
+    ("target_modules", "q_proj", "target_modules: input should be a valid list"),
+    ("target_modules", [1], "target_modules: 1 is not a known module"),
     ("target_modules", ["q_proj", "vision_tower"], "target_modules: 'vision_tower' is not a known module"),
     ("target_modules", ["q_proj", "q_proj"], "target_modules: q_proj listed more than once"),
 ])
@@ -89,7 +96,8 @@ def test_the_rank_range_is_the_models():
 def test_an_unknown_parameter_is_named():
     assert validate_job_request(CAPTIONING, None, {"epoch": 3}) == [
         "unknown training parameter 'epoch' (known: epochs, learning_rate, batch_size, "
-        "lora_rank, lora_alpha, lora_dropout, target_modules)"]
+        "gradient_accumulation_steps, max_steps, warmup_ratio, weight_decay, lora_rank, lora_alpha, "
+        "lora_dropout, target_modules, frames, eval_every_epochs, seed)"]
 
 
 def test_training_params_must_be_an_object():
@@ -97,11 +105,13 @@ def test_training_params_must_be_an_object():
 
 
 def test_target_modules_allowed_depend_on_the_architecture(monkeypatch):
-    narrow = job_spec.ARCHITECTURES["flamingo"].__class__(
+    from training import architectures
+
+    narrow = architectures.ARCHITECTURES["flamingo"].__class__(
         name="flamingo", model_class="IdeficsForVisionText2Text",
         allowed_target_modules=("q_proj", "v_proj"), default_target_modules=("q_proj",),
         target_regex="x")
-    monkeypatch.setitem(job_spec.ARCHITECTURES, "flamingo", narrow)
+    monkeypatch.setitem(architectures.ARCHITECTURES, "flamingo", narrow)
     assert validate_job_request(CAPTIONING, None, {"target_modules": ["q_proj", "o_proj"]}) == [
         "target_modules: 'o_proj' is not allowed for flamingo models (allowed: q_proj, v_proj)"]
 
@@ -140,37 +150,40 @@ def test_conf_ids_and_model_are_checked():
 def test_every_problem_is_reported_at_once():
     problems = validate_job_request(CAPTIONING, ["video_classification"],
                                     {"epochs": 0, "batch_size": 0, "lora_rank": 99}, "bad name")
-    assert len(problems) == 5
+    assert len(problems) == 4  # epochs, batch_size, the dataset's fit, the name (rank: once the rest is valid)
+    problems = validate_job_request(CAPTIONING, ["video_classification"], {"lora_rank": 99}, "bad name")
+    assert len(problems) == 3
 
 
-# ---------------------------------------------------------------- the schema equals the checks
+# ---------------------------------------------------------------- the Airflow schema equals the checks
 
 VALUES = [None, True, False, -1, 0, 0.5, 1, 1.0, 2.5, 3, 16, 17, 64, 65, 100, 101, 128, 129, 1024,
           1025, 1e-9, 1.5, "3", [], ["q_proj"], ["nope"], ["q_proj", "q_proj"], [3], {}]
 
 
-@pytest.mark.parametrize("field", list(job_spec.TRAINING_PARAM_NAMES))
-def test_the_json_schema_accepts_exactly_what_the_checks_accept(field):
-    validator = jsonschema.Draft202012Validator(training_params_schema())
+@pytest.mark.parametrize("field", list(params.PARAM_NAMES))
+def test_the_airflow_param_schema_accepts_exactly_what_the_api_accepts(field):
+    """Airflow validates a triggered conf with each Param's JSON schema; the API and the DAG's
+    validate_inputs with `TrainingParams`. Both must agree on every value."""
+    schema = params.airflow_param_schemas()[field]
+    validator = jsonschema.Draft202012Validator({k: v for k, v in schema.items() if k != "default"})
     for value in VALUES:
-        params = {field: value}
-        schema_ok = validator.is_valid(params)
-        check_ok = check_training_params(params) == []
-        assert schema_ok == check_ok, (field, value, check_training_params(params))
+        schema_ok = validator.is_valid(value)
+        check_ok = params.problems_of({field: value}) == []
+        assert schema_ok == check_ok, (field, value, params.problems_of({field: value}))
 
 
-def test_the_schema_rejects_unknown_parameters_like_the_checks():
-    validator = jsonschema.Draft202012Validator(training_params_schema())
-    assert not validator.is_valid({"epoch": 3})
-    assert check_training_params({"epoch": 3})
+def test_every_param_has_a_title_description_and_a_valid_default():
+    schemas = params.airflow_param_schemas()
+    assert list(schemas) == list(params.PARAM_NAMES)
+    for name, schema in schemas.items():
+        assert schema["title"] and schema["description"], name
+    assert params.problems_of({name: schema["default"] for name, schema in schemas.items()}) == []
 
 
-def test_the_schema_defaults_are_valid_and_the_conf_schema_covers_the_conf():
-    params = {name: rule["default"] for name, rule in training_params_schema()["properties"].items()
-              if "default" in rule}
-    assert check_training_params(params) == []
-    schema = job_conf_schema()
-    assert set(schema) == {"job_id", "user", "model_id", "dataset_id", "training_params", "output_name"}
+def test_the_conf_schema_covers_the_conf():
+    schema = job_spec.job_field_schemas()
+    assert set(schema) == set(job_spec.JOB_FIELDS)
     conf = good_conf()
     for field, field_schema in schema.items():
         jsonschema.validate(conf[field], field_schema)
@@ -182,26 +195,40 @@ def test_the_schema_defaults_are_valid_and_the_conf_schema_covers_the_conf():
 
 # ---------------------------------------------------------------- defaults
 
-def test_defaults_come_from_the_rules_and_the_model():
-    resolved = resolve_training_params(CAPTIONING, {})
-    assert resolved.as_dict() == {"epochs": 3, "learning_rate": 2e-4, "batch_size": 4,
-                                  "lora_rank": 8, "lora_alpha": CAPTIONING.default_alpha,
-                                  "lora_dropout": 0.05, "target_modules": list(ALL_LINEAR)}
-    assert resolve_training_params(BIG, {"lora_rank": 4}).lora_rank == 4
-    assert resolve_training_params(CAPTIONING, {"target_modules": []}).target_modules == ALL_LINEAR
-    assert resolve_training_params(CAPTIONING, {"epochs": 2.0}).epochs == 2
+def test_defaults_come_from_the_definition_and_the_model():
+    resolved = resolve_job_params(CAPTIONING, {})
+    assert resolved.model_dump() == {
+        "epochs": 3, "learning_rate": 2e-4, "batch_size": 4, "gradient_accumulation_steps": 1, "max_steps": None,
+        "warmup_ratio": 0.0, "weight_decay": 0.0, "lora_rank": 8, "lora_alpha": CAPTIONING.default_alpha,
+        "lora_dropout": 0.05, "target_modules": ALL_LINEAR, "frames": CAPTIONING.frames, "eval_every_epochs": 1,
+        "seed": 42}
+    assert resolve_job_params(BIG, {}).lora_rank == 8 and resolve_job_params(BIG, {}).frames == 8
+    assert resolve_job_params(BIG, {"lora_rank": 4}).lora_rank == 4
+    assert resolve_job_params(CAPTIONING, {"target_modules": []}).target_modules == ALL_LINEAR
+    assert resolve_job_params(CAPTIONING, {"epochs": 2.0}).epochs == 2
+    tiny_range = load_catalog().get("flamingo-tiny-classification")
+    assert resolve_job_params(tiny_range, {"lora_alpha": 5}).lora_alpha == 5
 
 
 def test_resolving_a_bad_request_raises():
-    with pytest.raises(ValueError, match="lora_rank must be between 1 and 16"):
-        resolve_training_params(CAPTIONING, {"lora_rank": 32})
+    with pytest.raises(params.InvalidParams, match="lora_rank must be between 1 and 16"):
+        resolve_job_params(CAPTIONING, {"lora_rank": 32})
+
+
+def test_the_conf_carries_every_resolved_parameter():
+    resolved = resolve_job_params(CAPTIONING, {"learning_rate": 1e-3})
+    conf = job_spec.job_conf("j1", "u1", CAPTIONING.id, "d1", "out", resolved)
+    assert job_spec.conf_params(conf) == resolved.model_dump()
+    assert validate_job_conf(conf, [CAPTIONING.model_type]) == []
 
 
 def test_cli_args_follow_the_engine_contract():
-    args = resolve_training_params(CAPTIONING, {"learning_rate": 1e-3}).cli_args()
+    args = params.cli_args(resolve_job_params(CAPTIONING, {"learning_rate": 1e-3}))
     assert args == ["--epochs", "3", "--learning-rate", "0.001", "--batch-size", "4",
+                    "--gradient-accumulation-steps", "1", "--warmup-ratio", "0.0", "--weight-decay", "0.0",
                     "--lora-rank", "8", "--lora-alpha", "16", "--lora-dropout", "0.05",
-                    "--target-modules", ",".join(ALL_LINEAR)]
+                    "--target-modules", ",".join(ALL_LINEAR), "--frames", "4", "--eval-every-epochs", "1",
+                    "--seed", "42"]
 
 
 # ---------------------------------------------------------------- states and stages
@@ -268,7 +295,7 @@ def test_run_ids_and_links():
 
 def test_the_module_is_light():
     code = ("import sys, training.job_spec; heavy = [m for m in ('torch', 'airflow', 'mlflow', "
-            "'pydantic', 'pandas', 'transformers') if m in sys.modules]; print(heavy)")
+            "'pandas', 'transformers') if m in sys.modules]; print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
