@@ -116,10 +116,10 @@ def engine_loop(model: Path, data: Path, out: Path, mlflow_uri: str, marks: list
                 stop_at: int | None = None, rss: list[float] | None = None, **extra) -> int:
     """`python -m training run` in this process, with a mark at the start of every step. With
     `stop_at`, the process sends itself SIGTERM as step `stop_at` starts: the engine finishes
-    that step, saves its checkpoint and adapter and returns 75 (its stop path), skipping the
-    final evaluation. With `rss`, the anonymous RSS is read at every mark too."""
+    that step, saves its checkpoint and adapter and returns 75 (its stop path). With `rss`, the anonymous RSS is read at every mark too."""
     import training.trainer as trainer
-    from training.config import TrainArgs
+    from training.params import PARAM_NAMES, TrainingParams
+    from training.run_args import RunArgs
 
     collate = trainer.collate
 
@@ -132,10 +132,12 @@ def engine_loop(model: Path, data: Path, out: Path, mlflow_uri: str, marks: list
         return collate(items, pad_id)
 
     trainer.collate = marked_collate  # the loop's first call of a step; evaluation has its own import
-    options = dict(model=str(model), data=str(data), task=TASK, output=str(out), epochs=EPOCHS, batch_size=BATCH,
-                   frames=FRAMES, learning_rate=LR, seed=SEED, mlflow_uri=mlflow_uri, checkpoint_every=10**6,
-                   run_name=f"bench-{out.name}", experiment="bench-training")
-    return trainer.run_training(TrainArgs(**{**options, **extra}))
+    options = dict(model=str(model), data=str(data), task=TASK, output=str(out), mlflow_uri=mlflow_uri,
+                   checkpoint_every=10**6, run_name=f"bench-{out.name}", experiment="bench-training")
+    chosen = dict(epochs=EPOCHS, batch_size=BATCH, frames=FRAMES, learning_rate=LR, seed=SEED)
+    chosen |= {k: v for k, v in extra.items() if k in PARAM_NAMES}
+    options |= {k: v for k, v in extra.items() if k not in PARAM_NAMES}
+    return trainer.run_training(RunArgs(params=TrainingParams(**chosen), **options))
 
 
 def _child_steps(variant: str, model: Path, data: Path, out: Path, mlflow_uri: str) -> dict:
