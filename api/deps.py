@@ -10,11 +10,14 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from api.clients.airflow import AirflowApi
+from api.clients.mlflow import MlflowApi
 from api.clients.s3 import S3Storage
 from api.core.config import Settings
 from api.core.security import InvalidToken, decode_access_token
 from api.models import User
 from api.schemas.common import ErrorResponse
+from api.services.trainings.context import TrainingContext
+from api.services.trainings.live_state import LiveState
 
 
 def get_settings_dep(request: Request) -> Settings:
@@ -34,10 +37,37 @@ def get_airflow(request: Request) -> AirflowApi:
     return request.app.state.airflow
 
 
+def get_mlflow(request: Request) -> MlflowApi | None:
+    """The MLflow reader the app made at start-up (None without a tracking server)."""
+    return request.app.state.mlflow
+
+
+def get_training_live(request: Request) -> LiveState:
+    """The process-wide caches of the live job state read on the list path."""
+    return request.app.state.training_live
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 SessionDep = Annotated[Session, Depends(get_session)]
 S3Dep = Annotated[S3Storage, Depends(get_s3)]
 AirflowDep = Annotated[AirflowApi, Depends(get_airflow)]
+MlflowDep = Annotated[MlflowApi | None, Depends(get_mlflow)]
+TrainingLiveDep = Annotated[LiveState, Depends(get_training_live)]
+
+
+def get_trainings(
+    session: SessionDep,
+    s3: S3Dep,
+    airflow: AirflowDep,
+    settings: SettingsDep,
+    mlflow: MlflowDep,
+    live: TrainingLiveDep,
+) -> TrainingContext:
+    """What the training-job operations of one request work with (`api.services.trainings`)."""
+    return TrainingContext(session, s3, airflow, mlflow, settings, live)  # type: ignore[arg-type]
+
+
+TrainingsDep = Annotated[TrainingContext, Depends(get_trainings)]
 
 _bearer = HTTPBearer(auto_error=False, description="The `access_token` from `POST /v1/auth/login`.")
 

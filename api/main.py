@@ -28,7 +28,8 @@ from api.routers import auth, datasets, models, trainings
 from api.schemas.common import ValidationErrorResponse
 from api.services.catalog import seed_catalog
 from api.services.datasets import reconcile_all
-from api.services.trainings import LiveState, reconcile_trainings
+from api.services.trainings.live_state import LiveState
+from api.services.trainings.reconcile import reconcile_trainings
 from api.services.errors import ServiceError
 
 log = logging.getLogger("api")

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
 from training import job_spec
+
+if TYPE_CHECKING:
+    from api.core.config import Settings
+    from api.models import TrainingJob
 
 TrainingStatusField = Literal["queued", "running", "completed", "failed", "stopped"]
 TrainingStageField = Literal["validating", "downloading", "training", "evaluating", "registering", "stopping", "finished"]
@@ -55,7 +60,11 @@ class TrainingStartResponse(BaseModel):
 
 
 class TrainingSummary(BaseModel):
-    job_id: str
+    # read from the attributes of the job (`from_job`) or of a row of its columns (`list_json`),
+    # where `job_id` is `id` (no docstring: it would become the OpenAPI description)
+    model_config = ConfigDict(from_attributes=True, validate_by_name=True)
+
+    job_id: str = Field(validation_alias="id")
     model_id: str
     dataset_id: str
     output_name: str | None = None
@@ -72,6 +81,23 @@ class TrainingSummary(BaseModel):
     completed_at: datetime | None = None
     output_path: str | None = Field(default=None, description="S3 URI of the adapter once completed (or stopped).")
 
+    @field_validator("progress", mode="before")
+    @classmethod
+    def _within_zero_and_one(cls, value: Any) -> Any:
+        """The job's progress (None before any) clamped into [0, 1]."""
+        return min(max(value or 0.0, 0.0), 1.0)
+
+    @classmethod
+    def from_job(cls, job: TrainingJob) -> TrainingSummary:
+        """The summary of `job` (its columns as they are now)."""
+        return cls.model_validate(job)
+
+    @staticmethod
+    def list_json(jobs: Iterable[Any]) -> bytes:
+        """The JSON body of a list of jobs (or rows of their columns): validated and serialized
+        once for all of them, faster than FastAPI's response model (which serializes twice)."""
+        return _SUMMARY_LIST.dump_json(_SUMMARY_LIST.validate_python(list(jobs)))
+
 
 class TrainingDetail(TrainingSummary):
     training_params: dict[str, Any] = Field(default_factory=dict, description="The parameters as requested.")
@@ -84,6 +110,43 @@ class TrainingDetail(TrainingSummary):
     mlflow_run_url: str | None = Field(default=None, description="The run in the MLflow UI.")
     airflow_run_url: str | None = Field(default=None, description="The DAG run in the Airflow UI.")
     updated_at: datetime | None = None
+
+    @classmethod
+    def from_job(  # type: ignore[override]
+        cls, job: TrainingJob, settings: Settings, *, logs: str = "", eta_seconds: float | None = None
+    ) -> TrainingDetail:
+        """The detail of `job`; `logs` and `eta_seconds` are read back from its run
+        (`api.services.trainings.reads.read_detail`), the links point at the settings' UIs."""
+        return cls(
+            **dict(TrainingSummary.from_job(job)),
+            training_params=(job.request or {}).get("training_params") or {},  # as requested
+            logs=logs,
+            metrics=job.metrics or {},
+            eta_seconds=eta_seconds,
+            error=job.error,
+            stop_requested=job.stop_requested_at is not None,
+            mlflow_run_id=job.mlflow_run_id,
+            **run_links(job, settings),
+            updated_at=job.updated_at,
+        )
+
+
+def run_links(job: TrainingJob, settings: Settings) -> dict[str, str | None]:
+    """`mlflow_run_url` (once the MLflow run is known and an MLflow UI is) and `airflow_run_url`."""
+    mlflow_ui = settings.mlflow_ui_url or (
+        settings.mlflow_tracking_uri if (settings.mlflow_tracking_uri or "").startswith("http") else None
+    )
+    airflow_ui = (settings.airflow_ui_url or settings.airflow_url).rstrip("/")
+    run_id = job.airflow_run_id or job_spec.dag_run_id(job.id)
+    return {
+        "mlflow_run_url": job_spec.mlflow_run_ui_url(mlflow_ui, job.mlflow_experiment_id, job.mlflow_run_id)
+        if mlflow_ui and job.mlflow_run_id and job.mlflow_experiment_id
+        else None,
+        "airflow_run_url": f"{airflow_ui}/dags/{settings.training_dag_id}/runs/{run_id}",
+    }
+
+
+_SUMMARY_LIST = TypeAdapter(list[TrainingSummary])
 
 
 class StopResponse(BaseModel):

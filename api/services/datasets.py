@@ -166,9 +166,10 @@ class DatasetService:
         ).all()
         if active:
             # the cached states may be stale: read the runs (one request) before refusing
-            from api.services.trainings import TrainingService
+            from api.services.trainings.context import TrainingContext
+            from api.services.trainings.sync import refresh_active
 
-            TrainingService(self.session, self.s3, self.airflow, None, self.settings).refresh_active(active)  # type: ignore[arg-type]
+            refresh_active(TrainingContext(self.session, self.s3, self.airflow, None, self.settings), active)  # type: ignore[arg-type]
         if any(job.status in ACTIVE_TRAINING_STATUSES for job in active):
             raise Conflict("Dataset is used by a queued or running training job; stop the job or wait for it to end")
         if dataset.stage == DatasetStage.VALIDATING:

@@ -15,10 +15,9 @@ from api.clients.airflow import TaskInstance
 from api.clients.mlflow import RunSummary
 from api.models import Dataset, TrainingJob
 from api.models.base import new_id, utcnow
-from api.deps import get_airflow
-from api.routers.trainings import get_mlflow
+from api.deps import get_airflow, get_mlflow
 from api.services.live_cache import LiveCache
-from api.services.trainings import LiveState
+from api.services.trainings.live_state import LiveState
 from tests.api.conftest import FakeAirflow, make_settings
 from training import job_spec, storage
 

@@ -1,0 +1,115 @@
+"""Reading jobs back for their owner: one job, the list (its unsettled jobs refreshed from the
+shared live state), and what the detail adds to the job's columns (log tail, ETA).
+
+A settled job (terminal, its log tail, metrics, stage, error and output path cached in the
+database) never reads Airflow or MLflow again. Per-job reads (task instances, logs, XCom, the
+partial adapter) happen only on the detail of an unsettled job (and in the reconcile pass)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+
+from api.clients.airflow import AirflowError, TaskInstance
+from api.clients.mlflow import RunSummary
+from api.models import ACTIVE_TRAINING_STATUSES, TrainingJob, TrainingStatus, User
+from api.models.base import utcnow
+from api.services.errors import NotFound
+from api.services.trainings.context import TrainingContext, is_settled, run_id
+from api.services.trainings.live_state import refresh_live
+from api.services.trainings.sync import find_mlflow_run, refresh_one, refresh_progress
+from api.services.trainings.task_logs import log_tail
+from training import job_spec
+
+log = logging.getLogger(__name__)
+
+#: the columns of a job in the list (`GET /v1/trainings`): those `TrainingSummary` reads
+SUMMARY_COLUMNS = (
+    TrainingJob.id, TrainingJob.model_id, TrainingJob.dataset_id, TrainingJob.output_name, TrainingJob.status,
+    TrainingJob.stage, TrainingJob.progress, TrainingJob.created_at, TrainingJob.started_at,
+    TrainingJob.completed_at, TrainingJob.output_path,
+)
+
+
+@dataclass(frozen=True)
+class DetailReadback:
+    """What the detail shows beyond the job's columns."""
+
+    logs: str = ""
+    eta_seconds: float | None = None
+
+
+def owned_job(ctx: TrainingContext, owner: User, job_id: str) -> TrainingJob:
+    """The owner's job `job_id`; `NotFound` (404) for an unknown job or another user's."""
+    job = ctx.session.get(TrainingJob, job_id)
+    if job is None or job.owner_id != owner.id:
+        raise NotFound("Training job not found")
+    return job
+
+
+def list_jobs(ctx: TrainingContext, owner: User, limit: int | None = None, offset: int = 0) -> list[Any]:
+    """The owner's jobs, newest first, optionally one page: rows of `SUMMARY_COLUMNS` (one
+    query), the unsettled ones replaced by their jobs refreshed from the shared live state (no
+    remote call of its own unless the state expired). Each item has the attributes of the
+    columns."""
+    query = (
+        select(*SUMMARY_COLUMNS).where(TrainingJob.owner_id == owner.id)
+        .order_by(TrainingJob.created_at.desc(), TrainingJob.id).offset(offset).limit(limit)
+    )
+    rows: list[Any] = list(ctx.session.execute(query))
+    active_ids = [r.id for r in rows if r.status in ACTIVE_TRAINING_STATUSES]
+    if active_ids:
+        active = ctx.session.scalars(select(TrainingJob).where(TrainingJob.id.in_(active_ids))).all()
+        refresh_live(ctx, active)
+        fresh = {job.id: job for job in active}
+        rows = [fresh.get(r.id, r) for r in rows]
+    return rows
+
+
+def read_detail(ctx: TrainingContext, job: TrainingJob) -> DetailReadback:
+    """The extras of the detail view (logs, ETA). A settled job's come from the database
+    alone; an unsettled one is refreshed from its run (task instances, XCom, MLflow) first,
+    and settled if its run ended."""
+    if is_settled(job):
+        return DetailReadback(logs=job.log_tail or "")
+    logs, eta = "", None
+    tis: dict[str, TaskInstance] = {}
+    try:
+        if job.status in ACTIVE_TRAINING_STATUSES or job.settled_at is None:
+            tis = refresh_one(ctx, job)
+            if job.status == TrainingStatus.RUNNING:
+                find_mlflow_run(ctx, job, tis)
+                summary = refresh_progress(ctx, [job], single=True)
+                if job.stop_requested_at is None:
+                    eta = eta_seconds(job, tis, summary)
+        else:  # settled before log tails were cached: read it once
+            tis = ctx.airflow.list_task_instances(ctx.dag_id, run_id(job))
+        if is_settled(job):
+            logs = job.log_tail or ""
+        else:
+            logs = log_tail(ctx, job, tis)
+            if job.settled_at is not None:
+                job.log_tail = logs
+    except AirflowError as exc:
+        log.warning("cannot read job %s from Airflow: %s", job.id, exc)
+        logs = "(logs unavailable: the pipeline service (Airflow) cannot be reached)"
+    # always: the queries above autoflush, so `session.dirty` can be empty with changes pending
+    ctx.session.commit()
+    return DetailReadback(logs, eta)
+
+
+def eta_seconds(job: TrainingJob, tis: dict[str, TaskInstance], summary: RunSummary | None) -> float | None:
+    """Seconds of training left, from the train task's (or MLflow run's) start and the progress."""
+    train = tis.get(job_spec.TRAIN_TASK_ID)
+    started: datetime | None = train.start_date if train is not None else None
+    if started is None and summary is not None and summary.start_time_ms:
+        started = datetime.fromtimestamp(summary.start_time_ms / 1000, tz=utcnow().tzinfo)
+    progress = job.progress or 0.0
+    if started is None or not 0 < progress < 1:
+        return None
+    elapsed = (utcnow() - started).total_seconds()
+    return round(max(elapsed, 0.0) * (1 - progress) / progress, 1)

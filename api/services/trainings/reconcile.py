@@ -1,0 +1,69 @@
+"""The background pass over every user's jobs (`api.main`'s reconcile loop): refreshes the
+unsettled ones in bulk, follows the stops in flight, finds the MLflow runs of running jobs and
+settles the jobs whose run ended, so that the lists (which read in bulk only) stay true."""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from api.clients.airflow import AirflowError, TrainingAirflowApi
+from api.clients.mlflow import MlflowApi
+from api.clients.s3 import S3Storage
+from api.core.config import Settings
+from api.models import ACTIVE_TRAINING_STATUSES, TERMINAL_TRAINING_STATUSES, TrainingJob, TrainingStatus
+from api.models.base import utcnow
+from api.services.trainings.context import TrainingContext, run_id
+from api.services.trainings.sync import find_mlflow_run, refresh_active, refresh_one, settle
+
+log = logging.getLogger(__name__)
+
+
+def reconcile(ctx: TrainingContext, batch: int = 500, settle_batch: int = 20) -> int:
+    """One background pass: refresh every unsettled job in bulk, find the MLflow runs of
+    running jobs, and settle (error, metrics, output path) jobs whose run ended."""
+    active = ctx.session.scalars(
+        select(TrainingJob).where(TrainingJob.status.in_(ACTIVE_TRAINING_STATUSES))
+        .order_by(TrainingJob.updated_at).limit(batch)
+    ).all()
+    changed = refresh_active(ctx, active)
+    # jobs being stopped: the bulk read cannot tell whether their training process is gone
+    for job in [j for j in active if j.stop_requested_at is not None
+                and j.status in ACTIVE_TRAINING_STATUSES][:settle_batch]:
+        try:
+            refresh_one(ctx, job)
+            changed += int(job.status in TERMINAL_TRAINING_STATUSES)
+        except AirflowError as exc:
+            log.warning("cannot read the stop of job %s: %s", job.id, exc)
+    for job in [j for j in active if j.status == TrainingStatus.RUNNING and not j.mlflow_run_id][:settle_batch]:
+        try:
+            find_mlflow_run(ctx, job, None)
+        except AirflowError as exc:
+            log.warning("cannot read the MLflow run id of job %s: %s", job.id, exc)
+    unsettled = ctx.session.scalars(
+        select(TrainingJob).where(
+            TrainingJob.status.in_(TERMINAL_TRAINING_STATUSES), TrainingJob.settled_at.is_(None)
+        ).limit(settle_batch)
+    ).all()
+    for job in unsettled:
+        try:
+            run = ctx.airflow.get_dag_run(ctx.dag_id, run_id(job))
+            if run is None:
+                job.settled_at, job.log_tail = utcnow(), job.log_tail or ""
+            else:
+                settle(ctx, job, run, ctx.airflow.list_task_instances(ctx.dag_id, run_id(job)))
+            changed += 1
+        except AirflowError as exc:
+            log.warning("cannot settle job %s: %s", job.id, exc)
+            break
+    ctx.session.commit()  # unconditionally: autoflush leaves `session.dirty` empty
+    return changed
+
+
+def reconcile_trainings(
+    session: Session, s3: S3Storage | None, airflow: TrainingAirflowApi, mlflow: MlflowApi | None, settings: Settings
+) -> int:
+    """`reconcile` on the given session and clients; returns how many jobs changed."""
+    return reconcile(TrainingContext(session, s3, airflow, mlflow, settings))
