@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Response, status
-from pydantic import TypeAdapter
 
 from api.deps import AirflowDep, CurrentUser, PAGED_LIST_ROUTE, PageDep, S3Dep, SessionDep, SettingsDep
-from api.models import Dataset
 from api.schemas.common import ErrorResponse
 from api.schemas.datasets import (
     DatasetDetail,
@@ -19,7 +17,6 @@ from api.schemas.datasets import (
     UploadInitiateResponse,
 )
 from api.services.datasets import DatasetService
-from training import storage
 
 router = APIRouter(prefix="/datasets", tags=["datasets"], responses={401: {"model": ErrorResponse}})
 
@@ -31,34 +28,6 @@ def get_service(session: SessionDep, s3: S3Dep, airflow: AirflowDep, settings: S
 
 
 ServiceDep = Annotated[DatasetService, Depends(get_service)]
-
-
-def to_detail(dataset: Dataset, bucket: str) -> DatasetDetail:
-    fields = _fields(dataset, bucket)
-    fields.update(
-        file_name=dataset.file_name,
-        files_path=storage.s3_uri(bucket, storage.dataset_files_prefix(dataset.id)) if dataset.stage == "ready" else None,
-        upload_size_bytes=dataset.upload_size_bytes,
-        stats=dataset.stats,
-        updated_at=dataset.updated_at,
-    )
-    return DatasetDetail.model_validate(fields)
-
-
-def _fields(dataset: Dataset, bucket: str) -> dict[str, Any]:
-    return {
-        "id": dataset.id,
-        "name": dataset.name,
-        "description": dataset.description,
-        "s3_path": storage.s3_uri(bucket, dataset.s3_key),
-        "status": dataset.status,
-        "stage": dataset.stage,
-        "error": dataset.error,
-        "created_at": dataset.created_at,
-        "file_count": dataset.file_count,
-        "total_size_bytes": dataset.total_size_bytes,
-        "updated_at": dataset.updated_at,
-    }
 
 
 @router.post(
@@ -93,9 +62,6 @@ def upload_complete(body: UploadCompleteRequest, user: CurrentUser, service: Ser
     return UploadCompleteResponse(message="Dataset processing initiated", dataset_id=dataset.id)
 
 
-_SUMMARIES = TypeAdapter(list[DatasetSummary])
-
-
 @router.get(
     "",
     response_model=list[DatasetSummary],
@@ -104,13 +70,8 @@ _SUMMARIES = TypeAdapter(list[DatasetSummary])
     description="All your datasets, newest first; `limit` and `offset` return one page of them instead.",
 )
 def list_datasets(user: CurrentUser, service: ServiceDep, settings: SettingsDep, page: PageDep) -> Response:
-    prefix = f"s3://{settings.s3_bucket}/"
-    items = [
-        {**row, "s3_path": prefix + row["s3_key"]}
-        for row in service.list(user, page.limit, page.offset)
-    ]
-    # serialized once here (validated against the schema) rather than twice by FastAPI
-    return Response(_SUMMARIES.dump_json(_SUMMARIES.validate_python(items)), media_type="application/json")
+    rows = service.list(user, page.limit, page.offset)
+    return Response(DatasetSummary.list_json(rows, settings.s3_bucket), media_type="application/json")
 
 
 @router.get(
@@ -120,7 +81,7 @@ def list_datasets(user: CurrentUser, service: ServiceDep, settings: SettingsDep,
     summary="One dataset with its validation summary",
 )
 def get_dataset(dataset_id: str, user: CurrentUser, service: ServiceDep, settings: SettingsDep) -> DatasetDetail:
-    return to_detail(service.get(user, dataset_id), settings.s3_bucket)
+    return DatasetDetail.from_dataset(service.get(user, dataset_id), settings.s3_bucket)
 
 
 @router.delete(

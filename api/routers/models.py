@@ -8,30 +8,9 @@ from sqlalchemy import select
 from api.deps import CurrentUser, SessionDep, SettingsDep
 from api.models import CatalogModelRow
 from api.schemas.common import ErrorResponse
-from api.schemas.models import ModelDetail, SupportedLoraParams
-from training import storage
+from api.schemas.models import ModelDetail
 
 router = APIRouter(prefix="/models", tags=["models"], responses={401: {"model": ErrorResponse}})
-
-
-def to_detail(row: CatalogModelRow, bucket: str) -> ModelDetail:
-    return ModelDetail(
-        id=row.id,
-        name=row.name,
-        description=row.description,
-        model_type=row.model_type,  # type: ignore[arg-type]
-        base_architecture=row.base_architecture,  # type: ignore[arg-type]
-        version=row.version,
-        tiny=row.tiny,
-        supported_lora_params=SupportedLoraParams(
-            min_rank=row.min_rank, max_rank=row.max_rank, default_alpha=row.default_alpha
-        ),
-        default_target_modules=list(row.default_target_modules),
-        allowed_target_modules=list(row.allowed_target_modules),
-        architecture_class=row.architecture_class,
-        checkpoint=row.checkpoint,
-        weights_uri=storage.s3_uri(bucket, storage.model_prefix(row.id)),
-    )
 
 
 @router.get("/allowed", response_model=list[ModelDetail], summary="Models available for QLoRA fine-tuning")
@@ -39,7 +18,7 @@ def list_allowed(_: CurrentUser, session: SessionDep, settings: SettingsDep) -> 
     rows = session.scalars(
         select(CatalogModelRow).where(CatalogModelRow.active.is_(True)).order_by(CatalogModelRow.id)
     )
-    return [to_detail(row, settings.s3_bucket) for row in rows]
+    return [ModelDetail.from_row(row, settings.s3_bucket) for row in rows]
 
 
 @router.get(
@@ -52,4 +31,4 @@ def get_model(model_id: str, _: CurrentUser, session: SessionDep, settings: Sett
     row = session.get(CatalogModelRow, model_id)
     if row is None or not row.active:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"Model {model_id[:128]!r} not found")
-    return to_detail(row, settings.s3_bucket)
+    return ModelDetail.from_row(row, settings.s3_bucket)

@@ -1,9 +1,15 @@
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from training import storage
+
+if TYPE_CHECKING:
+    from api.models import Dataset
 
 DatasetStatusField = Literal["ready", "processing", "error"]
 DatasetStageField = Literal["awaiting_upload", "validating", "ready", "failed", "expired"]
@@ -66,6 +72,16 @@ class DatasetSummary(BaseModel):
     file_count: int = Field(description="Files in the extracted dataset (0 until validated).")
     total_size_bytes: int = Field(description="Bytes of the extracted dataset (0 until validated).")
 
+    @staticmethod
+    def list_json(rows: Iterable[Mapping[str, Any]], bucket: str) -> bytes:
+        """The JSON body of a list from rows of the datasets' list columns (with `s3_key`):
+        validated and serialized once for all of them, faster than FastAPI's response model
+        (which serializes twice)."""
+        prefix = f"s3://{bucket}/"
+        return _SUMMARY_LIST.dump_json(
+            _SUMMARY_LIST.validate_python([{**row, "s3_path": prefix + row["s3_key"]} for row in rows])
+        )
+
 
 class DatasetDetail(DatasetSummary):
     """One dataset with its validation summary."""
@@ -77,3 +93,28 @@ class DatasetDetail(DatasetSummary):
         default=None, description="Validation summary: tasks, labels, captions, splits, video stats, clip_count."
     )
     updated_at: datetime
+
+    @classmethod
+    def from_dataset(cls, dataset: Dataset, bucket: str) -> DatasetDetail:
+        """The detail of `dataset`, whose objects are in `bucket`."""
+        return cls(
+            id=dataset.id,
+            name=dataset.name,
+            description=dataset.description,
+            s3_path=storage.s3_uri(bucket, dataset.s3_key),
+            status=dataset.status,  # type: ignore[arg-type]
+            stage=dataset.stage,  # type: ignore[arg-type]
+            error=dataset.error,
+            created_at=dataset.created_at,
+            file_count=dataset.file_count,
+            total_size_bytes=dataset.total_size_bytes,
+            file_name=dataset.file_name,
+            files_path=storage.s3_uri(bucket, storage.dataset_files_prefix(dataset.id))
+            if dataset.stage == "ready" else None,
+            upload_size_bytes=dataset.upload_size_bytes,
+            stats=dataset.stats,
+            updated_at=dataset.updated_at,
+        )
+
+
+_SUMMARY_LIST = TypeAdapter(list[DatasetSummary])
