@@ -19,6 +19,8 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from training.settings import get_settings
+
 log = logging.getLogger(__name__)
 
 ENTRY_KINDS = ("models", "datasets")
@@ -27,17 +29,11 @@ LAST_USED = ".last-used"
 #: every TOUCH_EVERY_S)
 MIN_IDLE_S = 3600.0
 TOUCH_EVERY_S = 300.0
-DEFAULT_MAX_GB = 200.0
 
 
 def max_bytes() -> int | None:
-    """The size limit from `QLORA_CACHE_MAX_GB` (None: no limit)."""
-    raw = os.environ.get("QLORA_CACHE_MAX_GB", "").strip()
-    try:
-        gigabytes = float(raw) if raw else DEFAULT_MAX_GB
-    except ValueError:
-        raise ValueError(f"QLORA_CACHE_MAX_GB={raw!r} is not a number") from None
-    return int(gigabytes * 1024**3) if gigabytes > 0 else None
+    """The size limit from `QLORA_CACHE_MAX_GB` (None: no limit; `training.settings`)."""
+    return get_settings().cache_max_bytes
 
 
 def touch(entry: Path) -> None:

@@ -1,8 +1,13 @@
-"""S3 access for the pipeline side (DAG tasks, the engine, seeding): one client factory, one
-notion of a transient error, and folder transfers that never leave torn files behind.
+"""S3 for the pipeline side (DAG tasks, the engine, seeding): the one module.
 
-Configuration is boto3's standard chain (`AWS_ENDPOINT_URL_S3`, `AWS_ACCESS_KEY_ID`, ...) plus
-`QLORA_S3_BUCKET`; the key layout is `training/storage.py`.
+1. The key layout: where everything lives in the bucket (the API uses the same layout).
+2. The client and its errors: one client factory, what counts as transient or missing.
+3. Transfers: folder downloads and uploads that never leave torn files behind.
+4. `s3://` URIs for the engine: a model, dataset or adapter as a local folder (through the
+   cache), an output folder uploaded to a URI.
+
+The bucket, the endpoint and the cache folder come from `training.settings`; credentials from
+boto3's standard chain (`AWS_ACCESS_KEY_ID`, ..., or an IAM role).
 """
 
 from __future__ import annotations
@@ -11,18 +16,79 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from training.errors import InputError
+from training.settings import get_settings
+
+# --------------------------------------------------------------------------------------------
+# 1. The key layout
+#
+#     datasets/{dataset_id}/{file_name}             the uploaded archive (as the user named it)
+#     datasets/{dataset_id}/files/...               the extracted, validated dataset folder
+#     datasets/{dataset_id}/validation/report.json  the validation report (GX results, stats)
+#     models/{model_id}/                            base model weights, config, tokenizer, processor
+#     trainings/{job_id}/adapter/                   the trained LoRA adapter (+ processor files,
+#                                                   metrics.json of the evaluation)
+#     trainings/{job_id}/checkpoints/               resumable training checkpoints
+
+DATASETS = "datasets"
+MODELS = "models"
+TRAININGS = "trainings"
+#: the file whose presence marks a complete adapter: uploaded last
+ADAPTER_MARKER = "adapter_config.json"
+
+
+def dataset_prefix(dataset_id: str) -> str:
+    return f"{DATASETS}/{dataset_id}/"
+
+
+def dataset_upload_key(dataset_id: str, safe_file_name: str) -> str:
+    return f"{dataset_prefix(dataset_id)}{safe_file_name}"
+
+
+def dataset_files_prefix(dataset_id: str) -> str:
+    return f"{dataset_prefix(dataset_id)}files/"
+
+
+def dataset_report_key(dataset_id: str) -> str:
+    return f"{dataset_prefix(dataset_id)}validation/report.json"
+
+
+def model_prefix(model_id: str) -> str:
+    return f"{MODELS}/{model_id}/"
+
+
+def training_prefix(job_id: str) -> str:
+    return f"{TRAININGS}/{job_id}/"
+
+
+def adapter_prefix(job_id: str) -> str:
+    return f"{training_prefix(job_id)}adapter/"
+
+
+def checkpoints_prefix(job_id: str) -> str:
+    return f"{training_prefix(job_id)}checkpoints/"
+
+
+def s3_uri(bucket: str, key: str) -> str:
+    return f"s3://{bucket}/{key}"
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    """`s3://bucket/some/key` -> (`bucket`, `some/key`)."""
+    if not uri.startswith("s3://"):
+        raise ValueError(f"not an s3:// URI: {uri}")
+    bucket, _, key = uri[len("s3://"):].partition("/")
+    if not bucket:
+        raise ValueError(f"no bucket in {uri}")
+    return bucket, key
+
+
+# --------------------------------------------------------------------------------------------
+# 2. The client and its errors
+
 TRANSIENT_CODES = frozenset({"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout",
                              "InternalError", "ServiceUnavailable"})
 MISSING_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
-
-
-def bucket() -> str:
-    return os.environ.get("QLORA_S3_BUCKET", "qlora")
-
-
-def cache_dir() -> Path:
-    """Local cache of models and datasets (`QLORA_CACHE_DIR`; `make up` sets `.cache/`)."""
-    return Path(os.environ.get("QLORA_CACHE_DIR") or Path.home() / ".cache" / "qlora")
 
 
 def client():
@@ -31,7 +97,7 @@ def client():
     import boto3
     from botocore.config import Config
 
-    style = "path" if os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") else "auto"
+    style = "path" if get_settings().s3_endpoint_url else "auto"
     return boto3.client("s3", config=Config(s3={"addressing_style": style}, connect_timeout=10, read_timeout=120,
                                             retries={"max_attempts": 4, "mode": "standard"}))
 
@@ -52,6 +118,9 @@ def is_missing(exc: BaseException) -> bool:
     response = getattr(exc, "response", None) or {}
     return str(response.get("Error", {}).get("Code", "")) in MISSING_CODES
 
+
+# --------------------------------------------------------------------------------------------
+# 3. Transfers
 
 def list_objects(s3, bucket_name: str, prefix: str) -> list[dict]:
     objects: list[dict] = []
@@ -106,3 +175,45 @@ def delete_prefix(s3, bucket_name: str, prefix: str) -> int:
             s3.delete_objects(Bucket=bucket_name, Delete={"Objects": keys, "Quiet": True})
             count += len(keys)
     return count
+
+
+# --------------------------------------------------------------------------------------------
+# 4. s3:// URIs for the engine
+
+def _folder_prefix(key: str) -> str:
+    return key.rstrip("/") + "/" if key else ""
+
+
+def cached_copy(uri: str) -> Path:
+    """Where `local_folder` keeps its copy of the `s3://` prefix `uri`: under the cache folder
+    (`QLORA_CACHE_DIR`), `s3/{bucket}/{prefix}`."""
+    bucket, key = split_s3_uri(uri)
+    return get_settings().cache_dir / "s3" / bucket / _folder_prefix(key)
+
+
+def local_folder(location: str, what: str) -> Path:
+    """A local folder holding `location`: the folder itself, or for an `s3://` URI its copy in
+    the cache (downloaded; files already there and unchanged are kept). `what` names the input
+    in the error (`InputError`) when there is no such folder or prefix."""
+    if not location.startswith("s3://"):
+        path = Path(location)
+        if not path.is_dir():
+            raise InputError(f"--{what} {location} is not a folder")
+        return path
+    bucket, key = split_s3_uri(location)
+    target = cached_copy(location)
+    try:
+        found, _ = download_prefix(client(), bucket, _folder_prefix(key), target)
+    except Exception as exc:  # botocore raises several types; one clear line for the user
+        raise InputError(f"--{what} {location}: cannot read from S3 ({exc})") from None
+    if not found:
+        raise InputError(f"--{what} {location}: no objects under that prefix")
+    return target
+
+
+def upload_folder(folder: Path, uri: str) -> int:
+    """Uploads every file of `folder` under the `s3://` prefix `uri` (`adapter_config.json`
+    last, so a cut-short upload never looks like a complete adapter); returns the file count."""
+    bucket, key = split_s3_uri(uri)
+    files = [p for p in Path(folder).rglob("*") if p.is_file()]
+    return len(upload_files(client(), bucket, Path(folder), files, _folder_prefix(key), last=ADAPTER_MARKER))

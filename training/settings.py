@@ -1,0 +1,74 @@
+"""The pipeline side's settings (DAG tasks, the Airflow plugin, the engine's S3 access), read
+from the environment in one place.
+
+`get_settings()` builds a fresh `PipelineSettings` on each call (cheap: a few environment
+lookups), so a test's `monkeypatch.setenv` or a worker's changed environment is seen at once.
+Empty variables count as unset. The child process of the engine gets the task's environment
+as it is (`env=`), not this object.
+
+S3 credentials and the region stay with boto3's own chain (`AWS_ACCESS_KEY_ID`, an IAM role,
+...); only the endpoint is read here, to choose path-style addressing for S3-compatible servers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_CACHE_MAX_GB = 200.0
+
+
+def _default_cache_dir() -> Path:
+    return Path.home() / ".cache" / "qlora"
+
+
+class SettingsError(ValueError):
+    """An environment variable the pipeline reads holds a value it cannot use."""
+
+
+class PipelineSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_ignore_empty=True, extra="ignore", frozen=True)
+
+    #: the platform's bucket (layout: `training.s3`)
+    s3_bucket: str = Field("qlora", validation_alias="QLORA_S3_BUCKET")
+    #: a custom S3 endpoint (SeaweedFS, MinIO); unset on AWS. boto3 reads it itself; we only
+    #: switch to path-style addressing when it is set
+    s3_endpoint_url: str | None = Field(
+        None, validation_alias=AliasChoices("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"))
+    #: the worker's local cache of models, datasets and job folders (`make up`: `.cache/`)
+    cache_dir: Path = Field(default_factory=_default_cache_dir, validation_alias="QLORA_CACHE_DIR")
+    #: size limit of the cache's models and datasets in GB; 0 or less: no limit
+    cache_max_gb: float = Field(DEFAULT_CACHE_MAX_GB, validation_alias="QLORA_CACHE_MAX_GB")
+    #: the MLflow tracking server; unset: no tracking
+    mlflow_tracking_uri: str | None = Field(None, validation_alias="MLFLOW_TRACKING_URI")
+    #: the MLflow UI address browsers use (links), when it differs from the tracking URI
+    mlflow_ui_url: str | None = Field(None, validation_alias="QLORA_MLFLOW_UI_URL")
+    #: the job a training process belongs to (set by the train task for its engine)
+    job_id: str | None = Field(None, validation_alias="QLORA_JOB_ID")
+
+    @property
+    def cache_max_bytes(self) -> int | None:
+        """The cache's size limit in bytes (None: no limit)."""
+        return int(self.cache_max_gb * 1024**3) if self.cache_max_gb > 0 else None
+
+    @property
+    def mlflow_ui_base_url(self) -> str | None:
+        """The MLflow UI to link to: `QLORA_MLFLOW_UI_URL`, else the tracking URI when it is an
+        http(s) URL (the tracking server serves the UI); None when there is none."""
+        url = self.mlflow_ui_url or self.mlflow_tracking_uri or ""
+        return url.rstrip("/") if url.startswith(("http://", "https://")) else None
+
+
+def get_settings() -> PipelineSettings:
+    """The settings as the environment says now. Raises `SettingsError` naming the variable
+    whose value is unusable."""
+    try:
+        return PipelineSettings()
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            name = ".".join(str(p) for p in error.get("loc", ()))
+            problems.append(f"{name}={error.get('input')!r}: {error.get('msg', 'invalid')}")
+        raise SettingsError("; ".join(problems)) from None
