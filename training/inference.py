@@ -15,12 +15,12 @@ def _setup(args: argparse.Namespace):
     from transformers.utils import logging as hf_logging
 
     from training.quantization import compute_dtype, device
-    from training.remote import resolve
+    from training.s3 import local_folder
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    adapter = resolve(args.adapter, "adapter")
-    base = read_base_model(resolve(args.model, "model"), source=args.model)
+    adapter = local_folder(args.adapter, "adapter")
+    base = read_base_model(local_folder(args.model, "model"), source=args.model)
     info = ModelInfo.load(adapter)
     train_info = json.loads((adapter / TRAINING_INFO_FILE).read_text()) if (adapter / TRAINING_INFO_FILE).is_file() else {}
     dev = device()
@@ -40,10 +40,10 @@ def evaluate_command(args: argparse.Namespace) -> int:
 
     from training.data.loader import ClipDataset, read_examples, split_examples
     from training.evaluation import evaluate
-    from training.remote import resolve
+    from training.s3 import local_folder
 
     base, model, id2label, frames, task, train_info, dev, dtype = _setup(args)
-    rows = read_examples(resolve(args.data, "data"), task)
+    rows = read_examples(local_folder(args.data, "data"), task)
     if args.split == "all":
         examples = [e for e, _ in rows]
     else:
@@ -77,7 +77,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
             import shutil
             import tempfile
 
-            from training.remote import upload_folder
+            from training.s3 import upload_folder
 
             with tempfile.TemporaryDirectory() as folder:  # the metrics file alone, under its name
                 shutil.copy2(args.output, Path(folder) / Path(args.output).name)

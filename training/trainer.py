@@ -195,15 +195,15 @@ def _run(args: RunArgs, output: Path, result: EngineResult) -> int:
     started = time.time()
 
     # ---- inputs, all checked before any training -------------------------------------------
-    from training.remote import resolve
+    from training.s3 import local_folder
 
-    base = read_base_model(resolve(args.model, "model"), source=args.model)
+    base = read_base_model(local_folder(args.model, "model"), source=args.model)
     arch = get_architecture(base.family.name)
     p: TrainingParams = params.resolve(_model_limits(base), args.params)  # every default filled in
     frames = p.frames or base.prep.frames
     result.params = p.model_dump()
 
-    data_dir = resolve(args.data, "data")
+    data_dir = local_folder(args.data, "data")
     splits = split_examples(read_examples(data_dir, args.task), args.task, p.seed, args.validation_fraction)
     label2id = id2label = None
     if args.task == "video_classification":
@@ -303,7 +303,7 @@ def _run(args: RunArgs, output: Path, result: EngineResult) -> int:
         save_adapter(output, model, base, args, p, label2id, splits, frames, step, total_steps)
         result.adapter_files = sorted(f.name for f in _adapter_files(output).iterdir())
         if args.output_uri:
-            from training.remote import upload_folder
+            from training.s3 import upload_folder
 
             log.info("uploaded %d files to %s", upload_folder(_adapter_files(output), args.output_uri),
                      args.output_uri)
