@@ -193,21 +193,21 @@ def cached_copy(uri: str) -> Path:
 
 def local_folder(location: str, what: str) -> Path:
     """A local folder holding `location`: the folder itself, or for an `s3://` URI its copy in
-    the cache (downloaded; files already there and unchanged are kept). `what` names the input
-    in the error (`InputError`) when there is no such folder or prefix."""
+    the cache (downloaded; files already there and unchanged are kept). `what` is the input's
+    name, the `field` of the `InputError` raised when there is no such folder or prefix."""
     if not location.startswith("s3://"):
         path = Path(location)
         if not path.is_dir():
-            raise InputError(f"--{what} {location} is not a folder")
+            raise InputError(f"{location} is not a folder", field=what)
         return path
     bucket, key = split_s3_uri(location)
     target = cached_copy(location)
     try:
         found, _ = download_prefix(client(), bucket, _folder_prefix(key), target)
     except Exception as exc:  # botocore raises several types; one clear line for the user
-        raise InputError(f"--{what} {location}: cannot read from S3 ({exc})") from None
+        raise InputError(f"{location}: cannot read from S3 ({exc})", field=what) from None
     if not found:
-        raise InputError(f"--{what} {location}: no objects under that prefix")
+        raise InputError(f"{location}: no objects under that prefix", field=what)
     return target
 
 
