@@ -88,7 +88,7 @@ def seed_datasets(database_url: str, username: str, count: int) -> None:
     from api.db import make_engine, make_sessionmaker
     from api.models import Dataset, DatasetStage, User
     from api.models.base import new_id, utcnow
-    from training import storage
+    from training.s3 import dataset_upload_key
 
     engine = make_engine(database_url)
     with make_sessionmaker(engine)() as session:
@@ -98,7 +98,7 @@ def seed_datasets(database_url: str, username: str, count: int) -> None:
         for i in range(count):
             dataset_id = new_id()
             ds = Dataset(id=dataset_id, owner_id=owner.id, name=f"dataset {i}", description="bench dataset " * 4,
-                         file_name="clips.zip", s3_key=storage.dataset_upload_key(dataset_id, "clips.zip"),
+                         file_name="clips.zip", s3_key=dataset_upload_key(dataset_id, "clips.zip"),
                          file_count=21, total_size_bytes=123456, created_at=now - timedelta(seconds=i),
                          stats={"tasks": ["video_classification"], "labels": {"left": 10, "right": 10}})
             ds.set_stage(DatasetStage.READY)

@@ -38,7 +38,7 @@ from bench.api import ROUNDS, Result, load, print_table, signup
 from devstack.ports import free_ports
 from devstack.postgres import Postgres
 from devstack.processes import pids_with_args
-from training import storage
+from training.s3 import adapter_prefix, s3_uri
 from training.data.synthetic import make_dataset, zip_folder
 
 MODEL = "flamingo-tiny-classification"
@@ -159,7 +159,7 @@ def seed_jobs(database_url: str, usernames: list[str], per_user: list[int], data
                              "output_name": f"j{i}"}, output_name=f"j{i}", airflow_run_id=f"train-{job_id}",
                     stage="registering", progress=1.0, created_at=now - timedelta(seconds=i),
                     started_at=now - timedelta(seconds=i + 60), completed_at=now - timedelta(seconds=i),
-                    output_path=storage.s3_uri("qlora", storage.adapter_prefix(job_id)),
+                    output_path=s3_uri("qlora", adapter_prefix(job_id)),
                     metrics={"loss": 0.1, "progress": 1.0}, settled_at=now,
                     log_tail="\n".join(f"[engine] step {s}/60 loss 0.1" for s in range(60))))
             session.add_all(rows)

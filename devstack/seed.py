@@ -69,7 +69,7 @@ def seed_tiny_models(s3: S3Settings, log: Path) -> list[str]:
     """Builds (`python -m training build-tiny`) and uploads every `tiny = true` catalog entry
     not yet in S3, or built there by other code than today's. Returns one line per model
     saying what happened."""
-    from training import storage
+    from training import s3 as s3_io
     from training.catalog import load_catalog
     from training.model_info import tiny_build_id
 
@@ -79,7 +79,7 @@ def seed_tiny_models(s3: S3Settings, log: Path) -> list[str]:
     for model in load_catalog().models:
         if not model.tiny:
             continue
-        prefix = storage.model_prefix(model.id)
+        prefix = s3_io.model_prefix(model.id)
         seeded = _seeded_build(s3, prefix)
         if seeded == current:
             lines.append(f"{model.id}: already in s3://{s3.bucket}/{prefix}")

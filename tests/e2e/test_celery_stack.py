@@ -21,7 +21,8 @@ from devstack.ports import port_open
 from devstack.processes import pids_with_args
 from devstack.secrets_file import read_env_file
 from tests.e2e.journey import TERMINAL, login, ready_dataset, start_job, watch
-from training import job_spec, storage
+from training import job_spec
+from training.s3 import adapter_prefix, s3_uri
 
 pytestmark = [pytest.mark.e2e, pytest.mark.stack, pytest.mark.timeout(900)]
 
@@ -44,7 +45,7 @@ def _adapter_files(stack_env: dict[str, str], job_id: str) -> set[str]:
                       aws_access_key_id=stack_env["AWS_ACCESS_KEY_ID"],
                       aws_secret_access_key=stack_env["AWS_SECRET_ACCESS_KEY"],
                       region_name=stack_env["AWS_DEFAULT_REGION"])
-    prefix = storage.adapter_prefix(job_id)
+    prefix = adapter_prefix(job_id)
     listed = s3.list_objects_v2(Bucket=stack_env["QLORA_S3_BUCKET"], Prefix=prefix).get("Contents", [])
     return {o["Key"][len(prefix):] for o in listed}
 
@@ -90,7 +91,7 @@ def test_celery_workers_validate_train_and_stop(stack_cli, tmp_path):
         assert (caches["gpu"] / "datasets" / dataset_id / ".last-used").is_file()  # for LRU eviction
         assert (caches["gpu"] / "trainings").is_dir() and not (caches["gpu"] / "trainings" / job_id).exists()
         assert not (caches["default"] / "models").exists() and not (caches["default"] / "trainings").exists()
-        assert final["output_path"] == storage.s3_uri(bucket, storage.adapter_prefix(job_id))
+        assert final["output_path"] == s3_uri(bucket, adapter_prefix(job_id))
         assert {"adapter_config.json", "adapter_model.safetensors"} <= _adapter_files(env, job_id)
 
         # a stop reaches the training on the gpu worker: it saves, uploads, ends `stopped`
@@ -101,7 +102,7 @@ def test_celery_workers_validate_train_and_stop(stack_cli, tmp_path):
         final, _ = watch(api, long_job, lambda j: j["status"] in TERMINAL, 90)
         print(f"celery stop: request -> {final['status']} in {time.monotonic() - asked:.1f} s")
         assert final["status"] == "stopped", final
-        assert final["output_path"] == storage.s3_uri(bucket, storage.adapter_prefix(long_job))
+        assert final["output_path"] == s3_uri(bucket, adapter_prefix(long_job))
         assert {"adapter_config.json", "adapter_model.safetensors"} <= _adapter_files(env, long_job)
         assert final["error"] is None and final["progress"] < 1.0, final
         assert not (caches["gpu"] / "trainings" / long_job).exists()

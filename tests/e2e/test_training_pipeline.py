@@ -15,7 +15,7 @@ import pytest
 from devstack.processes import pids_with_args
 from devstack.seed import seed_tiny_models
 from tests.e2e.journey import TERMINAL, login, ready_dataset, start_job, watch
-from training import storage
+from training.s3 import adapter_prefix, s3_uri
 
 pytestmark = [pytest.mark.e2e, pytest.mark.stack, pytest.mark.timeout(900)]
 
@@ -56,8 +56,8 @@ def test_train_watch_stop_and_kill(api_server, tmp_path):
             progress = [j["progress"] for j in seen]
             assert progress == sorted(progress) and final["progress"] == 1.0, progress
             assert final["started_at"] and final["completed_at"]
-            prefix = storage.adapter_prefix(job_id)
-            assert final["output_path"] == storage.s3_uri(api_server.s3.bucket, prefix)
+            prefix = adapter_prefix(job_id)
+            assert final["output_path"] == s3_uri(api_server.s3.bucket, prefix)
             keys = {o["Key"][len(prefix):] for o in
                     s3.list_objects_v2(Bucket=api_server.s3.bucket, Prefix=prefix).get("Contents", [])}
             assert {"adapter_config.json", "adapter_model.safetensors"} <= keys, keys
@@ -87,8 +87,8 @@ def test_train_watch_stop_and_kill(api_server, tmp_path):
         # stopped means the training process is gone and its partial adapter is complete in S3
         assert not pids_with_args("training", "run", long_job)
         assert {(j["status"], j["stage"]) for j in seen[:-1]} <= {("running", "training"), ("running", "stopping")}
-        prefix = storage.adapter_prefix(long_job)
-        assert final["output_path"] == storage.s3_uri(api_server.s3.bucket, prefix)
+        prefix = adapter_prefix(long_job)
+        assert final["output_path"] == s3_uri(api_server.s3.bucket, prefix)
         keys = {o["Key"][len(prefix):] for o in
                 s3.list_objects_v2(Bucket=api_server.s3.bucket, Prefix=prefix).get("Contents", [])}
         assert {"adapter_config.json", "adapter_model.safetensors"} <= keys, keys
