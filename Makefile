@@ -1,7 +1,7 @@
 # The two commands a new user needs: `make up` and `make test` (see README.md).
 #   make up      venv from requirements.lock if missing, then the whole local stack in the background
 #   make test    the test suite (it starts its own services on free loopback ports)
-#   make down / make status / make bench / make clean
+#   make down / make status / make bench / make clean / make lock (regenerate the lock files)
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -12,20 +12,39 @@ STAMP := $(VENV)/.installed
 # already has torch, the lookup fails fast and the local wheel is used). TORCH_INDEX= skips it.
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 PYTEST_ARGS ?=
+# `make lock`: where uv finds torch's CPU build (PyTorch's page of torch files, or pip's local
+# wheel folder where one is configured), the platform the lock is for, extra uv options
+# (LOCK_ARGS=--upgrade-package NAME moves one package; every other version is kept).
+TORCH_FIND_LINKS ?= $(or $(PIP_FIND_LINKS),$(TORCH_INDEX)/torch/)
+LOCK_TARGET := --python-version 3.11.7 --python-platform x86_64-manylinux_2_28
+LOCK_ARGS ?=
 
-.PHONY: install up down status test bench clean
+.PHONY: install up down status test bench clean lock
 
-# A venv from the committed, fully pinned lock file; redone when the lock file changes.
+# A venv from the committed lock file (every version pinned, every file hashed); redone when the
+# lock file changes. torch alone first (its own index, see above), checked against the lock's hash.
+# --no-deps: the lock is complete (uv resolved it), so pip installs exactly it and resolves nothing
+# (pip 23's resolver refuses an extra such as celery[redis] in hash mode); `pip check` proves it whole.
 $(STAMP): requirements.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Python 3.11 is required (set PYTHON=...)")'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --no-deps --retries 0 --timeout 15 "$$(grep '^torch==' requirements.lock)" \
+	awk '/^torch==/{p=1; print; next} p && /^ /{print; next} {p=0}' requirements.lock > $(VENV)/torch.lock
+	$(PY) -m pip install -q --no-deps --require-hashes --retries 0 --timeout 15 -r $(VENV)/torch.lock \
 		$(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
-	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps --require-hashes -r requirements.lock
 	$(PY) -m pip install -q --no-deps -e .
+	$(PY) -m pip check
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# requirements.lock (every extra, hashed) and requirements-api.lock (the `api` extra alone, at the
+# same versions: the slim API image) from pyproject.toml, by uv (in the `dev` extra).
+lock: install
+	$(VENV)/bin/uv pip compile -q pyproject.toml --all-extras --generate-hashes $(LOCK_TARGET) \
+		$(foreach f,$(TORCH_FIND_LINKS),--find-links $(f)) $(LOCK_ARGS) -o requirements.lock
+	$(VENV)/bin/uv pip compile -q pyproject.toml --extra api --generate-hashes $(LOCK_TARGET) \
+		--constraint requirements.lock -o requirements-api.lock
 
 up: install
 	$(PY) -m devstack up

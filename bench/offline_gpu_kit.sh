@@ -13,7 +13,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY_VERSION=${PY_VERSION:-3.12}
-lock() { grep -i "^$1==" requirements.lock | head -1; }
+# NAME==VERSION from the hashed lock (names normalised: rouge_score is rouge-score there)
+lock() { grep -iE "^${1//[-_.]/[-_.]}==" requirements.lock | head -1 | sed 's/[[:space:]]*\\$//'; }
 rm -rf .whl .site && mkdir -p .whl .site
 platforms=()
 for p in manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_24_x86_64 manylinux_2_17_x86_64 \
