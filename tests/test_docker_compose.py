@@ -1,9 +1,11 @@
 """docker-compose.yaml cannot run where the tests run (no Docker engine), so these checks keep it
 in step with the code it deploys: the variables the API reads, the Celery queues and the pool the
-DAGs use, the secrets the header asks for, and the lock file as the only source of versions."""
+DAGs use, the secrets the header asks for, the lock files as the only source of versions, and
+the API's slim image (no torch, no Airflow)."""
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -54,9 +56,35 @@ def test_required_secrets_are_the_documented_ones():
     assert required == documented, (required ^ documented)
 
 
+def _pinned_in_pip_installs(dockerfile: str) -> set[str]:
+    installs = [line for line in dockerfile.replace("\\\n", " ").splitlines() if "pip install" in line]
+    return {m for line in installs for m in re.findall(r"([A-Za-z0-9_.\[\]-]+)==", line)}
+
+
 def test_the_image_takes_every_version_from_the_lock_file():
     dockerfile = COMPOSE["x-app-build"]["dockerfile_inline"]
-    installs = [line for line in dockerfile.replace("\\\n", " ").splitlines() if "pip install" in line]
-    pinned = {m for line in installs for m in re.findall(r"([A-Za-z0-9_.\[\]-]+)==", line)}
-    assert pinned == {"torch"}, pinned  # torch by variant (cpu/cu128); its version is the lock's
-    assert "-r /tmp/requirements.txt" in dockerfile and "requirements.lock" in dockerfile
+    assert _pinned_in_pip_installs(dockerfile) == {"torch"}  # torch by variant (cpu/cu128); its version is the lock's
+    assert "requirements.lock" in dockerfile
+    assert "--no-deps --require-hashes -r /tmp/requirements.txt" in dockerfile  # the rest: hashed
+    assert "--no-deps --require-hashes -r /tmp/torch.txt" in dockerfile  # the CPU build: the lock's hash
+
+
+def test_the_api_image_is_slim():
+    """The API's image installs the `api` extra's lock file (no torch, no Airflow) and copies
+    every first-party package the API imports."""
+    api = SERVICES["api"]
+    assert api["build"] == COMPOSE["x-api-build"] and api["image"] != SERVICES["airflow-scheduler"]["image"]
+    dockerfile = COMPOSE["x-api-build"]["dockerfile_inline"]
+    assert "pip install --no-cache-dir --no-deps --require-hashes -r requirements-api.lock" in dockerfile
+    assert _pinned_in_pip_installs(dockerfile) == set()
+    assert not re.search(r"torch|airflow|requirements\.lock|TORCH", dockerfile), dockerfile
+    copied = set(re.findall(r"^COPY (\w+) ", dockerfile, re.M))
+    first_party = {p.name for p in REPO.iterdir() if (p / "__init__.py").exists()}
+    imported = set()
+    for path in (REPO / "api").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.partition(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.partition(".")[0])
+    assert imported & first_party <= copied, (imported & first_party) - copied
