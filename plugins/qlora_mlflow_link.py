@@ -6,23 +6,18 @@ the URL in XCom under `xcom_key`; the train task also pushes that URL itself rig
 the button works while the run trains and after a stop or a kill.
 
 The MLflow UI address is `$QLORA_MLFLOW_UI_URL`, else `$MLFLOW_TRACKING_URI` when it is an
-http(s) URL (the tracking server serves the UI).
+http(s) URL (the tracking server serves the UI): `training.settings`.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from airflow.plugins_manager import AirflowPlugin
 from airflow.sdk import BaseOperatorLink
 
 from training import job_spec
-
-
-def mlflow_ui_base_url() -> str | None:
-    url = os.environ.get("QLORA_MLFLOW_UI_URL") or os.environ.get("MLFLOW_TRACKING_URI") or ""
-    return url.rstrip("/") if url.startswith(("http://", "https://")) else None
+from training.settings import get_settings
 
 
 class MLflowRunLink(BaseOperatorLink):
@@ -33,7 +28,7 @@ class MLflowRunLink(BaseOperatorLink):
     def get_link(self, operator: Any, *, ti_key: Any) -> str:
         from airflow.sdk.execution_time.xcom import XCom
 
-        base = mlflow_ui_base_url()
+        base = get_settings().mlflow_ui_base_url
         run_id = XCom.get_value(ti_key=ti_key, key=job_spec.XCOM_MLFLOW_RUN_ID)
         experiment_id = XCom.get_value(ti_key=ti_key, key=job_spec.XCOM_MLFLOW_EXPERIMENT_ID)
         if not (base and run_id and experiment_id):

@@ -14,7 +14,7 @@ import pytest
 
 from tests.dags.airflow_harness import MARK, REPO, run_python as _python
 
-from training import storage
+from training.s3 import dataset_files_prefix, dataset_report_key, dataset_upload_key
 from training.data.synthetic import make_dataset, zip_folder
 
 DAG_FILE = REPO / "dags" / "dataset_validation.py"
@@ -135,7 +135,7 @@ def dag_runs(airflow_env, s3, tmp_path_factory):
 
     def upload(name: str, archive: Path, **extra) -> None:
         dataset_id = str(uuid.uuid4())
-        key = storage.dataset_upload_key(dataset_id, archive.name)
+        key = dataset_upload_key(dataset_id, archive.name)
         client.upload_file(str(archive), s3.bucket, key)
         cases[name] = {"conf": {"dataset_id": dataset_id, "s3_key": key}, **extra}
 
@@ -153,7 +153,7 @@ def dag_runs(airflow_env, s3, tmp_path_factory):
 
     never_uploaded = str(uuid.uuid4())
     cases["no_archive"] = {"conf": {"dataset_id": never_uploaded,
-                                    "s3_key": storage.dataset_upload_key(never_uploaded, "gone.zip")}}
+                                    "s3_key": dataset_upload_key(never_uploaded, "gone.zip")}}
 
     env = {**airflow_env, **s3.env(), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db"}
     confs = json.dumps({name: case["conf"] for name, case in cases.items()})
@@ -161,10 +161,10 @@ def dag_runs(airflow_env, s3, tmp_path_factory):
     for name, case in cases.items():
         dataset_id = case["conf"]["dataset_id"]
         case.update(result["runs"][name])
-        body = client.get_object(Bucket=s3.bucket, Key=storage.dataset_report_key(dataset_id))["Body"]
+        body = client.get_object(Bucket=s3.bucket, Key=dataset_report_key(dataset_id))["Body"]
         case["report"] = json.loads(body.read())
-        listed = client.list_objects_v2(Bucket=s3.bucket, Prefix=storage.dataset_files_prefix(dataset_id))
-        case["files"] = {o["Key"][len(storage.dataset_files_prefix(dataset_id)):]: o["Size"]
+        listed = client.list_objects_v2(Bucket=s3.bucket, Prefix=dataset_files_prefix(dataset_id))
+        case["files"] = {o["Key"][len(dataset_files_prefix(dataset_id)):]: o["Size"]
                          for o in listed.get("Contents", [])}
         case["mlflow"] = result["mlflow"].get(dataset_id)
         case["bucket"] = s3.bucket

@@ -1,7 +1,8 @@
-"""The QLoRA training DAG: it parses cleanly and light, its Param schema is the job spec's,
-the MLflow link plugin loads, the train task's child process handling (streaming, SIGTERM
-forwarding, no orphans), validation failures without retry, and a real `dag.test` run of a
-tiny job against real S3 (SeaweedFS) and a real MLflow server.
+"""The QLoRA training DAG: it parses cleanly and light, its Params are the job spec's fields
+and the training parameters' one definition, the MLflow link plugin loads, validation failures
+without retry, and real `dag.test` runs of a tiny job (trained, evaluated, registered; and
+stopped) against real S3 (SeaweedFS) and a real MLflow server. The train task's child process
+handling is tested with its module: tests/training/pipeline/test_engine_process.py.
 
 Airflow runs in subprocesses with their own AIRFLOW_HOME (a migrated temp SQLite database), so
 the configuration of other tests in the session cannot leak in or out."""
@@ -9,7 +10,6 @@ the configuration of other tests in the session cannot leak in or out."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -22,7 +22,8 @@ import pytest
 
 from tests.dags.airflow_harness import MARK, REPO, run_python as _python
 
-from training import job_spec, storage
+from training import job_spec, params
+from training import s3 as s3_layout
 
 DAG_FILE = REPO / "dags" / "qlora_training.py"
 PLUGINS = REPO / "plugins"
@@ -57,6 +58,7 @@ def test_dag_parses_with_the_job_spec_params(airflow_env):
             "dag_ids": sorted(bag.dags), "schedule": str(dag.schedule), "doc": dag.doc_md or "",
             "order": [t.task_id for t in dag.topological_sort()], "tasks": tasks, "links": links,
             "params": {{k: dag.params.get_param(k).schema for k in dag.params}},
+            "descriptions": {{k: dag.params.get_param(k).description for k in dag.params}},
             "defaults": {{k: dag.params.get_param(k).value for k in dag.params if dag.params.get_param(k).has_value}},
         }}))
     """), airflow_env)
@@ -67,16 +69,26 @@ def test_dag_parses_with_the_job_spec_params(airflow_env):
     assert result["order"] == TASKS
     tasks = result["tasks"]
     assert tasks["train"]["queue"] == "gpu" and tasks["train"]["pool"] == "gpu"
+    assert tasks["prepare"]["queue"] == "gpu" and tasks["evaluate"]["queue"] == "gpu"
+    assert tasks["register"]["queue"] == "default"  # MLflow bookkeeping needs no GPU
     assert tasks["train"]["retries"] == 0  # never redo the compute
-    assert tasks["prepare"]["retries"] > 0 and tasks["validate_inputs"]["retries"] > 0  # transient S3
+    assert all(tasks[t]["retries"] > 0 for t in ("validate_inputs", "prepare", "evaluate", "register"))
+    assert tasks["evaluate"]["upstream"] == ["prepare", "train"]
+    assert tasks["register"]["upstream"] == ["evaluate", "train"]  # only an evaluated adapter
     assert tasks["finalize"]["upstream"] == ["evaluate", "register", "train"]
     assert result["links"]["train"] == {"MLflow run": "_link_MLflowRunLink"}
     assert all(links is None for task, links in result["links"].items() if task != "train")
-    expected = job_spec.job_conf_schema()
-    for name, schema in expected.items():
-        schema = {k: v for k, v in schema.items() if k not in ("description", "default")}
-        assert result["params"][name] == schema, name
-    assert result["defaults"] == {"training_params": {}}  # everything else is required
+    # the conf is flat: the job's fields, then one titled field per training parameter
+    assert set(result["params"]) == set(job_spec.JOB_FIELDS) | set(params.PARAM_NAMES)
+    for name, schema in job_spec.job_field_schemas().items():
+        assert result["params"][name] == {k: v for k, v in schema.items() if k != "description"}, name
+        assert result["descriptions"][name] == schema["description"]
+    for name, schema in params.airflow_param_schemas().items():
+        expected = {k: v for k, v in schema.items() if k not in ("description", "default")}
+        assert result["params"][name] == {**expected, "section": "Training parameters"}, name
+        assert result["params"][name]["title"] and result["descriptions"][name] == schema["description"]
+    assert result["defaults"] == {name: schema["default"] for name, schema in params.airflow_param_schemas().items()
+                                  if schema["default"] is not None}  # the job's fields are required
 
 
 def test_dag_file_imports_nothing_heavy(airflow_env):
@@ -91,18 +103,25 @@ def test_dag_file_imports_nothing_heavy(airflow_env):
 
 
 GOOD_CONF = {"job_id": "job-1", "user": "user-1", "model_id": "flamingo-tiny-captioning",
-             "dataset_id": "ds-1", "output_name": "adapter-1",
-             "training_params": {"epochs": 1, "lora_rank": 4}}
+             "dataset_id": "ds-1", "output_name": "adapter-1", "epochs": 1, "lora_rank": 4}
+#: name: (change to GOOD_CONF (None: drop the key), valid, what the Params schema says when it
+#: cannot tell: an unknown top-level key is no Param; validate_inputs rejects it)
 CONF_CASES = {
     "good": ({}, True),
-    "all_defaults": ({"training_params": {}}, True),
-    "epochs_0": ({"training_params": {"epochs": 0}}, False),
-    "learning_rate_0": ({"training_params": {"learning_rate": 0}}, False),
-    "batch_size_65": ({"training_params": {"batch_size": 65}}, False),
-    "rank_129": ({"training_params": {"lora_rank": 129}}, False),
-    "dropout_1": ({"training_params": {"lora_dropout": 1.0}}, False),
-    "vision_tower": ({"training_params": {"target_modules": ["vision_tower"]}}, False),
-    "unknown_param": ({"training_params": {"epoch": 3}}, False),
+    "all_defaults": ({"epochs": None, "lora_rank": None}, True),
+    "integral_float": ({"epochs": 3.0}, True),
+    "epochs_0": ({"epochs": 0}, False),
+    "learning_rate_0": ({"learning_rate": 0}, False),
+    "batch_size_65": ({"batch_size": 65}, False),
+    "rank_129": ({"lora_rank": 129}, False),
+    "rank_string": ({"lora_rank": "8"}, False),
+    "dropout_1": ({"lora_dropout": 1.0}, False),
+    "warmup_1": ({"warmup_ratio": 1.0}, False),
+    "max_steps_0": ({"max_steps": 0}, False),
+    "frames_0": ({"frames": 0}, False),
+    "seed_negative": ({"seed": -1}, False),
+    "vision_tower": ({"target_modules": ["vision_tower"]}, False),
+    "unknown_param": ({"epoch": 3}, False, "ok"),
     "output_name": ({"output_name": "has space"}, False),
     "unknown_model": ({"model_id": "gpt-5"}, False),
     "job_id_path": ({"job_id": "../x"}, False),
@@ -117,7 +136,7 @@ def _conf(change: dict) -> dict:
 @pytest.fixture(scope="module")
 def param_checks(airflow_env) -> dict[str, str]:
     """What the DAG's Params say about each conf (as a trigger from the UI or REST would)."""
-    confs = {name: _conf(change) for name, (change, _) in CONF_CASES.items()}
+    confs = {name: _conf(case[0]) for name, case in CONF_CASES.items()}
     return _python(_with_dag(f"""
         import copy, json, sys
         out = {{}}
@@ -135,9 +154,12 @@ def param_checks(airflow_env) -> dict[str, str]:
 
 @pytest.mark.parametrize("name", list(CONF_CASES))
 def test_params_schema_rejects_what_the_api_rejects(param_checks, name):
-    change, valid = CONF_CASES[name]
-    assert (param_checks[name] == "ok") == valid, param_checks[name]
-    # and the job spec's Python checks (the API's) agree with the schema
+    change, valid, *schema_says = CONF_CASES[name]
+    if schema_says:
+        assert param_checks[name] == schema_says[0]
+    else:
+        assert (param_checks[name] == "ok") == valid, param_checks[name]
+    # and the job spec's Python checks (the API's and validate_inputs') agree
     assert (job_spec.validate_job_conf(_conf(change)) == []) == valid
 
 
@@ -182,111 +204,6 @@ def test_the_link_points_at_the_run_in_the_mlflow_ui(monkeypatch):
     assert link.get_link(None, ti_key=object()) == ""  # no run yet
 
 
-# --- the train task's child process --------------------------------------------------------
-
-FAKE_ENGINE = r"""
-import os, signal, sys, time
-out = sys.argv[1]
-def on_term(signum, frame):
-    print("stopping: saving the adapter", flush=True)
-    open(os.path.join(out, "adapter_config.json"), "w").write("{}")
-    sys.exit(75)
-signal.signal(signal.SIGTERM, on_term)
-print(f"pid {os.getpid()}", flush=True)
-for step in range(1, 10_000):
-    print(f"step {step}\rstep {step} loss 0.5", flush=True)
-    time.sleep(0.05)
-"""
-
-RUN_ENGINE = f"""
-    import importlib.util, json, os, signal, sys, threading, time
-    spec = importlib.util.spec_from_file_location("qlora_training_dag", {str(DAG_FILE)!r})
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    mode, engine, out = sys.argv[1], sys.argv[2], sys.argv[3]
-    lines = []
-    def on_line(line):
-        lines.append(line)
-        if line.startswith("step 3 loss"):
-            if mode == "stop":
-                os.kill(os.getpid(), signal.SIGTERM)  # what Airflow does to the task process
-            elif mode == "kill-child":
-                os.kill(int(lines[0].split()[1]), signal.SIGKILL)
-            elif mode == "kill-parent":
-                print("child " + lines[0].split()[1], flush=True)
-                os.kill(os.getpid(), signal.SIGKILL)
-            elif mode == "kill-supervisor":
-                os.kill(os.getppid(), signal.SIGKILL)  # the Celery worker above the task dies
-    start = time.monotonic()
-    code, stop_at, tail, orphaned = module.run_engine([sys.executable, engine, out], dict(os.environ),
-                                                      on_line=on_line)
-    stopped = stop_at is not None
-    print({MARK!r} + json.dumps({{"code": code, "stopped": stopped, "tail": tail, "orphaned": orphaned,
-                                  "reason": module._describe_exit(code, tail),
-                                  "seconds": time.monotonic() - start,
-                                  "saved": os.path.exists(os.path.join(out, "adapter_config.json"))}}))
-"""
-
-
-@pytest.fixture
-def fake_engine(tmp_path) -> Path:
-    path = tmp_path / "fake_engine.py"
-    path.write_text(FAKE_ENGINE)
-    return path
-
-
-def test_sigterm_is_forwarded_and_the_engine_saves_its_adapter(airflow_env, fake_engine, tmp_path):
-    result = _python(RUN_ENGINE, airflow_env, "stop", str(fake_engine), str(tmp_path), timeout=60)
-    assert result["code"] == 75 and result["stopped"] is True
-    assert result["saved"] is True
-    assert result["tail"][-1] == "stopping: saving the adapter"
-    assert "step 2" in result["tail"] and "step 2 loss 0.5" in result["tail"]  # \r split, streamed
-    assert result["seconds"] < 5
-
-
-def test_the_engine_is_stopped_when_the_task_supervisor_dies(airflow_env, fake_engine, tmp_path):
-    """A task process whose supervisor (Airflow's, in the Celery worker) is SIGKILLed stops its
-    engine at once (it saves its adapter) instead of training on as an orphan."""
-    result_file = tmp_path / "result.txt"
-    supervisor = (f"import subprocess, sys\n"
-                  f"with open({str(result_file)!r}, 'w') as out:\n"
-                  f"    subprocess.run(sys.argv[1:], stdout=out, stderr=subprocess.STDOUT)\n")
-    proc = subprocess.run([sys.executable, "-c", supervisor, sys.executable, "-c", textwrap.dedent(RUN_ENGINE),
-                           "kill-supervisor", str(fake_engine), str(tmp_path)], env=airflow_env,
-                          cwd=airflow_env["AIRFLOW_HOME"], timeout=60)
-    assert proc.returncode == -9  # the supervisor is gone; the task process lives on, orphaned
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and MARK not in result_file.read_text():
-        time.sleep(0.2)
-    line = next(line for line in result_file.read_text().splitlines() if line.startswith(MARK))
-    result = json.loads(line[len(MARK):])
-    assert result["orphaned"] is True and result["stopped"] is False
-    assert result["code"] == 75 and result["saved"] is True  # stopped by SIGTERM: the adapter is saved
-    assert result["tail"][-1] == "stopping: saving the adapter"
-
-
-def test_a_child_killed_by_sigkill_is_reported(airflow_env, fake_engine, tmp_path):
-    result = _python(RUN_ENGINE, airflow_env, "kill-child", str(fake_engine), str(tmp_path), timeout=60)
-    assert result["code"] == -9 and result["stopped"] is False
-    assert result["reason"] == "the training process was killed by SIGKILL"
-
-
-def test_the_child_dies_with_a_killed_task_process(airflow_env, fake_engine, tmp_path):
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(RUN_ENGINE), "kill-parent",
-                           str(fake_engine), str(tmp_path)], env=airflow_env, cwd=airflow_env["AIRFLOW_HOME"],
-                          capture_output=True, text=True, timeout=60)
-    assert proc.returncode == -9
-    child = int(next(line for line in proc.stdout.splitlines() if line.startswith("child ")).split()[1])
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and Path(f"/proc/{child}").exists() \
-            and "zombie" not in Path(f"/proc/{child}/status").read_text().lower():
-        time.sleep(0.1)
-    alive = Path(f"/proc/{child}").exists() and "zombie" not in Path(f"/proc/{child}/status").read_text().lower()
-    if alive:
-        os.kill(child, signal.SIGKILL)
-    assert not alive, "the engine outlived the task process (orphan)"
-
-
 # --- real runs (dag.test) ----------------------------------------------------------------
 
 RUNNER = f"""
@@ -327,7 +244,7 @@ def _run_dags(env: dict[str, str], confs: dict[str, dict], cwd: Path, timeout: i
 def _put_report(client, bucket: str, dataset_id: str, *, valid: bool, tasks: list[str]) -> None:
     report = {"dataset_id": dataset_id, "valid": valid, "errors": [] if valid else ["clips/a.mp4: unreadable"],
               "file_count": 1, "total_size_bytes": 1, "clip_count": 8, "tasks": tasks}
-    client.put_object(Bucket=bucket, Key=storage.dataset_report_key(dataset_id), Body=json.dumps(report).encode())
+    client.put_object(Bucket=bucket, Key=s3_layout.dataset_report_key(dataset_id), Body=json.dumps(report).encode())
 
 
 @pytest.mark.stack
@@ -336,13 +253,15 @@ def test_bad_requests_fail_in_validate_inputs_without_retry(airflow_env, s3, tmp
     labels_only, invalid = f"ds-{uuid.uuid4().hex[:8]}", f"ds-{uuid.uuid4().hex[:8]}"
     _put_report(client, s3.bucket, labels_only, valid=True, tasks=["video_classification"])
     _put_report(client, s3.bucket, invalid, valid=False, tasks=["video_captioning"])
-    base = {"user": "u1", "model_id": "flamingo-tiny-captioning", "output_name": "a1", "training_params": {}}
+    base = {"user": "u1", "model_id": "flamingo-tiny-captioning", "output_name": "a1"}
     confs = {
         "no_report": {**base, "job_id": "j-none", "dataset_id": "ds-never-uploaded"},
         "wrong_task": {**base, "job_id": "j-task", "dataset_id": labels_only},
         "invalid": {**base, "job_id": "j-invalid", "dataset_id": invalid},
         "rank": {**base, "job_id": "j-rank", "dataset_id": labels_only, "model_id": "flamingo-tiny-classification",
-                 "training_params": {"lora_rank": 17}},
+                 "lora_rank": 17},
+        "unknown_param": {**base, "job_id": "j-unknown", "dataset_id": labels_only,
+                          "model_id": "flamingo-tiny-classification", "epoch": 3},  # no Param rejects it
     }
     env = {**airflow_env, **s3.env()}
     runs = _run_dags(env, confs, tmp_path, timeout=300)
@@ -357,6 +276,7 @@ def test_bad_requests_fail_in_validate_inputs_without_retry(airflow_env, s3, tmp
             "video_captioning (a 'caption' for every clip); the dataset supports: video_classification") in log
     assert f"dataset {invalid} is not valid: clips/a.mp4: unreadable" in log
     assert "lora_rank must be between 1 and 16 for model flamingo-tiny-classification, got 17" in log
+    assert "unknown training parameter 'epoch'" in log
 
 
 @pytest.mark.stack
@@ -367,20 +287,28 @@ def test_a_tiny_job_trains_end_to_end(airflow_env, s3, mlflow_uri, tmp_path):
 
     job_id = f"job-{uuid.uuid4().hex[:8]}"
     conf = {"job_id": job_id, "user": "alice", "model_id": model_id, "dataset_id": dataset_id,
-            "output_name": "tiny-colours", "training_params": {"epochs": 1, "batch_size": 2, "lora_rank": 4}}
+            "output_name": "tiny-colours", "epochs": 1, "batch_size": 2, "lora_rank": 4}
     env = {**airflow_env, **s3.env(), "MLFLOW_TRACKING_URI": mlflow_uri}
     run = _run_dags(env, {"tiny": conf}, tmp_path)["tiny"]
     print("dag.test seconds for a tiny job:", run["seconds"], "per task:", run["durations"])
     assert run["state"] == "success", ((tmp_path / "dag-test.log").read_text()[-6000:], run)
     assert all(run["tis"][t] == ["success", 1] for t in TASKS), run["tis"]
 
+    resolved = run["xcoms"]["validate_inputs.return_value"]  # every default filled in, rank as asked
+    assert resolved == {**resolved, "epochs": 1, "batch_size": 2, "lora_rank": 4} and set(resolved) == set(params.PARAM_NAMES)
+    assert resolved["lora_alpha"] and resolved["target_modules"] and resolved["frames"]
     result = run["xcoms"]["finalize.return_value"]
-    adapter_prefix = storage.adapter_prefix(job_id)
-    assert result["output_path"] == storage.s3_uri(s3.bucket, adapter_prefix)
+    adapter_prefix = s3_layout.adapter_prefix(job_id)
+    assert result["output_path"] == s3_layout.s3_uri(s3.bucket, adapter_prefix)
     keys = {o["Key"][len(adapter_prefix):] for o in
             client.list_objects_v2(Bucket=s3.bucket, Prefix=adapter_prefix).get("Contents", [])}
-    assert {"adapter_model.safetensors", "adapter_config.json"} <= keys
-    assert result["metrics"], result
+    assert {"adapter_model.safetensors", "adapter_config.json", "metrics.json"} <= keys  # metrics: evaluate's
+    metrics = result["metrics"]
+    assert metrics["task"] == "video_classification" and metrics["held_out_examples"] > 0, metrics
+    assert "accuracy" in metrics["adapter"] and "accuracy" in metrics["base"], metrics
+    worker_cache = Path(airflow_env["QLORA_CACHE_DIR"])
+    assert not (worker_cache / "trainings" / job_id).exists()  # the job's folders are gone from the worker
+    assert (worker_cache / "models" / model_id).is_dir()  # the cache's model stays for the next job
 
     run_id = run["xcoms"]["train.mlflow_run_id"]
     assert result["mlflow_run_id"] == run_id
@@ -398,9 +326,11 @@ def test_a_tiny_job_trains_end_to_end(airflow_env, s3, mlflow_uri, tmp_path):
     tags = mlflow_run.data.tags
     assert (tags["job_id"], tags["user"], tags["dataset_id"], tags["model_id"]) == (job_id, "alice", dataset_id, model_id)
     assert mlflow_run.data.metrics, "the engine logged no metrics into the job's run"
+    assert {"final_accuracy", "base_accuracy"} <= set(mlflow_run.data.metrics)  # logged by evaluate
     assert len(mlflow.search_runs([experiment_id], f"tags.job_id = '{job_id}'")) == 1  # one run per job
     versions = mlflow.search_model_versions(f"run_id = '{run_id}'")
-    assert [v.name for v in versions] == [result["registered_model"]["name"]]
+    assert [v.name for v in versions] == [result["registered_model"]["name"]] == ["alice.tiny-colours"]
+    assert versions[0].source.endswith("/adapter")
 
 
 def _seed_tiny_job(client, bucket: str, tmp_path: Path, clips: int = 8) -> tuple[str, str]:
@@ -416,13 +346,13 @@ def _seed_tiny_job(client, bucket: str, tmp_path: Path, clips: int = 8) -> tuple
         assert build.returncode == 0, build.stderr[-3000:]
     for path in model_dir.rglob("*"):
         if path.is_file():
-            client.upload_file(str(path), bucket, storage.model_prefix(model_id) + path.relative_to(model_dir).as_posix())
+            client.upload_file(str(path), bucket, s3_layout.model_prefix(model_id) + path.relative_to(model_dir).as_posix())
     dataset_id = f"ds-{uuid.uuid4().hex[:8]}"
     data_dir = make_dataset(tmp_path / dataset_id, clips)
     for path in data_dir.rglob("*"):
         if path.is_file():
             client.upload_file(str(path), bucket,
-                               storage.dataset_files_prefix(dataset_id) + path.relative_to(data_dir).as_posix())
+                               s3_layout.dataset_files_prefix(dataset_id) + path.relative_to(data_dir).as_posix())
     _put_report(client, bucket, dataset_id, valid=True, tasks=["video_classification", "video_captioning"])
     return model_id, dataset_id
 
@@ -431,12 +361,13 @@ def _seed_tiny_job(client, bucket: str, tmp_path: Path, clips: int = 8) -> tuple
 @pytest.mark.e2e
 def test_sigterm_stops_the_training_and_keeps_the_partial_adapter(airflow_env, s3, mlflow_uri, tmp_path):
     """What a stop does to the train task: SIGTERM (Airflow's kill) -> the engine saves its
-    adapter and exits 75 -> the adapter is uploaded, the MLflow run is KILLED, the run fails."""
+    adapter, uploads it and exits 75 -> the task reads where from the result manifest, the
+    MLflow run is KILLED, the run fails, the job's folder leaves the worker."""
     client = s3.client()
     model_id, dataset_id = _seed_tiny_job(client, s3.bucket, tmp_path, clips=16)
     job_id = f"job-{uuid.uuid4().hex[:8]}"
     conf = {"job_id": job_id, "user": "bob", "model_id": model_id, "dataset_id": dataset_id,
-            "output_name": "long-one", "training_params": {"epochs": 100, "batch_size": 1, "lora_rank": 4}}
+            "output_name": "long-one", "epochs": 100, "batch_size": 1, "lora_rank": 4}
     env = {**airflow_env, **s3.env(), "MLFLOW_TRACKING_URI": mlflow_uri}
     runner = subprocess.Popen([sys.executable, "-c", textwrap.dedent(RUNNER), str(DAG_FILE), json.dumps({"stop": conf})],
                               env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -465,7 +396,7 @@ def test_sigterm_stops_the_training_and_keeps_the_partial_adapter(airflow_env, s
     assert result["state"] == "failed"
     assert result["tis"]["train"] == ["failed", 1]
     assert result["tis"]["evaluate"][0] == "upstream_failed"
-    adapter_prefix = storage.adapter_prefix(job_id)
+    adapter_prefix = s3_layout.adapter_prefix(job_id)
     assert f"training stopped by request; partial adapter at s3://{s3.bucket}/{adapter_prefix}" in output
     keys = {o["Key"][len(adapter_prefix):] for o in
             client.list_objects_v2(Bucket=s3.bucket, Prefix=adapter_prefix).get("Contents", [])}
@@ -477,3 +408,4 @@ def test_sigterm_stops_the_training_and_keeps_the_partial_adapter(airflow_env, s
     assert mlflow_run.info.status == "KILLED"
     assert mlflow_run.data.tags["job_id"] == job_id
     assert result["links"]["MLflow run"].endswith(f"/runs/{run_id}")
+    assert not (Path(airflow_env["QLORA_CACHE_DIR"]) / "trainings" / job_id).exists()

@@ -1,0 +1,82 @@
+"""The job's MLflow run as the DAG's tasks keep it (`training.pipeline.mlflow_runs`), against a
+real MLflow tracking store and model registry (SQLite): tags, ending a run the engine could not
+end, and one registered model version per run however often the task is retried."""
+
+from __future__ import annotations
+
+import pytest
+
+from training import job_spec
+from training.pipeline import mlflow_runs
+
+CONF = {"job_id": "job-1", "user": "ada", "model_id": "flamingo-tiny-classification", "dataset_id": "ds-1",
+        "output_name": "colours", "epochs": 3}
+
+
+@pytest.fixture
+def mlflow(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("QLORA_MLFLOW_UI_URL", raising=False)
+    client = MlflowClient(tracking_uri=uri)
+    client.experiment_id = client.create_experiment(job_spec.mlflow_experiment_name("ada"),
+                                                    artifact_location=str(tmp_path / "artifacts"))
+    return client
+
+
+def _run(mlflow, job_id: str = "job-1") -> str:
+    return mlflow.create_run(mlflow.experiment_id, tags={"job_id": job_id}, run_name="colours").info.run_id
+
+
+def test_the_run_gets_the_jobs_tags(mlflow):
+    run_id = _run(mlflow)
+    assert mlflow_runs.tag_run(run_id, mlflow_runs.job_tags(CONF, "train-job-1"))
+    tags = mlflow.get_run(run_id).data.tags
+    assert {k: tags[k] for k in ("job_id", "user", "dataset_id", "model_id", "output_name", "airflow_dag_id",
+                                 "airflow_run_id")} == {
+        "job_id": "job-1", "user": "ada", "dataset_id": "ds-1", "model_id": "flamingo-tiny-classification",
+        "output_name": "colours", "airflow_dag_id": "qlora_training", "airflow_run_id": "train-job-1"}
+    assert not mlflow_runs.tag_run("0" * 32, {"a": "b"})  # no such run: logged, never raised
+
+
+def test_the_run_of_a_job_is_found_by_its_tag(mlflow):
+    _run(mlflow, "other-job")
+    run_id = _run(mlflow)
+    assert mlflow_runs.find_job_run("qlora/ada", "job-1") == (run_id, mlflow.experiment_id)
+    assert mlflow_runs.find_job_run("qlora/ada", "job-9") is None
+    assert mlflow_runs.find_job_run("qlora/nobody", "job-1") is None
+
+
+def test_a_run_left_running_is_ended_with_the_reason(mlflow):
+    run_id = _run(mlflow)
+    assert mlflow_runs.end_run(run_id, "KILLED", "training stopped by request; no adapter was saved")
+    run = mlflow.get_run(run_id)
+    assert run.info.status == "KILLED"
+    assert run.data.tags["failure_reason"] == "training stopped by request; no adapter was saved"
+    finished = _run(mlflow)
+    mlflow.set_terminated(finished, "FINISHED")
+    assert not mlflow_runs.end_run(finished, "FAILED", "late")  # the engine ended it: left as it is
+    assert mlflow.get_run(finished).info.status == "FINISHED"
+    assert not mlflow_runs.end_run("0" * 32, "FAILED", "x")  # never raises
+
+
+def test_the_adapter_is_registered_once_per_run(mlflow):
+    run_id = _run(mlflow)
+    first = mlflow_runs.register_adapter(run_id, "ada.colours", "job-1")
+    assert first == {"name": "ada.colours", "version": "1"}
+    assert mlflow_runs.register_adapter(run_id, "ada.colours", "job-1") == first  # a retried task
+    second = mlflow_runs.register_adapter(_run(mlflow, "job-2"), "ada.colours", "job-2")
+    assert second == {"name": "ada.colours", "version": "2"}  # the registered model exists already
+    version = mlflow.get_model_version("ada.colours", "1")
+    assert version.source.endswith(f"{run_id}/artifacts/adapter") and version.tags == {"job_id": "job-1"}
+    assert mlflow.get_run(run_id).data.tags["registered_model_version"] == "1"
+
+
+def test_the_link_to_the_run(monkeypatch):
+    monkeypatch.delenv("QLORA_MLFLOW_UI_URL", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert mlflow_runs.run_ui_url("7", "abc") == "http://127.0.0.1:5000/#/experiments/7/runs/abc"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///x.db")
+    assert mlflow_runs.run_ui_url("7", "abc") is None

@@ -1,0 +1,165 @@
+"""The engine's `run` and `evaluate` as the `qlora_training` DAG uses them: their command lines,
+the result manifest watched while the engine trains, and what each exit means for the job.
+
+The contract is `training.result`: exit codes, and `result.json` in the output folder (written
+as soon as the MLflow run exists, then at each change, finally completed/stopped/failed with
+the adapter's S3 URI once uploaded). The engine's log is only shown, never parsed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from training.params import TrainingParams, cli_args
+from training.pipeline.engine_process import EngineExit, describe_exit
+from training.pipeline.errors import JobFailed
+from training.result import (EXIT_BAD_INPUT, EXIT_OK, EXIT_STOPPED, RESULT_FILE, EngineResult, RunStatus,
+                             read_result)
+
+log = logging.getLogger(__name__)
+
+ENGINE = [sys.executable, "-m", "training"]
+
+
+class TrainingEnded(JobFailed):
+    """The training ended without a complete adapter (stopped, failed, lost its worker).
+    `mlflow_status` is how its MLflow run ends if the engine could not end it."""
+
+    def __init__(self, reason: str, mlflow_status: str) -> None:
+        super().__init__(reason)
+        self.mlflow_status = mlflow_status
+
+
+class EngineFailed(RuntimeError):
+    """The engine failed in a way a retry may fix (a crash, a killed process): the task's
+    retries apply."""
+
+
+# --------------------------------------------------------------------------------------------
+# Command lines
+
+def engine_env(job_id: str, tracking: bool) -> dict[str, str]:
+    """The engine's environment: the task's, unbuffered output, the job id (and no tracking
+    URI when the job is not tracked)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "QLORA_JOB_ID": job_id}
+    if not tracking:
+        env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+def train_command(*, model: str, data: str, task: str, output: Path, params: TrainingParams, run_name: str,
+                  job_id: str, output_uri: str, mlflow_uri: str | None = None,
+                  experiment: str | None = None) -> list[str]:
+    """`python -m training run ...` for a job: the resolved training parameters as options;
+    the engine uploads its adapter to `output_uri` itself."""
+    command = [*ENGINE, "run", "--model", model, "--data", data, "--task", task, "--output", str(output),
+               *cli_args(params), "--run-name", run_name, "--job-id", job_id, "--output-uri", output_uri]
+    if mlflow_uri:
+        command += ["--mlflow-uri", mlflow_uri]
+        if experiment:
+            command += ["--experiment", experiment]
+    return command
+
+
+def evaluate_command(*, model: str, adapter: str, data: str, metrics_file: Path, mlflow_uri: str | None = None,
+                     mlflow_run_id: str | None = None, output_uri: str | None = None) -> list[str]:
+    """`python -m training evaluate ...`: the adapter and the base model on the held-out split,
+    metrics to `metrics_file` (and into the job's MLflow run, and next to the adapter in S3)."""
+    command = [*ENGINE, "evaluate", "--model", model, "--adapter", adapter, "--data", data,
+               "--output", str(metrics_file)]
+    if mlflow_uri and mlflow_run_id:
+        command += ["--mlflow-uri", mlflow_uri, "--mlflow-run-id", mlflow_run_id]
+    if output_uri:
+        command += ["--output-uri", output_uri]
+    return command
+
+
+# --------------------------------------------------------------------------------------------
+# The result manifest while the engine trains
+
+class ResultWatcher:
+    """Reads the engine's `result.json` each time `poll()` is called (pass it as `run_engine`'s
+    `on_tick`); calls `on_run(result)` once, as soon as the manifest names the MLflow run (the
+    engine writes it before the first step). Never raises: a failing callback is logged."""
+
+    def __init__(self, output: Path, on_run: Callable[[EngineResult], None] | None = None) -> None:
+        self.output = Path(output)
+        self.on_run = on_run
+        self.latest: EngineResult | None = None
+        self.announced = False
+
+    @property
+    def run_id(self) -> str | None:
+        return self.latest.mlflow_run_id if self.latest else None
+
+    @property
+    def experiment_id(self) -> str | None:
+        return self.latest.mlflow_experiment_id if self.latest else None
+
+    def poll(self) -> EngineResult | None:
+        try:
+            result = read_result(self.output)
+        except (OSError, ValueError) as exc:  # written atomically: should not happen
+            log.warning("cannot read %s: %s", self.output / RESULT_FILE, exc)
+            return self.latest
+        if result is not None:
+            self.latest = result
+            if not self.announced and result.mlflow_run_id:
+                self.announced = True
+                if self.on_run is not None:
+                    try:
+                        self.on_run(result)
+                    except Exception as exc:  # tracking extras never stop a training
+                        log.warning("could not announce MLflow run %s: %s", result.mlflow_run_id, exc)
+        return self.latest
+
+
+# --------------------------------------------------------------------------------------------
+# What an exit means
+
+def training_outcome(ended: EngineExit, result: EngineResult | None, output_uri: str | None = None) -> EngineResult:
+    """The manifest of a training that completed with its adapter uploaded (to `output_uri`
+    when given); else raises `TrainingEnded` saying why (stopped by request, lost worker,
+    failed) and where the partial adapter is, if one was uploaded."""
+    saved = f"partial adapter at {result.output_uri}" if result and result.output_uri else "no adapter was saved"
+    if ended.orphaned:  # nobody asked: the worker process above this task died
+        raise TrainingEnded(f"the Airflow worker running this task was lost, so the training was stopped; {saved}",
+                            "FAILED")
+    if ended.stop_at is not None or ended.code == EXIT_STOPPED or (result and result.status == RunStatus.STOPPED):
+        raise TrainingEnded(f"training stopped by request; {saved}", "KILLED")
+    if ended.code < 0 or (ended.code != EXIT_OK and not (result and result.error)):
+        raise TrainingEnded(describe_exit(ended.code, ended.tail), "FAILED")
+    if ended.code != EXIT_OK or (result and result.status == RunStatus.FAILED):
+        assert result is not None
+        what = "rejected its input" if ended.code == EXIT_BAD_INPUT else "failed"
+        raise TrainingEnded(f"the training {what}: {result.error or 'no reason given'}", "FAILED")
+    if result is None:
+        raise TrainingEnded(f"the training exited 0 but wrote no {RESULT_FILE}", "FAILED")
+    if result.status != RunStatus.COMPLETED:
+        raise TrainingEnded(f"the training exited 0 but its {RESULT_FILE} says {result.status}", "FAILED")
+    if output_uri and not result.output_uri:
+        raise TrainingEnded(f"the training exited 0 but uploaded no adapter to {output_uri}", "FAILED")
+    return result
+
+
+def evaluation_outcome(ended: EngineExit, metrics_file: Path) -> dict[str, Any]:
+    """The metrics of an evaluation that succeeded. A stop or bad input raises `JobFailed` (no
+    retry); a crash or a killed process `EngineFailed` (retried)."""
+    if ended.stopped or ended.code == EXIT_STOPPED:
+        raise JobFailed("the evaluation was stopped")
+    if ended.code == EXIT_BAD_INPUT:
+        raise JobFailed(describe_exit(ended.code, ended.tail, "the evaluation"))
+    if ended.code != EXIT_OK:
+        raise EngineFailed(describe_exit(ended.code, ended.tail, "the evaluation"))
+    try:
+        return json.loads(Path(metrics_file).read_text())
+    except FileNotFoundError:
+        raise EngineFailed(f"the evaluation exited 0 but wrote no {metrics_file}") from None
+    except ValueError as exc:
+        raise EngineFailed(f"the evaluation wrote a {metrics_file} that is not JSON: {exc}") from None

@@ -1,0 +1,154 @@
+"""The engine (`python -m training ...`) as a child process of a task.
+
+`run_engine` streams the child's output into the task log, forwards a stop (SIGTERM/SIGINT to
+the task) to it, and makes sure it never outlives the task: the child is SIGKILLed by the
+kernel when the task process dies, and is stopped (SIGTERM: it saves its adapter) when the
+task's own supervisor (Airflow's task runner in the worker) dies.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import subprocess
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import NamedTuple
+
+from training.result import EXIT_BAD_INPUT
+
+log = logging.getLogger(__name__)
+
+#: how often the task checks that its supervisor still lives
+SUPERVISOR_CHECK_S = 1.0
+#: output lines kept for the failure message
+TAIL_LINES = 40
+
+
+class EngineExit(NamedTuple):
+    #: the exit code (negative: killed by that signal)
+    code: int
+    #: monotonic time the task received SIGTERM/SIGINT (None: no stop was asked)
+    stop_at: float | None
+    #: the last lines of its output
+    tail: list[str]
+    #: the task's supervisor (Airflow's task runner parent) died while the engine ran
+    orphaned: bool = False
+
+    @property
+    def stopped(self) -> bool:
+        """A stop was asked (by a signal to the task, or because its supervisor died)."""
+        return self.stop_at is not None or self.orphaned
+
+
+def die_with_parent() -> None:
+    """In the child, before exec: receive SIGKILL when the task process dies (even by
+    SIGKILL), so no orphan keeps a GPU; then a process group of its own (signals reach it only
+    through us)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+    os.setsid()
+
+
+def stop_when_orphaned(process: subprocess.Popen, state: dict, check_s: float = SUPERVISOR_CHECK_S) -> None:
+    """Watches the task's parent, Airflow's supervisor. If it dies (the Celery worker crashed
+    or was OOM-killed), Airflow fails the task after its heartbeat timeout and may give the GPU
+    to another training, while this process, reparented, would train on: so the engine is
+    stopped (SIGTERM: it saves its adapter) as soon as the supervisor is gone. Sets
+    `state["orphaned"]`."""
+    supervisor = os.getppid()
+    while process.poll() is None:
+        if os.getppid() != supervisor:
+            state["orphaned"] = True
+            log.error("the Airflow supervisor of this task (pid %s) is gone: stopping the engine", supervisor)
+            process.send_signal(signal.SIGTERM)
+            return
+        time.sleep(check_s)
+
+
+def _read_lines(stream, lines: queue.Queue) -> None:
+    try:
+        for line in stream:
+            lines.put(line)
+    finally:
+        lines.put(None)
+
+
+def run_engine(command: list[str], env: dict[str, str], *, on_line: Callable[[str], None] | None = None,
+               on_tick: Callable[[], None] | None = None, tick_s: float = 1.0) -> EngineExit:
+    """Runs `command`, logging each output line (`[engine] ...`; progress bars' `\\r` redraws
+    split into lines) and returns how it ended. SIGTERM/SIGINT received meanwhile are
+    forwarded to it as SIGTERM.
+
+    `on_line(line)` is called for each line, `on_tick()` at least every `tick_s` while it runs
+    (e.g. to read its result manifest); both in the calling thread.
+    """
+    tail: deque[str] = deque(maxlen=TAIL_LINES)
+    state = {"stop_at": None, "orphaned": False}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               bufsize=1, env=env, preexec_fn=die_with_parent, errors="replace")
+    threading.Thread(target=stop_when_orphaned, args=(process, state), daemon=True,
+                     name="supervisor-watch").start()
+    lines: queue.Queue[str | None] = queue.Queue()
+    threading.Thread(target=_read_lines, args=(process.stdout, lines), daemon=True, name="engine-output").start()
+
+    def forward(signum, _frame):
+        if state["stop_at"] is None:
+            state["stop_at"] = time.monotonic()
+            log.warning("received %s: asking the engine to stop (it saves its adapter)", signal.Signals(signum).name)
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+
+    previous = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            previous[sig] = signal.signal(sig, forward)
+        except ValueError:  # not the main thread: rely on the process group's signals
+            pass
+    try:
+        next_tick = time.monotonic() + tick_s
+        while True:
+            try:
+                line = lines.get(timeout=max(0.0, next_tick - time.monotonic()) if on_tick else None)
+            except queue.Empty:
+                line = ""
+            if line is None:  # end of output: the engine exited (or closed its output)
+                break
+            for part in line.rstrip("\n").split("\r"):
+                if part.strip():
+                    tail.append(part)
+                    log.info("[engine] %s", part)
+                    if on_line is not None:
+                        on_line(part)
+            if on_tick is not None and time.monotonic() >= next_tick:
+                on_tick()
+                next_tick = time.monotonic() + tick_s
+        code = process.wait()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return EngineExit(code, state["stop_at"], list(tail), state["orphaned"])
+
+
+def describe_exit(code: int, tail: list[str], what: str = "the training") -> str:
+    """Why the engine's `what` ("the training", "the evaluation") failed, from its exit code
+    and last lines (its `error: ...` line when it printed one): for when no result manifest
+    says why."""
+    if code < 0:
+        return f"{what} process was killed by {signal.Signals(-code).name}"
+    errors = [line for line in tail if line.lower().startswith("error")]
+    last = errors[-1] if errors else (tail[-1] if tail else "no output")
+    if code == EXIT_BAD_INPUT:
+        return f"{what} rejected its input: {last}"
+    return f"{what} failed (exit code {code}): {last}"

@@ -1,0 +1,116 @@
+"""A job's MLflow run as the DAG's tasks keep it: the engine creates the run (experiment
+`qlora/{user}`, run name `output_name`) and logs into it; the tasks add the job's tags, end a run
+the engine could not end (killed, lost worker), and register the adapter as a version of the
+registered model `{user}.{output_name}` (the one place that registers).
+
+The tracking server is `MLFLOW_TRACKING_URI` (`training.settings`); mlflow is imported only
+when a function here runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from training import job_spec
+from training.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+#: the artifact folder of the run that holds the adapter (logged by the engine)
+ADAPTER_ARTIFACT = "adapter"
+
+
+def tracking_uri() -> str | None:
+    return get_settings().mlflow_tracking_uri
+
+
+def client():
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri())
+
+
+def job_tags(conf: Mapping[str, Any], airflow_run_id: str) -> dict[str, str]:
+    """The tags that tie the run to its job (the engine knows only the job id)."""
+    return {"job_id": conf["job_id"], "user": conf["user"], "dataset_id": conf["dataset_id"],
+            "dataset": conf["dataset_id"], "model_id": conf["model_id"], "output_name": conf["output_name"],
+            "airflow_dag_id": job_spec.DAG_ID, "airflow_run_id": airflow_run_id}
+
+
+def run_ui_url(experiment_id: str, run_id: str) -> str | None:
+    """The run in the MLflow UI (`QLORA_MLFLOW_UI_URL`, else the tracking server), or None when
+    there is no UI to link to."""
+    base = get_settings().mlflow_ui_base_url
+    return job_spec.mlflow_run_ui_url(base, experiment_id, run_id) if base else None
+
+
+def tag_run(run_id: str, tags: Mapping[str, str]) -> bool:
+    """Sets `tags` on the run; False (logged) when MLflow cannot: tracking extras never fail a
+    training."""
+    try:
+        mlflow = client()
+        for key, value in tags.items():
+            mlflow.set_tag(run_id, key, value)
+        return True
+    except Exception as exc:
+        log.warning("could not tag MLflow run %s: %s", run_id, exc)
+        return False
+
+
+def find_job_run(experiment_name: str, job_id: str) -> tuple[str, str] | None:
+    """(run id, experiment id) of the latest run tagged with `job_id` in the experiment; for a
+    run whose id the engine had no time to report. None when there is none (or MLflow fails)."""
+    try:
+        mlflow = client()
+        experiment = mlflow.get_experiment_by_name(experiment_name)
+        if experiment is None:
+            return None
+        runs = mlflow.search_runs([experiment.experiment_id], f"tags.job_id = '{job_id}'",
+                                  order_by=["attributes.start_time DESC"], max_results=1)
+        return (runs[0].info.run_id, experiment.experiment_id) if runs else None
+    except Exception as exc:
+        log.warning("could not find the MLflow run of job %s: %s", job_id, exc)
+        return None
+
+
+def end_run(run_id: str, status: str, reason: str) -> bool:
+    """Marks the run ended with `status` (FAILED, KILLED) and tag `failure_reason` when it is
+    still running: the engine could not end it (killed, crashed, lost its worker). True when
+    it was ended here. Never raises (the real failure must not hide behind a tracking error)."""
+    try:
+        mlflow = client()
+        if mlflow.get_run(run_id).info.status not in ("RUNNING", "SCHEDULED"):
+            return False
+        mlflow.set_tag(run_id, "failure_reason", reason[:5000])
+        mlflow.set_terminated(run_id, status=status)
+        return True
+    except Exception as exc:
+        log.warning("could not end MLflow run %s: %s", run_id, exc)
+        return False
+
+
+def register_adapter(run_id: str, name: str, job_id: str) -> dict[str, str]:
+    """The version of registered model `name` whose source is the run's adapter artifact:
+    created here, or the one a previous try created (a retry registers nothing twice).
+    Returns `{"name", "version"}`; MLflow errors propagate (the task retries)."""
+    from mlflow.exceptions import MlflowException
+
+    mlflow = client()
+    existing = mlflow.search_model_versions(f"run_id = '{run_id}'")
+    if existing:
+        version = existing[0]
+        log.info("the adapter of run %s is already registered as %s version %s", run_id, version.name,
+                 version.version)
+        return {"name": version.name, "version": str(version.version)}
+    try:
+        mlflow.create_registered_model(name)
+    except MlflowException as exc:
+        if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
+            raise
+    source = f"{mlflow.get_run(run_id).info.artifact_uri.rstrip('/')}/{ADAPTER_ARTIFACT}"
+    version = mlflow.create_model_version(name, source=source, run_id=run_id, tags={"job_id": job_id})
+    tag_run(run_id, {"registered_model_version": str(version.version)})
+    log.info("registered %s version %s (source %s)", name, version.version, source)
+    return {"name": name, "version": str(version.version)}
