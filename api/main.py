@@ -31,6 +31,7 @@ from api.services.datasets import reconcile_all
 from api.services.trainings.live_state import LiveState
 from api.services.trainings.reconcile import reconcile_trainings
 from api.services.errors import ServiceError
+from training import params
 
 log = logging.getLogger("api")
 
@@ -175,6 +176,9 @@ def _format_validation_errors(errors: list[dict[str, Any]]) -> str:
     parts = []
     for error in errors:
         loc = [str(p) for p in error.get("loc", ()) if p not in ("body", "query", "path", "header")]
+        if loc[:1] == ["training_params"] and len(loc) > 1:  # the sentences the DAG and the engine use too
+            parts.append(params.describe_error({**error, "loc": loc[1:]}))
+            continue
         where = ".".join(loc) or "request"
         message = str(error.get("msg", "is invalid"))
         if error.get("type") == "json_invalid":
@@ -199,12 +203,15 @@ def _install_error_handlers(app: FastAPI) -> None:
         route = request.scope.get("route")
         extra = getattr(route, "openapi_extra", None) or {}
         code = extra.get("x-validation-status", status.HTTP_422_UNPROCESSABLE_CONTENT)
-        return JSONResponse({"detail": _format_validation_errors(errors), "errors": errors}, status_code=code)
+        detail = _format_validation_errors(errors)  # names the input where it helps; the list does not echo it
+        errors = [{k: v for k, v in e.items() if k != "input"} for e in errors]
+        return JSONResponse({"detail": detail, "errors": errors}, status_code=code)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         return invalid_request(request, [
-            {"loc": list(e.get("loc", ())), "msg": str(e.get("msg")), "type": e.get("type")} for e in exc.errors()
+            {"loc": list(e.get("loc", ())), "msg": str(e.get("msg")), "type": e.get("type"), "input": e.get("input")}
+            for e in exc.errors()
         ])
 
     @app.exception_handler(StarletteHTTPException)

@@ -87,7 +87,7 @@ class TrainingParams(BaseModel):
                                  description="Dropout on the LoRA branch.")
     target_modules: list[TargetModule] = Field(  # type: ignore[valid-type]
         default_factory=list, title="Target modules", examples=[["q_proj", "v_proj"]],
-        json_schema_extra={"uniqueItems": True},
+        json_schema_extra={"uniqueItems": True, "default": []},
         description="Short names of the language-model layers to adapt (empty: the model's "
                     "default_target_modules, every linear layer of the language model).")
     frames: Annotated[int, Field(ge=1, le=256), BeforeValidator(_integral)] | None = Field(None, title="Frames per clip", examples=[8],

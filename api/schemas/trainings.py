@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
 from training import job_spec
+from training.params import TrainingParams
 
 if TYPE_CHECKING:
     from api.core.config import Settings
@@ -41,11 +42,10 @@ class TrainingRequest(BaseModel):
 
     model_id: str = Field(max_length=128, description="A model of `GET /v1/models/allowed`.")
     dataset_id: str = Field(max_length=64, description="One of your datasets whose status is `ready`.")
-    training_params: dict[str, Any] = Field(
-        default_factory=dict,
+    training_params: TrainingParams = Field(
+        default_factory=TrainingParams,
         description="QLoRA hyper-parameters; omitted ones take their defaults. `lora_rank` must lie in the model's "
         "`[min_rank, max_rank]`; `target_modules` among the model's allowed modules (empty: its defaults).",
-        json_schema_extra={"properties": job_spec.training_params_schema()["properties"]},
     )
     output_name: str = Field(
         max_length=200,
@@ -100,7 +100,10 @@ class TrainingSummary(BaseModel):
 
 
 class TrainingDetail(TrainingSummary):
-    training_params: dict[str, Any] = Field(default_factory=dict, description="The parameters as requested.")
+    training_params: TrainingParams = Field(
+        default_factory=TrainingParams,
+        description="The parameters the job really uses: what was asked, every other default filled in (LoRA "
+        "rank clamped into the model's range, the model's alpha, target modules and frames).")
     logs: str = Field(default="", description="The recent lines of the training task's log.")
     metrics: dict[str, float] = Field(default_factory=dict, description="Latest metrics of the MLflow run.")
     eta_seconds: float | None = Field(default=None, description="Estimated seconds of training left.")
@@ -119,7 +122,7 @@ class TrainingDetail(TrainingSummary):
         (`api.services.trainings.reads.read_detail`), the links point at the settings' UIs."""
         return cls(
             **dict(TrainingSummary.from_job(job)),
-            training_params=(job.request or {}).get("training_params") or {},  # as requested
+            training_params=TrainingParams.model_validate((job.request or {}).get("training_params") or {}),
             logs=logs,
             metrics=job.metrics or {},
             eta_seconds=eta_seconds,

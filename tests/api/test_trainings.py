@@ -151,29 +151,40 @@ def test_start_creates_the_job_and_triggers_one_run(client, auth, airflow, mlflo
     assert resp.status_code == 202
     job_id = resp.json()["job_id"]
     assert resp.json() == {"job_id": job_id, "status": "queued", "message": "Training job initiated successfully"}
+    # the run gets every parameter resolved: what was asked, the rest the definition's or the model's defaults
+    resolved = {"epochs": 1, "learning_rate": 2e-4, "batch_size": 2, "gradient_accumulation_steps": 1,
+                "max_steps": None, "warmup_ratio": 0.0, "weight_decay": 0.0, "lora_rank": 4, "lora_alpha": 16,
+                "lora_dropout": 0.05, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                         "up_proj", "down_proj"],
+                "frames": 4, "eval_every_epochs": 1, "seed": 42}
     assert airflow.triggers == [("qlora_training", f"train-{job_id}", {
-        "job_id": job_id, "user": client.get("/v1/auth/me", headers=auth).json()["username"], "model_id": CLS, "dataset_id": dataset_id,
-        "training_params": {"epochs": 1, "batch_size": 2, "lora_rank": 4}, "output_name": "squares-v1"})]
+        "job_id": job_id, "user": client.get("/v1/auth/me", headers=auth).json()["username"], "model_id": CLS,
+        "dataset_id": dataset_id, "output_name": "squares-v1", **resolved})]
     assert job_spec.validate_job_conf(airflow.triggers[0][2], ["video_classification"]) == []
     detail = client.get(f"/v1/trainings/{job_id}", headers=auth).json()
     assert (detail["status"], detail["progress"], detail["started_at"], detail["output_path"]) == (
         "queued", 0.0, None, None)
-    assert detail["training_params"] == {"epochs": 1, "batch_size": 2, "lora_rank": 4}
+    assert detail["training_params"] == resolved
     assert detail["airflow_run_url"].endswith(f"/dags/qlora_training/runs/train-{job_id}")
 
 
 BAD_REQUESTS = {
     "unknown model": ({"model_id": "gpt-17"}, "model_id 'gpt-17' is not an available model"),
     "rank above the model's range": ({"lora_rank": 17}, f"lora_rank must be between 1 and 16 for model {CLS}, got 17"),
-    "rank zero": ({"lora_rank": 0}, "lora_rank must be >= 1"),
-    "epochs zero": ({"epochs": 0}, "epochs must be >= 1 and <= 100, got 0"),
-    "epochs too many": ({"epochs": 1000}, "epochs must be >= 1 and <= 100, got 1000"),
-    "epochs not an integer": ({"epochs": 1.5}, "epochs must be an integer"),
-    "learning rate zero": ({"learning_rate": 0}, "learning_rate must be > 0"),
-    "learning rate negative": ({"learning_rate": -0.1}, "learning_rate must be > 0"),
-    "batch size zero": ({"batch_size": 0}, "batch_size must be >= 1"),
-    "dropout one": ({"lora_dropout": 1.0}, "lora_dropout must be >= 0 and < 1, got 1.0"),
-    "dropout negative": ({"lora_dropout": -0.1}, "lora_dropout must be >= 0 and < 1"),
+    "rank zero": ({"lora_rank": 0}, "lora_rank: input should be greater than or equal to 1, got 0"),
+    "epochs zero": ({"epochs": 0}, "epochs: input should be greater than or equal to 1, got 0"),
+    "epochs too many": ({"epochs": 1000}, "epochs: input should be less than or equal to 100, got 1000"),
+    "epochs not an integer": ({"epochs": 1.5}, "epochs: input should be a valid integer, got 1.5"),
+    "epochs a string": ({"epochs": "3"}, "epochs: input should be a valid integer, got '3'"),
+    "learning rate zero": ({"learning_rate": 0}, "learning_rate: input should be greater than 0, got 0"),
+    "learning rate negative": ({"learning_rate": -0.1}, "learning_rate: input should be greater than 0"),
+    "batch size zero": ({"batch_size": 0}, "batch_size: input should be greater than or equal to 1"),
+    "dropout one": ({"lora_dropout": 1.0}, "lora_dropout: input should be less than 1, got 1.0"),
+    "dropout negative": ({"lora_dropout": -0.1}, "lora_dropout: input should be greater than or equal to 0"),
+    "warm-up ratio one": ({"warmup_ratio": 1}, "warmup_ratio: input should be less than 1, got 1"),
+    "frames zero": ({"frames": 0}, "frames: input should be greater than or equal to 1, got 0"),
+    "max steps zero": ({"max_steps": 0}, "max_steps: input should be greater than or equal to 1, got 0"),
+    "accumulation zero": ({"gradient_accumulation_steps": 0}, "gradient_accumulation_steps: input should be greater"),
     "unknown target module": ({"target_modules": ["q_proj", "conv9"]}, "target_modules: 'conv9' is not a known module"),
     "unknown parameter": ({"warmup": 3}, "unknown training parameter 'warmup'"),
     "unsafe output name": ({"output_name": "../etc/passwd"}, "output_name must be 1 to 64 characters"),
@@ -204,7 +215,7 @@ def test_target_modules_allowed_listed_once_and_empty_means_defaults(client, aut
     assert resp.status_code == 400
     assert "target_modules: q_proj listed more than once" in resp.json()["detail"]
     resp = client.post("/v1/trainings", json=body(dataset_id, target_modules="q_proj"), headers=auth)
-    assert resp.status_code == 400 and "target_modules must be a list of strings" in resp.json()["detail"]
+    assert resp.status_code == 400 and "target_modules: input should be a valid list" in resp.json()["detail"]
     assert airflow.triggers == []
     assert client.post("/v1/trainings", json=body(dataset_id, target_modules=allowed), headers=auth).status_code == 202
     assert client.post("/v1/trainings", json=body(dataset_id, target_modules=[]), headers=auth).status_code == 202

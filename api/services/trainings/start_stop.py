@@ -49,14 +49,11 @@ def start_job(ctx: TrainingContext, owner: User, request: TrainingRequest) -> Tr
         raise InvalidInput("; ".join(problems))
 
     job_id = new_id()
-    conf = {
-        "job_id": job_id,
-        "user": owner.username,  # readable in MLflow: experiment qlora/{username}
-        "model_id": model.id,
-        "dataset_id": dataset.id,
-        "training_params": dict(request.training_params),
-        "output_name": request.output_name,
-    }
+    # what the job really uses: every default filled in (the model's rank range, alpha, targets,
+    # frames); the run gets exactly these, and the detail echoes them
+    resolved = job_spec.resolve_job_params(model, request.training_params)
+    # user: readable in MLflow (experiment qlora/{username})
+    conf = job_spec.job_conf(job_id, owner.username, model.id, dataset.id, request.output_name, resolved)
     dag_run_id = job_spec.dag_run_id(job_id)
     job = TrainingJob(
         id=job_id,
@@ -64,7 +61,10 @@ def start_job(ctx: TrainingContext, owner: User, request: TrainingRequest) -> Tr
         model_id=model.id,
         dataset_id=dataset.id,
         status=TrainingStatus.QUEUED.value,
-        request={k: conf[k] for k in ("model_id", "dataset_id", "training_params", "output_name")},
+        request={"model_id": model.id, "dataset_id": dataset.id, "output_name": request.output_name,
+                 # as resolved, and the fields the user set (the rest took their defaults)
+                 "training_params": resolved.model_dump(),
+                 "requested_params": request.training_params.model_dump(exclude_unset=True)},
         output_name=request.output_name,
         airflow_run_id=dag_run_id,
         progress=0.0,
