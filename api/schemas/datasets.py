@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from training import storage
+from training import s3 as s3_layout  # the S3 key layout
 
 if TYPE_CHECKING:
     from api.models import Dataset
@@ -101,7 +101,7 @@ class DatasetDetail(DatasetSummary):
             id=dataset.id,
             name=dataset.name,
             description=dataset.description,
-            s3_path=storage.s3_uri(bucket, dataset.s3_key),
+            s3_path=s3_layout.s3_uri(bucket, dataset.s3_key),
             status=dataset.status,  # type: ignore[arg-type]
             stage=dataset.stage,  # type: ignore[arg-type]
             error=dataset.error,
@@ -109,7 +109,7 @@ class DatasetDetail(DatasetSummary):
             file_count=dataset.file_count,
             total_size_bytes=dataset.total_size_bytes,
             file_name=dataset.file_name,
-            files_path=storage.s3_uri(bucket, storage.dataset_files_prefix(dataset.id))
+            files_path=s3_layout.s3_uri(bucket, s3_layout.dataset_files_prefix(dataset.id))
             if dataset.stage == "ready" else None,
             upload_size_bytes=dataset.upload_size_bytes,
             stats=dataset.stats,

@@ -4,7 +4,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, Field
 
-from training import storage
+from training import s3 as s3_layout  # the S3 key layout
 
 if TYPE_CHECKING:
     from api.models import CatalogModelRow
@@ -55,5 +55,5 @@ class ModelDetail(ModelSummary):
             allowed_target_modules=list(row.allowed_target_modules),
             architecture_class=row.architecture_class,
             checkpoint=row.checkpoint,
-            weights_uri=storage.s3_uri(bucket, storage.model_prefix(row.id)),
+            weights_uri=s3_layout.s3_uri(bucket, s3_layout.model_prefix(row.id)),
         )

@@ -24,7 +24,7 @@ from api.models.base import new_id, utcnow
 from api.schemas.datasets import UploadInitiateRequest
 from api.services.errors import Conflict, InvalidInput, NotFound
 from api.services.file_names import check_file_type, sanitize_file_name
-from training import storage
+from training import s3 as s3_layout  # the S3 key layout
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ class DatasetService:
             name=name,
             description=request.dataset_description.strip(),
             file_name=safe_name,
-            s3_key=storage.dataset_upload_key(dataset_id, safe_name),
+            s3_key=s3_layout.dataset_upload_key(dataset_id, safe_name),
         )
         dataset.set_stage(DatasetStage.AWAITING_UPLOAD)
         # presign first: if S3 is misconfigured no row is written
@@ -139,7 +139,7 @@ class DatasetService:
         if info.size == 0:
             raise InvalidInput("The uploaded archive is empty")
         if info.size > self.settings.max_upload_bytes:
-            self.s3.delete_prefix(storage.dataset_prefix(dataset.id))
+            self.s3.delete_prefix(s3_layout.dataset_prefix(dataset.id))
             raise InvalidInput(
                 f"The uploaded archive is {info.size} bytes; the limit is {self.settings.max_upload_bytes} bytes "
                 "(the object was deleted)"
@@ -176,7 +176,7 @@ class DatasetService:
             self.refresh([dataset])
             if dataset.stage == DatasetStage.VALIDATING:
                 raise Conflict("Dataset is being validated; delete it once it is ready or in error")
-        self.s3.delete_prefix(storage.dataset_prefix(dataset.id))
+        self.s3.delete_prefix(s3_layout.dataset_prefix(dataset.id))
         self.session.delete(dataset)
         self.session.commit()
 
@@ -228,7 +228,7 @@ class DatasetService:
             return 0
         if not run.terminal:
             return 0
-        report = self.s3.get_json(storage.dataset_report_key(dataset.id))
+        report = self.s3.get_json(s3_layout.dataset_report_key(dataset.id))
         if isinstance(report, dict):
             self._apply_report(dataset, report)
         if run.state == "success":
@@ -264,7 +264,7 @@ class DatasetService:
         return created is not None and now - created > timedelta(seconds=window)
 
     def _expire(self, dataset: Dataset) -> None:
-        self.s3.delete_prefix(storage.dataset_prefix(dataset.id))
+        self.s3.delete_prefix(s3_layout.dataset_prefix(dataset.id))
         dataset.set_stage(
             DatasetStage.EXPIRED,
             "The upload was not completed in time; its objects were deleted. Initiate a new upload",

@@ -14,7 +14,7 @@ from api.models import Dataset, TrainingJob
 from api.models.base import utcnow
 from devstack.seaweedfs import S3Settings
 from tests.api.conftest import FakeAirflow
-from training import storage
+from training import s3 as s3_layout  # the S3 key layout
 
 ZIP_BYTES = b"PK\x03\x04" + b"\x00" * 1000
 
@@ -33,7 +33,7 @@ def write_report(s3: S3Settings, dataset_id: str, **fields) -> None:
               "clip_count": 20, "tasks": ["video_classification"], "labels": {"left": 10, "right": 10},
               "captions": None, "splits": {"train": 16, "validation": 4},
               "video": {"frames": {"min": 16, "max": 16, "mean": 16.0}}, "expectations": [], **fields}
-    s3.client().put_object(Bucket=s3.bucket, Key=storage.dataset_report_key(dataset_id),
+    s3.client().put_object(Bucket=s3.bucket, Key=s3_layout.dataset_report_key(dataset_id),
                            Body=json.dumps(report).encode())
 
 
@@ -45,7 +45,7 @@ def complete(client: TestClient, auth, started: dict) -> httpx.Response:
 def test_presigned_put_then_complete_triggers_validation(client, auth, initiate, airflow: FakeAirflow, s3) -> None:
     started = initiate("My Videos.zip")
     dataset_id = started["dataset_id"]
-    assert started["s3_key"] == storage.dataset_upload_key(dataset_id, "My_Videos.zip")
+    assert started["s3_key"] == s3_layout.dataset_upload_key(dataset_id, "My_Videos.zip")
     listed = client.get(f"/v1/datasets/{dataset_id}", headers=auth).json()
     assert (listed["status"], listed["stage"]) == ("processing", "awaiting_upload")
 
@@ -90,7 +90,7 @@ def test_complete_rejects_mismatch_missing_and_too_large(client, auth, initiate,
     too_large = complete(client, auth, started)
     assert too_large.status_code == 400
     assert "limit is 65536 bytes" in too_large.json()["detail"]
-    assert keys_under(s3, storage.dataset_prefix(started["dataset_id"])) == []
+    assert keys_under(s3, s3_layout.dataset_prefix(started["dataset_id"])) == []
     assert airflow.triggers == []
 
     # the dataset stays completable with a file within the limit
@@ -155,7 +155,7 @@ def test_reconcile_to_ready_from_report(client, auth, initiate, airflow: FakeAir
     assert (detail["file_count"], detail["total_size_bytes"]) == (21, 54321)
     assert detail["stats"]["labels"] == {"left": 10, "right": 10}
     assert detail["stats"]["tasks"] == ["video_classification"]
-    assert detail["files_path"] == f"s3://{s3.bucket}/{storage.dataset_files_prefix(dataset_id)}"
+    assert detail["files_path"] == f"s3://{s3.bucket}/{s3_layout.dataset_files_prefix(dataset_id)}"
 
 
 def test_reconcile_to_error_names_the_report_errors(client, auth, initiate, airflow, s3) -> None:
@@ -272,9 +272,9 @@ def test_never_completed_uploads_expire_and_lose_their_objects(client, auth, ini
     with exclusive_pass(client.app.state.engine) as other:
         assert other
         assert reconcile_once(client.app) == 0
-        assert keys_under(s3, storage.dataset_prefix(stale["dataset_id"]))  # untouched
+        assert keys_under(s3, s3_layout.dataset_prefix(stale["dataset_id"]))  # untouched
     assert reconcile_once(client.app) >= 1
-    assert keys_under(s3, storage.dataset_prefix(stale["dataset_id"])) == []
+    assert keys_under(s3, s3_layout.dataset_prefix(stale["dataset_id"])) == []
     detail = client.get(f"/v1/datasets/{stale['dataset_id']}", headers=auth).json()
     assert (detail["status"], detail["stage"]) == ("error", "expired")
     assert "not completed in time" in detail["error"]
@@ -291,7 +291,7 @@ def test_delete_removes_every_object_and_the_row(client, auth, initiate, airflow
     complete(client, auth, started)
     s3c = s3.client()
     for i in range(1005):  # more than one page of listing / one delete batch
-        s3c.put_object(Bucket=s3.bucket, Key=f"{storage.dataset_files_prefix(dataset_id)}clip_{i}.mp4", Body=b"v")
+        s3c.put_object(Bucket=s3.bucket, Key=f"{s3_layout.dataset_files_prefix(dataset_id)}clip_{i}.mp4", Body=b"v")
     write_report(s3, dataset_id)
     airflow.states[f"validate-{dataset_id}"] = "success"
     other = initiate()
@@ -300,9 +300,9 @@ def test_delete_removes_every_object_and_the_row(client, auth, initiate, airflow
     resp = client.delete(f"/v1/datasets/{dataset_id}", headers=auth)
     assert resp.status_code == 204
     assert resp.content == b""
-    assert keys_under(s3, storage.dataset_prefix(dataset_id)) == []
+    assert keys_under(s3, s3_layout.dataset_prefix(dataset_id)) == []
     assert client.get(f"/v1/datasets/{dataset_id}", headers=auth).status_code == 404
-    assert keys_under(s3, storage.dataset_prefix(other["dataset_id"])) == [other["s3_key"]]
+    assert keys_under(s3, s3_layout.dataset_prefix(other["dataset_id"])) == [other["s3_key"]]
     assert client.delete(f"/v1/datasets/{dataset_id}", headers=auth).status_code == 404
 
 
@@ -349,7 +349,7 @@ def test_other_users_dataset_is_404(client, auth, other_auth, initiate) -> None:
 def test_file_names_are_sanitized(client, auth, initiate, file_name, expected) -> None:
     started = initiate(file_name)
     key = started["s3_key"]
-    name = key.removeprefix(storage.dataset_prefix(started["dataset_id"]))
+    name = key.removeprefix(s3_layout.dataset_prefix(started["dataset_id"]))
     assert name == expected
     assert "/" not in name and ".." not in name and not name.startswith(".")
     assert all(c.isascii() and (c.isalnum() or c in "._-") for c in name)

@@ -19,7 +19,8 @@ from api.deps import get_airflow, get_mlflow
 from api.services.live_cache import LiveCache
 from api.services.trainings.live_state import LiveState
 from tests.api.conftest import FakeAirflow, make_settings
-from training import job_spec, storage
+from training import job_spec
+from training import s3 as s3_layout  # the S3 key layout
 
 CLS = "flamingo-tiny-classification"
 CAP = "videollama-tiny-captioning"
@@ -121,7 +122,7 @@ def make_dataset(client, auth, stage: str = "ready", tasks=("video_classificatio
     with client.app.state.sessionmaker() as session:
         status = {"ready": "ready", "validating": "processing", "failed": "error"}[stage]
         session.add(Dataset(id=dataset_id, owner_id=owner, name="squares", file_name="s.zip",
-                            s3_key=storage.dataset_upload_key(dataset_id, "s.zip"), stage=stage, status=status,
+                            s3_key=s3_layout.dataset_upload_key(dataset_id, "s.zip"), stage=stage, status=status,
                             error="bad clip" if stage == "failed" else None, stats={"tasks": list(tasks)}))
         session.commit()
     return dataset_id
@@ -305,7 +306,7 @@ def test_status_progress_and_completion_are_read_back(client, auth, airflow, mlf
     airflow.states[run] = "success"
     for task in ("train", "evaluate", "register", "finalize"):
         airflow.task(run, task, "success")
-    output = storage.s3_uri("qlora-test", storage.adapter_prefix(job_id))
+    output = s3_layout.s3_uri("qlora-test", s3_layout.adapter_prefix(job_id))
     airflow.xcoms[(run, "finalize", "return_value")] = {"output_path": output}
     mlflow.set("a" * 32, 1.0, loss=0.1, final_accuracy=1.0)
     done = client.get(f"/v1/trainings/{job_id}", headers=auth).json()
@@ -409,10 +410,10 @@ def running_job(client, auth, airflow) -> tuple[str, str]:
 
 def upload_partial_adapter(s3, job_id: str) -> str:
     """What the train task does once the engine exited: the files, adapter_config.json last."""
-    prefix = storage.adapter_prefix(job_id)
+    prefix = s3_layout.adapter_prefix(job_id)
     for name in ("adapter_model.safetensors", "adapter_config.json"):
         s3.client().put_object(Bucket=s3.bucket, Key=prefix + name, Body=b"{}")
-    return storage.s3_uri(s3.bucket, prefix)
+    return s3_layout.s3_uri(s3.bucket, prefix)
 
 
 def test_stop_ends_stopped_only_once_the_training_process_is_gone(client, auth, airflow, mlflow, s3) -> None:
@@ -447,7 +448,7 @@ def test_a_torn_partial_adapter_is_not_the_output(client, auth, airflow, mlflow,
     job_id, run = running_job(client, auth, airflow)
     assert client.post(f"/v1/trainings/{job_id}/stop", headers=auth).status_code == 202
     # weights uploaded, config not yet (or never: SIGKILL cut the upload short)
-    s3.client().put_object(Bucket=s3.bucket, Key=storage.adapter_prefix(job_id) + "adapter_model.safetensors",
+    s3.client().put_object(Bucket=s3.bucket, Key=s3_layout.adapter_prefix(job_id) + "adapter_model.safetensors",
                            Body=b"{}")
     detail = client.get(f"/v1/trainings/{job_id}", headers=auth).json()
     assert (detail["status"], detail["output_path"]) == ("running", None)
@@ -575,7 +576,7 @@ def test_a_settled_job_is_read_from_the_database_alone(client, auth, airflow, ml
         airflow.task(run, task, "success")
     airflow.xcoms[(run, "train", "mlflow_run_id")] = "c" * 32
     airflow.xcoms[(run, "train", "mlflow_experiment_id")] = "7"
-    output = storage.s3_uri("qlora-test", storage.adapter_prefix(job_id))
+    output = s3_layout.s3_uri("qlora-test", s3_layout.adapter_prefix(job_id))
     airflow.xcoms[(run, "finalize", "return_value")] = {"output_path": output}
     airflow.logs[(run, "train")] = [f"line {i}" for i in range(100)] + ["training done"]
     mlflow.set("c" * 32, 1.0, loss=0.1)

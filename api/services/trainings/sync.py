@@ -28,7 +28,8 @@ from api.models import ACTIVE_TRAINING_STATUSES, TERMINAL_TRAINING_STATUSES, Tra
 from api.models.base import utcnow
 from api.services.trainings.context import TrainingContext, run_id
 from api.services.trainings.task_logs import failure_reason, log_tail
-from training import job_spec, storage
+from training import job_spec
+from training import s3 as s3_layout  # the S3 key layout
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ def apply_run(
         job.completed_at = run.end_date or now
         if state is job_spec.JobState.COMPLETED:
             job.progress = 1.0
-            job.output_path = storage.s3_uri(ctx.settings.s3_bucket, storage.adapter_prefix(job.id))
+            job.output_path = s3_layout.s3_uri(ctx.settings.s3_bucket, s3_layout.adapter_prefix(job.id))
     return int(before != (job.status, job.stage, job.started_at, job.completed_at))
 
 
@@ -128,10 +129,10 @@ def training_exited(ctx: TrainingContext, job: TrainingJob, now: datetime) -> bo
 def partial_adapter(ctx: TrainingContext, job: TrainingJob) -> str | None:
     """The S3 URI of the adapter a stopped job's train task uploaded, once it is complete
     (`adapter_config.json` is uploaded last, after the engine exited); else None."""
-    prefix = storage.adapter_prefix(job.id)
+    prefix = s3_layout.adapter_prefix(job.id)
     try:
         if ctx.s3 is not None and ctx.s3.head(prefix + "adapter_config.json") is not None:
-            return storage.s3_uri(ctx.settings.s3_bucket, prefix)
+            return s3_layout.s3_uri(ctx.settings.s3_bucket, prefix)
     except S3Unavailable as exc:
         log.warning("cannot check the partial adapter of job %s: %s", job.id, exc)
     return None
