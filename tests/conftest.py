@@ -2,7 +2,11 @@
 the API under uvicorn) on free loopback ports in temp folders.
 
 Each is lazy: a service starts only when a test asks for it, once per session, and is
-stopped by pid at the end of the session. The classes are those of `devstack` (`make up`)."""
+stopped by pid at the end of the session. The classes are those of `devstack` (`make up`).
+
+A test that uses one of them (directly or through another fixture) gets the `stack` marker
+here, so `pytest -m "not stack"` is the fast unit run; one without the marker that starts a
+devstack server itself fails at once (see `_servers_only_in_stack_tests`)."""
 
 from __future__ import annotations
 
@@ -30,6 +34,35 @@ from devstack.stack import Ports
 
 REPO = Path(__file__).resolve().parents[1]
 processes.DIE_WITH_PARENT = True  # a killed test session leaves no services behind
+
+#: Fixtures that start real services (or migrate a temp Airflow home: tests/dags/conftest.py).
+#: A test whose fixture closure holds one is marked `stack`; fixtures built on them (postgres_url,
+#: s3_env, mlflow_uri, the real `airflow`, api_server...) are in that closure. `airflow` is not
+#: named: tests/api/conftest.py reuses the name for its fake (the real one needs `s3` anyway).
+REAL_SERVICE_FIXTURES = ("postgres_server", "s3", "mlflow_uri", "api_server", "stack_cli", "airflow_env")
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        uses = set(REAL_SERVICE_FIXTURES) & set(getattr(item, "fixturenames", ()))
+        if uses and item.get_closest_marker("stack") is None:
+            item.add_marker(pytest.mark.stack)
+
+
+@pytest.fixture(autouse=True)
+def _servers_only_in_stack_tests(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Outside `stack` tests, starting a devstack server (every one goes through
+    `Process.start` or `Postgres.start`) fails with the fix, instead of slowing the unit run."""
+    if request.node.get_closest_marker("stack") is not None:
+        return
+
+    def refuse(self, *args, **kwargs):
+        raise RuntimeError(f"{request.node.nodeid} starts a server ({type(self).__name__}): mark it "
+                           f"`pytest.mark.stack` or use a fixture of REAL_SERVICE_FIXTURES (tests/conftest.py)")
+
+    monkeypatch.setattr(processes.Process, "start", refuse)
+    monkeypatch.setattr(Postgres, "start", refuse)
 
 
 # -- PostgreSQL ----------------------------------------------------------------------------
