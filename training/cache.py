@@ -1,6 +1,6 @@
 """The worker's local cache of models and datasets (`QLORA_CACHE_DIR`), kept under a size
-limit (`QLORA_CACHE_MAX_GB`, default 200; 0 for no limit) by evicting the entries used least
-recently.
+limit (`QLORA_CACHE_MAX_GB`, default 200; 0 for no limit: `training.settings`) by evicting the
+entries used least recently.
 
 An entry is one model (`models/{model_id}/`) or one dataset (`datasets/{dataset_id}/`). Its
 `.last-used` file is touched when a task prepares it and, every few minutes, while a training
@@ -19,8 +19,6 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from training.settings import get_settings
-
 log = logging.getLogger(__name__)
 
 ENTRY_KINDS = ("models", "datasets")
@@ -29,11 +27,6 @@ LAST_USED = ".last-used"
 #: every TOUCH_EVERY_S)
 MIN_IDLE_S = 3600.0
 TOUCH_EVERY_S = 300.0
-
-
-def max_bytes() -> int | None:
-    """The size limit from `QLORA_CACHE_MAX_GB` (None: no limit; `training.settings`)."""
-    return get_settings().cache_max_bytes
 
 
 def touch(entry: Path) -> None:

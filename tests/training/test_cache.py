@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from training import cache
+from training.settings import get_settings
 
 HOUR = 3600.0
 
@@ -47,15 +48,15 @@ def test_entries_in_use_are_never_evicted_even_over_the_limit(tmp_path):
 def test_no_limit_evicts_nothing(tmp_path, monkeypatch):
     _entry(tmp_path, "models", "m", 1, used_hours_ago=1000)
     monkeypatch.setenv("QLORA_CACHE_MAX_GB", "0")
-    assert cache.max_bytes() is None
-    assert cache.evict(tmp_path, cache.max_bytes()) == []
+    assert get_settings().cache_max_bytes is None
+    assert cache.evict(tmp_path, get_settings().cache_max_bytes) == []
     monkeypatch.setenv("QLORA_CACHE_MAX_GB", "1.5")
-    assert cache.max_bytes() == int(1.5 * 1024**3)
+    assert get_settings().cache_max_bytes == int(1.5 * 1024**3)
     monkeypatch.delenv("QLORA_CACHE_MAX_GB")
-    assert cache.max_bytes() == 200 * 1024**3
+    assert get_settings().cache_max_bytes == 200 * 1024**3
     monkeypatch.setenv("QLORA_CACHE_MAX_GB", "lots")
     with pytest.raises(ValueError, match="QLORA_CACHE_MAX_GB"):
-        cache.max_bytes()
+        get_settings().cache_max_bytes
 
 
 def test_a_running_training_keeps_its_entries_fresh(tmp_path):
