@@ -84,9 +84,9 @@ def test_celery_workers_validate_train_and_stop(stack_cli, tmp_path):
         tasks = _task_queues(env, job_spec.DAG_ID, job_spec.dag_run_id(job_id))
         assert {task: state for task, (_, state) in tasks.items()} == dict.fromkeys(tasks, "success")
         assert {task for task, (queue, _) in tasks.items() if queue == "gpu"} == \
-            {"prepare", "train", "evaluate", "register"}, tasks
+            {"prepare", "train", "evaluate"}, tasks  # register and finalize are MLflow/XCom bookkeeping
         # the gpu worker downloaded the model and trained (its job folder is gone once the adapter is
-        # in S3); the default worker holds neither
+        # in S3 and evaluated); the default worker holds neither
         assert (caches["gpu"] / "models" / MODEL / "config.json").is_file()
         assert (caches["gpu"] / "datasets" / dataset_id / ".last-used").is_file()  # for LRU eviction
         assert (caches["gpu"] / "trainings").is_dir() and not (caches["gpu"] / "trainings" / job_id).exists()
