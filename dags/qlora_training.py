@@ -188,7 +188,7 @@ def qlora_training():
                 mlflow_runs.end_run(run_id, exc.mlflow_status, str(exc))
             worker_paths.discard_job(job_id)
             raise AirflowFailException(str(exc)) from None
-        worker_paths.discard_checkpoints(job_id)
+        worker_paths.discard_job(job_id)  # the adapter is in S3: evaluate, on any gpu worker, reads it there
         log.info("adapter at %s (%d files)", result.output_uri, len(result.adapter_files))
         return {"output_dir": str(output), "output_uri": result.output_uri, "mlflow_run_id": run_id,
                 "mlflow_experiment_id": experiment_id, "train_seconds": round(time.monotonic() - started, 2)}

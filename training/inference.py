@@ -36,8 +36,6 @@ def evaluate_command(args: argparse.Namespace) -> int:
     """The adapter and (unless --no-base) the base model on the held-out split: METRICS_FILE
     `{"task", "split", "adapter", "base", "held_out_examples"}`, `final_*`/`base_*` metrics on
     the training's MLflow run (--mlflow-run-id), the file uploaded to --output-uri."""
-    import os
-
     from training.data.loader import ClipDataset, read_examples, split_examples
     from training.evaluation import evaluate
     from training.s3 import local_folder
@@ -67,7 +65,9 @@ def evaluate_command(args: argparse.Namespace) -> int:
             report["base"] = evaluate(model, base.family, task, base.prep, dataset, dev=dev, dtype=dtype,
                                       batch_size=batch_size, id2label=id2label)
     text = json.dumps(report, indent=2)
-    uri = args.mlflow_uri if args.mlflow_uri is not None else os.environ.get("MLFLOW_TRACKING_URI")
+    from training.settings import get_settings
+
+    uri = args.mlflow_uri if args.mlflow_uri is not None else get_settings().mlflow_tracking_uri
     if uri and args.mlflow_run_id:
         _log_final_metrics(uri, args.mlflow_run_id, report, train_info.get("steps") or 0)
     if args.output:

@@ -37,6 +37,7 @@ from training.params import ModelLimits, TrainingParams
 from training.result import (ADAPTER_MARKER, EXIT_OK, EXIT_STOPPED, LOG_FILE, RESULT_FILE, Checkpoint, EngineResult,
                              RunStatus, read_result, write_result)
 from training.run_args import RunArgs
+from training.settings import get_settings
 
 log = logging.getLogger("training")
 CHECKPOINTS = "checkpoints"
@@ -105,7 +106,7 @@ def _model_limits(base) -> ModelLimits:
 def _tracking_uri(args: RunArgs) -> str | None:
     if args.mlflow_uri is not None:
         return args.mlflow_uri or None
-    return os.environ.get("MLFLOW_TRACKING_URI") or None
+    return get_settings().mlflow_tracking_uri
 
 
 def _trainable_state(model) -> dict[str, torch.Tensor]:
@@ -278,7 +279,7 @@ def _run(args: RunArgs, output: Path, result: EngineResult) -> int:
         log.info("resumed from %s (step %d of %d)", checkpoint.name, step, total_steps)
 
     tracker = make_tracker(_tracking_uri(args))
-    job_id = args.job_id or os.environ.get("QLORA_JOB_ID") or ""
+    job_id = args.job_id or get_settings().job_id or ""
     tags = {"job_id": job_id, "dataset": args.data, "base_model": base.catalog_id or args.model,
             "task": args.task, "architecture": base.family.name}
     tracker.start(experiment=args.experiment or "qlora-training", run_name=args.run_name, params={

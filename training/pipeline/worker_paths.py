@@ -6,11 +6,13 @@
     trainings/{job_id}/output/            the engine's output folder (adapter, checkpoints,
                                           result.json, train.log)
     trainings/{job_id}/evaluation/        the held-out evaluation's metrics.json
-    s3/{bucket}/trainings/{job_id}/...    the adapter as read from S3 by a worker that did not
-                                          train it (`training.s3.local_folder`)
+    s3/{bucket}/trainings/{job_id}/...    the adapter as `evaluate` reads it from S3
+                                          (`training.s3.local_folder`)
 
-The job's folders are discarded once of no more use here: its adapter is in S3 and evaluated,
-or the job ended stopped/failed (the API has no resume). Without that every job would leave
+The job's folders are discarded once of no more use here: `train` discards its output once the
+adapter is in S3 (so `evaluate`, on whichever gpu worker, reads it from there and a worker that
+only trained keeps nothing), `evaluate` its copy once measured, and both when the job ended
+stopped/failed (the API has no resume). Without that every job would leave
 hundreds of MB on the GPU host's disk. Models and datasets stay (the cache evicts them).
 """
 
@@ -62,12 +64,6 @@ def engine_input(local: str | Path | None, uri: str, marker: str | None = None) 
     if local and Path(local).is_dir() and (marker is None or (Path(local) / marker).is_file()):
         return str(local)
     return uri
-
-
-def discard_checkpoints(job_id: str) -> None:
-    """Deletes the checkpoints of a completed training (the adapter is what the next tasks
-    use; checkpoints with their optimizer state are the bulk of the folder)."""
-    shutil.rmtree(output_dir(job_id) / "checkpoints", ignore_errors=True)
 
 
 def discard_job(job_id: str) -> None:
