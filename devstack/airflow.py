@@ -3,7 +3,7 @@ simple auth manager and the repo's `dags/` and `plugins/`.
 
 Executors: the LocalExecutor (the default: tasks run as children of the scheduler), or the
 CeleryExecutor (`celery_broker_url` set; PostgreSQL metadata DB) with one Celery worker per
-queue, `default` (validation, bookkeeping) and `gpu` (prepare/train/evaluate/register), each
+queue, `default` (validation, registration, bookkeeping) and `gpu` (prepare/train/evaluate), each
 with a cache folder of its own as if it were another machine.
 
 Every process gets the S3, MLflow and QLORA_* environment so that tasks see it."""
