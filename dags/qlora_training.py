@@ -177,6 +177,10 @@ def qlora_training():
         if ended.stop_at is not None:
             log.info("the engine exited %.2f s after the stop request", time.monotonic() - ended.stop_at)
         result = watcher.poll()
+        try:  # after the exit: the API's evidence that the training process is gone
+            engine_jobs.publish_result(output, s3.training_result_key(job_id), ended)
+        except Exception as exc:  # never hide the training's outcome (the API falls back on its kill deadline)
+            log.warning("could not publish the engine's result: %s", exc)
         run_id, experiment_id = watcher.run_id, watcher.experiment_id
         if run_id is None and tracking and (found := mlflow_runs.find_job_run(experiment, job_id)):
             run_id, experiment_id = found  # it died before its manifest named the run

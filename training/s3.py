@@ -69,6 +69,12 @@ def checkpoints_prefix(job_id: str) -> str:
     return f"{training_prefix(job_id)}checkpoints/"
 
 
+def training_result_key(job_id: str) -> str:
+    """The engine's final `result.json`, published by the train task once the engine process
+    is gone (so its presence also tells the API that the training process has exited)."""
+    return f"{training_prefix(job_id)}result.json"
+
+
 def s3_uri(bucket: str, key: str) -> str:
     return f"s3://{bucket}/{key}"
 

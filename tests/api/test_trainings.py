@@ -408,12 +408,20 @@ def running_job(client, auth, airflow) -> tuple[str, str]:
     return job_id, run
 
 
-def upload_partial_adapter(s3, job_id: str) -> str:
-    """What the train task does once the engine exited: the files, adapter_config.json last."""
+def upload_partial_adapter(s3, job_id: str, *, exited: bool = True) -> str:
+    """What a stopped training does: the engine uploads its partial adapter (adapter_config.json
+    last) before it exits; once it exited, the train task publishes its result.json."""
     prefix = s3_layout.adapter_prefix(job_id)
     for name in ("adapter_model.safetensors", "adapter_config.json"):
         s3.client().put_object(Bucket=s3.bucket, Key=prefix + name, Body=b"{}")
+    if exited:
+        publish_result(s3, job_id)
     return s3_layout.s3_uri(s3.bucket, prefix)
+
+
+def publish_result(s3, job_id: str) -> None:
+    s3.client().put_object(Bucket=s3.bucket, Key=s3_layout.training_result_key(job_id),
+                           Body=b'{"status": "stopped"}')
 
 
 def test_stop_ends_stopped_only_once_the_training_process_is_gone(client, auth, airflow, mlflow, s3) -> None:
@@ -433,7 +441,12 @@ def test_stop_ends_stopped_only_once_the_training_process_is_gone(client, auth, 
     # asking again while it stops repeats the request
     assert client.post(f"/v1/trainings/{job_id}/stop", headers=auth).status_code == 202
 
-    # the engine exited and the task uploaded the partial adapter (its config last)
+    # the engine uploaded its partial adapter but has not exited yet: still stopping
+    upload_partial_adapter(s3, job_id, exited=False)
+    detail = client.get(f"/v1/trainings/{job_id}", headers=auth).json()
+    assert (detail["status"], detail["stage"], detail["output_path"]) == ("running", "stopping", None)
+
+    # the engine exited: the task published its result
     output = upload_partial_adapter(s3, job_id)
     detail = client.get(f"/v1/trainings/{job_id}", headers=auth).json()
     assert (detail["status"], detail["stage"], detail["output_path"]) == ("stopped", "training", output)
@@ -452,6 +465,9 @@ def test_a_torn_partial_adapter_is_not_the_output(client, auth, airflow, mlflow,
                            Body=b"{}")
     detail = client.get(f"/v1/trainings/{job_id}", headers=auth).json()
     assert (detail["status"], detail["output_path"]) == ("running", None)
+    publish_result(s3, job_id)  # the engine is gone, its adapter torn: stopped, with no output
+    detail = client.get(f"/v1/trainings/{job_id}", headers=auth).json()
+    assert (detail["status"], detail["output_path"]) == ("stopped", None)
 
 
 def test_stop_without_an_adapter_ends_stopped_at_the_kill_deadline(client, auth, airflow, mlflow, settings) -> None:

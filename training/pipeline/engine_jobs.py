@@ -123,6 +123,21 @@ class ResultWatcher:
 # --------------------------------------------------------------------------------------------
 # What an exit means
 
+def publish_result(output: Path, key: str, ended: EngineExit) -> EngineResult:
+    """Uploads the engine's last `result.json` to `key` once its process is gone (a manifest it
+    never wrote, or left `running`, is recorded as failed with how the process ended). Its
+    presence in S3 is the API's evidence that a stopped job's training process has exited."""
+    from training import s3
+    from training.settings import get_settings
+
+    result = read_result(output) or EngineResult()
+    if result.status == RunStatus.RUNNING:
+        result.status, result.error = RunStatus.FAILED, describe_exit(ended.code, ended.tail)
+    s3.client().put_object(Bucket=get_settings().s3_bucket, Key=key, Body=result.to_json().encode(),
+                           ContentType="application/json")
+    return result
+
+
 def training_outcome(ended: EngineExit, result: EngineResult | None, output_uri: str | None = None) -> EngineResult:
     """The manifest of a training that completed with its adapter uploaded (to `output_uri`
     when given); else raises `TrainingEnded` saying why (stopped by request, lost worker,

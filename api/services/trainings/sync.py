@@ -117,18 +117,23 @@ def apply_run(
 
 
 def training_exited(ctx: TrainingContext, job: TrainingJob, now: datetime) -> bool:
-    """Whether the training process of a job being stopped is surely gone: its partial
-    adapter is uploaded (the task does so after the engine exited), or the kill deadline
-    passed (Airflow SIGKILLs the task, the engine dies with it)."""
+    """Whether the training process of a job being stopped is surely gone: the train task
+    published the engine's final result (it does so once the engine exited; the partial adapter,
+    uploaded by the engine before it exits, is then complete), or the kill deadline passed
+    (Airflow SIGKILLs the task, the engine dies with it)."""
     asked = job.stop_requested_at
     if asked is not None and now - asked >= timedelta(seconds=ctx.settings.stop_kill_deadline_s):
         return True
-    return partial_adapter(ctx, job) is not None
+    try:
+        return ctx.s3 is not None and ctx.s3.head(s3_layout.training_result_key(job.id)) is not None
+    except S3Unavailable as exc:
+        log.warning("cannot check the training result of job %s: %s", job.id, exc)
+        return False
 
 
 def partial_adapter(ctx: TrainingContext, job: TrainingJob) -> str | None:
-    """The S3 URI of the adapter a stopped job's train task uploaded, once it is complete
-    (`adapter_config.json` is uploaded last, after the engine exited); else None."""
+    """The S3 URI of the partial adapter a stopped job's engine uploaded, once it is complete
+    (`adapter_config.json` is uploaded last); else None."""
     prefix = s3_layout.adapter_prefix(job.id)
     try:
         if ctx.s3 is not None and ctx.s3.head(prefix + "adapter_config.json") is not None:

@@ -175,3 +175,24 @@ def test_the_outcome_of_an_evaluation(tmp_path):
         engine_jobs.evaluation_outcome(_exit(0), tmp_path / "missing.json")
     assert not issubclass(EngineFailed, JobFailed)
 
+
+
+@pytest.mark.stack
+def test_the_published_result_is_the_engines_last_word(tmp_path, s3_env):
+    """Published once the engine is gone: its manifest as it left it, or, when it never finished
+    one (killed mid-run), a failed one saying how the process ended."""
+    from training import s3
+
+    stopped = EngineResult(status=RunStatus.STOPPED, mlflow_run_id=RUN, output_uri=URI, error="stopped by SIGTERM")
+    write_result(tmp_path, stopped)
+    key = s3.training_result_key("job-1")
+    assert engine_jobs.publish_result(tmp_path, key, _exit(EXIT_STOPPED)) == stopped
+    body = s3_env.client().get_object(Bucket=s3_env.bucket, Key=key)["Body"].read()
+    assert EngineResult.from_dict(json.loads(body)) == stopped
+
+    write_result(tmp_path, EngineResult(status=RunStatus.RUNNING, mlflow_run_id=RUN))
+    killed = engine_jobs.publish_result(tmp_path, key, _exit(-9))
+    assert (killed.status, killed.error, killed.mlflow_run_id) == (
+        RunStatus.FAILED, "the training process was killed by SIGKILL", RUN)
+    body = s3_env.client().get_object(Bucket=s3_env.bucket, Key=key)["Body"].read()
+    assert json.loads(body)["status"] == "failed"
