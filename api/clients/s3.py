@@ -1,4 +1,5 @@
-"""Thin boto3 wrapper for what the API does in S3: presign, HEAD, read JSON, delete a prefix."""
+"""Thin boto3 wrapper for what the API does in S3: presign, HEAD, read JSON, delete a prefix,
+multipart uploads (create, presign parts, list parts, complete, abort)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,34 @@ _NOT_FOUND = MISSING_CODES | {"NoSuchBucket"}
 
 class S3Unavailable(Exception):
     """S3 could not be reached or refused the request."""
+
+
+class S3Rejected(Exception):
+    """S3 answered with a client error about the request itself (`code`: S3's error code,
+    e.g. `NoSuchUpload`, `InvalidPart`, `EntityTooSmall`)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+#: the S3 error codes of a multipart request that the caller got wrong (not an outage)
+_MULTIPART_CLIENT_CODES = frozenset({"NoSuchUpload", "InvalidPart", "InvalidPartOrder", "EntityTooSmall",
+                                     "EntityTooLarge", "InvalidArgument", "MalformedXML"})
+
+
+@dataclass(frozen=True)
+class UploadedPart:
+    part_number: int
+    etag: str
+    size: int
+
+
+@dataclass(frozen=True)
+class PendingUpload:
+    key: str
+    upload_id: str
 
 
 @dataclass(frozen=True)
@@ -129,3 +158,86 @@ class S3Storage:
         except BotoCoreError as exc:
             raise S3Unavailable(f"cannot reach S3: {exc}") from exc
         return deleted
+
+    # --- multipart uploads -------------------------------------------------------------------
+    def _multipart_error(self, what: str, exc: Exception) -> Exception:
+        if isinstance(exc, ClientError):
+            error = exc.response.get("Error", {})
+            if error.get("Code") in _MULTIPART_CLIENT_CODES:
+                return S3Rejected(str(error.get("Code")), str(error.get("Message") or ""))
+        return S3Unavailable(f"cannot {what}: {exc}")
+
+    def create_multipart(self, key: str) -> str:
+        """Starts a multipart upload to `key`; returns its upload id."""
+        try:
+            return str(self._client.create_multipart_upload(Bucket=self.bucket, Key=key)["UploadId"])
+        except (BotoCoreError, ClientError) as exc:
+            raise self._multipart_error(f"start a multipart upload to s3://{self.bucket}/{key}", exc) from exc
+
+    def presign_part(self, key: str, upload_id: str, part_number: int, expires_in: int | None = None) -> str:
+        """A pre-signed `PUT` URL for one part (S3's `UploadPart`; its answer's `ETag` header is
+        what completing needs)."""
+        try:
+            return self._presign_client.generate_presigned_url(
+                "upload_part",
+                Params={"Bucket": self.bucket, "Key": key, "UploadId": upload_id, "PartNumber": part_number},
+                ExpiresIn=expires_in or self.presign_expiry_s,
+                HttpMethod="PUT",
+            )
+        except (BotoCoreError, ClientError) as exc:
+            raise S3Unavailable(f"cannot presign a part URL: {exc}") from exc
+
+    def list_parts(self, key: str, upload_id: str) -> list[UploadedPart]:
+        """The parts uploaded so far (paginated); `S3Rejected('NoSuchUpload')` when the upload
+        is unknown for `key` (aborted, completed, or another key's)."""
+        parts: list[UploadedPart] = []
+        try:
+            paginator = self._client.get_paginator("list_parts")
+            for page in paginator.paginate(Bucket=self.bucket, Key=key, UploadId=upload_id):
+                parts.extend(UploadedPart(int(p["PartNumber"]), str(p["ETag"]), int(p["Size"]))
+                             for p in page.get("Parts", []))
+        except (BotoCoreError, ClientError) as exc:
+            raise self._multipart_error("list the uploaded parts", exc) from exc
+        return sorted(parts, key=lambda p: p.part_number)
+
+    def complete_multipart(self, key: str, upload_id: str, parts: list[tuple[int, str]]) -> None:
+        """Assembles the object from `(part_number, etag)` pairs; `S3Rejected` for a wrong part,
+        ETag, order, a part too small, or an unknown upload."""
+        body = {"Parts": [{"PartNumber": number, "ETag": etag} for number, etag in sorted(parts)]}
+        try:
+            self._client.complete_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id,
+                                                   MultipartUpload=body)
+        except (BotoCoreError, ClientError) as exc:
+            raise self._multipart_error(f"complete the multipart upload to s3://{self.bucket}/{key}", exc) from exc
+
+    def pending_uploads(self, prefix: str) -> list[PendingUpload]:
+        """The multipart uploads started and neither completed nor aborted under `prefix`."""
+        found: list[PendingUpload] = []
+        try:
+            paginator = self._client.get_paginator("list_multipart_uploads")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                found.extend(PendingUpload(u["Key"], u["UploadId"]) for u in page.get("Uploads", []))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "NoSuchBucket":
+                return found
+            raise S3Unavailable(f"cannot list the multipart uploads under s3://{self.bucket}/{prefix}: {exc}") from exc
+        except BotoCoreError as exc:
+            raise S3Unavailable(f"cannot reach S3: {exc}") from exc
+        return found
+
+    def abort_uploads(self, prefix: str) -> int:
+        """Aborts every multipart upload pending under `prefix` (S3 then frees their parts);
+        returns how many were aborted."""
+        if not prefix or not prefix.endswith("/"):
+            raise ValueError(f"refusing to abort uploads under a prefix that is not a folder: {prefix!r}")
+        aborted = 0
+        for upload in self.pending_uploads(prefix):
+            try:
+                self._client.abort_multipart_upload(Bucket=self.bucket, Key=upload.key, UploadId=upload.upload_id)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":  # gone already: fine
+                    raise S3Unavailable(f"cannot abort the upload to s3://{self.bucket}/{upload.key}: {exc}") from exc
+            except BotoCoreError as exc:
+                raise S3Unavailable(f"cannot reach S3: {exc}") from exc
+            aborted += 1
+        return aborted

@@ -1,4 +1,5 @@
-"""`/v1/datasets`: presigned uploads, validation status, deletion."""
+"""`/v1/datasets`: presigned uploads (one PUT, or multipart for large archives), validation
+status, deletion."""
 
 from __future__ import annotations
 
@@ -7,10 +8,18 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Response, status
 
 from api.deps import AirflowDep, CurrentUser, PAGED_LIST_ROUTE, PageDep, S3Dep, SessionDep, SettingsDep
-from api.schemas.common import ErrorResponse
+from api.schemas.common import ErrorResponse, MessageResponse
 from api.schemas.datasets import (
     DatasetDetail,
     DatasetSummary,
+    MultipartAbortRequest,
+    MultipartCompleteRequest,
+    MultipartInitiateRequest,
+    MultipartInitiateResponse,
+    MultipartPartsRequest,
+    MultipartPartsResponse,
+    PartUrl,
+    UploadedPartInfo,
     UploadCompleteRequest,
     UploadCompleteResponse,
     UploadInitiateRequest,
@@ -62,16 +71,94 @@ def upload_complete(body: UploadCompleteRequest, user: CurrentUser, service: Ser
     return UploadCompleteResponse(message="Dataset processing initiated", dataset_id=dataset.id)
 
 
+_MULTIPART_BAD = {400: {"model": ErrorResponse, "description": "Invalid input, unknown upload, upload complete or "
+                         "expired, or S3 refused the parts"}}
+
+
+@router.post(
+    "/multipart/initiate",
+    response_model=MultipartInitiateResponse,
+    responses={**_MULTIPART_BAD, **_UNAVAILABLE},
+    openapi_extra={"x-validation-status": 400},
+    summary="Start a multipart upload: returns pre-signed S3 part URLs",
+    description="For archives too large for one `PUT` (S3 takes at most 5 GiB in one request; the `qlora` "
+    "command uses this above 100 MiB). Creates the dataset (stage `awaiting_upload`) and an S3 multipart upload "
+    "split into `part_count` parts of `part_size_bytes`; `PUT` each part to its URL, keep each answer's `ETag`, "
+    "then call `multipart/complete`. `multipart/parts` lists what S3 already holds and re-issues URLs (to resume "
+    "or retry), `multipart/abort` deletes everything. Uploads not completed in time are aborted and deleted.",
+)
+def multipart_initiate(body: MultipartInitiateRequest, user: CurrentUser, service: ServiceDep) -> MultipartInitiateResponse:
+    upload = service.initiate_multipart(user, body)
+    return MultipartInitiateResponse(
+        dataset_id=upload.dataset.id, s3_key=upload.dataset.s3_key, upload_id=upload.upload_id,
+        part_size_bytes=upload.part_size, part_count=upload.part_count,
+        parts=[PartUrl(part_number=n, url=url) for n, url in upload.urls], expires_at=upload.expires_at,
+    )
+
+
+@router.post(
+    "/multipart/parts",
+    response_model=MultipartPartsResponse,
+    responses={**_MULTIPART_BAD, 404: {"model": ErrorResponse, "description": "Dataset not found"}, **_UNAVAILABLE},
+    openapi_extra={"x-validation-status": 400},
+    summary="List the uploaded parts and get fresh part URLs (resume, retry)",
+    description="The parts S3 already holds for the upload (number, ETag, size) and new pre-signed URLs for "
+    "`part_numbers`: a client that was interrupted uploads only the missing parts; one whose URL expired asks "
+    "again.",
+)
+def multipart_parts(body: MultipartPartsRequest, user: CurrentUser, service: ServiceDep) -> MultipartPartsResponse:
+    dataset, uploaded, urls, expires_at = service.multipart_parts(user, body.dataset_id, body.upload_id,
+                                                                  body.part_numbers)
+    return MultipartPartsResponse(
+        dataset_id=dataset.id, upload_id=body.upload_id,
+        uploaded=[UploadedPartInfo(part_number=p.part_number, etag=p.etag, size_bytes=p.size) for p in uploaded],
+        parts=[PartUrl(part_number=n, url=url) for n, url in urls], expires_at=expires_at,
+    )
+
+
+@router.post(
+    "/multipart/complete",
+    response_model=UploadCompleteResponse,
+    responses={**_MULTIPART_BAD, 404: {"model": ErrorResponse, "description": "Dataset not found"}, **_UNAVAILABLE},
+    openapi_extra={"x-validation-status": 400},
+    summary="Assemble a multipart upload and start validation",
+    description="S3 assembles the archive from the listed parts and ETags; then as `upload-complete`: the size "
+    "is checked and the `dataset_validation` DAG runs. Idempotent.",
+)
+def multipart_complete(body: MultipartCompleteRequest, user: CurrentUser, service: ServiceDep) -> UploadCompleteResponse:
+    dataset = service.complete_multipart(user, body.dataset_id, body.upload_id,
+                                         [(p.part_number, p.etag) for p in body.parts])
+    return UploadCompleteResponse(message="Dataset processing initiated", dataset_id=dataset.id)
+
+
+@router.post(
+    "/multipart/abort",
+    response_model=MessageResponse,
+    responses={
+        404: {"model": ErrorResponse, "description": "Dataset not found"},
+        409: {"model": ErrorResponse, "description": "The upload is complete: delete the dataset instead"},
+        **_UNAVAILABLE,
+    },
+    openapi_extra={"x-validation-status": 400},
+    summary="Abort an upload: its parts, objects and the dataset are deleted",
+)
+def multipart_abort(body: MultipartAbortRequest, user: CurrentUser, service: ServiceDep) -> MessageResponse:
+    service.abort_multipart(user, body.dataset_id)
+    return MessageResponse(message=f"Upload of dataset {body.dataset_id} aborted; nothing of it is left")
+
+
 @router.get(
     "",
     response_model=list[DatasetSummary],
     **PAGED_LIST_ROUTE,
     summary="The user's datasets, newest first",
-    description="All your datasets, newest first; `limit` and `offset` return one page of them instead.",
+    description="All your datasets, newest first; `limit` and `offset` return one page of them instead "
+    "(`X-Total-Count` counts them all).",
 )
 def list_datasets(user: CurrentUser, service: ServiceDep, settings: SettingsDep, page: PageDep) -> Response:
     rows = service.list(user, page.limit, page.offset)
-    return Response(DatasetSummary.list_json(rows, settings.s3_bucket), media_type="application/json")
+    return Response(DatasetSummary.list_json(rows, settings.s3_bucket), media_type="application/json",
+                    headers={"X-Total-Count": str(service.count(user))})
 
 
 @router.get(

@@ -4,7 +4,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
 from training import s3 as s3_layout  # the S3 key layout
 
@@ -53,6 +53,113 @@ class UploadCompleteRequest(BaseModel):
 class UploadCompleteResponse(BaseModel):
     message: str = Field(examples=["Dataset processing initiated"])
     dataset_id: str
+
+
+#: S3's multipart limits: parts of 5 MiB to 5 GiB (the last may be smaller), at most 10,000 parts
+MULTIPART_MIN_PART_BYTES = 5 * 1024**2
+MULTIPART_MAX_PART_BYTES = 5 * 1024**3
+MULTIPART_MAX_PARTS = 10_000
+#: the part size when the request names none
+MULTIPART_DEFAULT_PART_BYTES = 64 * 1024**2
+#: URLs handed out in one answer (ask `multipart/parts` for the rest)
+MULTIPART_MAX_URLS = 1000
+
+
+class MultipartInitiateRequest(UploadInitiateRequest):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "file_name": "my_video_dataset.zip",
+                    "file_type": "application/zip",
+                    "dataset_name": "Moving squares",
+                    "dataset_description": "Left/right moving squares, labelled by direction",
+                    "size_bytes": 7516192768,
+                    "part_size_bytes": 67108864,
+                }
+            ]
+        }
+    )
+
+    size_bytes: int = Field(ge=1, description="Size of the archive in bytes (checked against the upload limit now "
+                            "and against the assembled object on completion).")
+    part_size_bytes: int | None = Field(
+        default=None, ge=MULTIPART_MIN_PART_BYTES, le=MULTIPART_MAX_PART_BYTES,
+        description="Bytes per part (every part but the last): 5 MiB to 5 GiB; default 64 MiB, raised so that "
+        "the archive fits in 10,000 parts.")
+
+
+class PartUrl(BaseModel):
+    part_number: int = Field(ge=1, le=MULTIPART_MAX_PARTS)
+    url: str = Field(description="Pre-signed S3 URL: `PUT` this part's bytes to it; keep the `ETag` header of the "
+                     "answer for `multipart/complete`.")
+
+
+class MultipartInitiateResponse(BaseModel):
+    dataset_id: str
+    s3_key: str = Field(examples=["datasets/a1b2c3d4-e5f6-7890-1234-567890abcdef/my_video_dataset.zip"])
+    upload_id: str = Field(description="S3's id of the multipart upload.")
+    part_size_bytes: int = Field(description="Bytes of every part but the last.")
+    part_count: int = Field(description="Parts to upload: ceil(size_bytes / part_size_bytes).")
+    parts: list[PartUrl] = Field(description="URLs of parts 1..part_count (at most the first 1,000; ask "
+                                 "`multipart/parts` for the others).")
+    expires_at: datetime = Field(description="When the part URLs expire (ask `multipart/parts` for new ones).")
+
+
+class MultipartPartsRequest(BaseModel):
+    dataset_id: str = Field(min_length=1, max_length=64)
+    upload_id: str = Field(min_length=1, max_length=1024)
+    part_numbers: list[int] = Field(
+        default_factory=list, max_length=MULTIPART_MAX_URLS,
+        description="Parts to get fresh URLs for (1 to 10,000; at most 1,000 a call); empty: only list the "
+        "uploaded parts.")
+
+    @field_validator("part_numbers")
+    @classmethod
+    def _within_limits(cls, value: list[int]) -> list[int]:
+        bad = [n for n in value if not 1 <= n <= MULTIPART_MAX_PARTS]
+        if bad:
+            raise ValueError(f"part numbers run from 1 to {MULTIPART_MAX_PARTS}, got {bad[0]}")
+        return sorted(set(value))
+
+
+class UploadedPartInfo(BaseModel):
+    part_number: int
+    etag: str
+    size_bytes: int
+
+
+class MultipartPartsResponse(BaseModel):
+    dataset_id: str
+    upload_id: str
+    uploaded: list[UploadedPartInfo] = Field(description="Parts S3 holds for this upload, by part number: a "
+                                             "client resuming an interrupted upload skips them.")
+    parts: list[PartUrl] = Field(description="Fresh URLs for the requested `part_numbers`.")
+    expires_at: datetime = Field(description="When these URLs expire.")
+
+
+class CompletedPart(BaseModel):
+    part_number: int = Field(ge=1, le=MULTIPART_MAX_PARTS)
+    etag: str = Field(min_length=1, max_length=128, description="The `ETag` header S3 answered the part's `PUT` with.")
+
+
+class MultipartCompleteRequest(BaseModel):
+    dataset_id: str = Field(min_length=1, max_length=64)
+    upload_id: str = Field(min_length=1, max_length=1024)
+    parts: list[CompletedPart] = Field(min_length=1, max_length=MULTIPART_MAX_PARTS,
+                                       description="Every part of the archive, each once.")
+
+    @field_validator("parts")
+    @classmethod
+    def _each_once(cls, value: list[CompletedPart]) -> list[CompletedPart]:
+        numbers = [p.part_number for p in value]
+        if len(set(numbers)) != len(numbers):
+            raise ValueError("each part number must be listed once")
+        return value
+
+
+class MultipartAbortRequest(BaseModel):
+    dataset_id: str = Field(min_length=1, max_length=64)
 
 
 class DatasetSummary(BaseModel):

@@ -1,5 +1,6 @@
-"""The dataset lifecycle: initiate an upload, complete it, reconcile with Airflow and the
-validation report, expire uploads never completed, delete.
+"""The dataset lifecycle: initiate an upload (one pre-signed PUT, or an S3 multipart upload with
+pre-signed part URLs), complete it, reconcile with Airflow and the validation report, expire
+uploads never completed (aborting their multipart uploads), delete.
 
     awaiting_upload --complete--> validating --run success + valid report--> ready
           |                           `--run failed / invalid report / run lost--> failed
@@ -9,19 +10,29 @@ validation report, expire uploads never completed, delete.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import RowMapping, select
+from sqlalchemy import RowMapping, func, select
 from sqlalchemy.orm import Session
 
 from api.clients.airflow import AirflowApi, AirflowError, DagRun
-from api.clients.s3 import S3Storage, S3Unavailable
+from api.clients.s3 import S3Rejected, S3Storage, S3Unavailable, UploadedPart
 from api.core.config import Settings
 from api.models import ACTIVE_TRAINING_STATUSES, Dataset, DatasetStage, TrainingJob, User
 from api.models.base import new_id, utcnow
-from api.schemas.datasets import UploadInitiateRequest
+from api.schemas.datasets import (
+    MULTIPART_DEFAULT_PART_BYTES,
+    MULTIPART_MAX_PART_BYTES,
+    MULTIPART_MAX_PARTS,
+    MULTIPART_MAX_URLS,
+    MULTIPART_MIN_PART_BYTES,
+    MultipartInitiateRequest,
+    UploadInitiateRequest,
+)
 from api.services.errors import Conflict, InvalidInput, NotFound
 from api.services.file_names import check_file_type, sanitize_file_name
 from training import s3 as s3_layout  # the S3 key layout
@@ -53,6 +64,27 @@ LIST_COLUMNS = (
 
 def validation_run_id(dataset_id: str) -> str:
     return f"validate-{dataset_id}"
+
+
+@dataclass(frozen=True)
+class MultipartUpload:
+    """A multipart upload as the API hands it out: pre-signed URLs of some of its parts."""
+
+    dataset: Dataset
+    upload_id: str
+    part_size: int
+    part_count: int
+    urls: list[tuple[int, str]]
+    expires_at: datetime
+
+
+#: what S3's refusal of a completion means for the user
+_COMPLETE_REFUSALS = {
+    "InvalidPart": "S3 holds no such part with that ETag: upload every listed part and send the ETag each PUT "
+                   "answered with",
+    "InvalidPartOrder": "the parts must be listed in ascending part-number order",
+    "EntityTooSmall": f"every part but the last must be at least {MULTIPART_MIN_PART_BYTES} bytes (5 MiB)",
+}
 
 
 class DatasetService:
@@ -98,8 +130,21 @@ class DatasetService:
             .all()
         )
 
+    def count(self, owner: User) -> int:
+        """How many datasets the owner has (the list's `X-Total-Count`)."""
+        return self.session.scalar(select(func.count()).select_from(Dataset).where(Dataset.owner_id == owner.id)) or 0
+
     # --- upload -----------------------------------------------------------------------------
     def initiate(self, owner: User, request: UploadInitiateRequest) -> tuple[Dataset, str]:
+        dataset = self._new_dataset(owner, request)
+        # presign first: if S3 is misconfigured no row is written
+        url = self.s3.presign_put(dataset.s3_key, self.settings.presigned_url_expiry_s)
+        self.session.add(dataset)
+        self.session.commit()
+        return dataset, url
+
+    def _new_dataset(self, owner: User, request: UploadInitiateRequest) -> Dataset:
+        """A dataset awaiting its upload (not added to the session yet)."""
         check_file_type(request.file_type)
         safe_name = sanitize_file_name(request.file_name)
         name = request.dataset_name.strip()
@@ -115,11 +160,101 @@ class DatasetService:
             s3_key=s3_layout.dataset_upload_key(dataset_id, safe_name),
         )
         dataset.set_stage(DatasetStage.AWAITING_UPLOAD)
-        # presign first: if S3 is misconfigured no row is written
-        url = self.s3.presign_put(dataset.s3_key, self.settings.presigned_url_expiry_s)
-        self.session.add(dataset)
+        return dataset
+
+    # --- multipart upload (archives beyond a single PUT) ------------------------------------
+    def initiate_multipart(self, owner: User, request: MultipartInitiateRequest) -> MultipartUpload:
+        """A new dataset and its S3 multipart upload; URLs of the first parts."""
+        if request.size_bytes > self.settings.max_upload_bytes:
+            raise InvalidInput(
+                f"size_bytes is {request.size_bytes}; the limit is {self.settings.max_upload_bytes} bytes"
+            )
+        part_size = max(request.part_size_bytes or MULTIPART_DEFAULT_PART_BYTES,
+                        math.ceil(request.size_bytes / MULTIPART_MAX_PARTS))
+        if part_size > MULTIPART_MAX_PART_BYTES:
+            raise InvalidInput(f"size_bytes is {request.size_bytes}: more than S3's 10,000 parts of 5 GiB")
+        part_count = math.ceil(request.size_bytes / part_size)
+        dataset = self._new_dataset(owner, request)
+        # S3 first: if it fails no row is written
+        upload_id = self.s3.create_multipart(dataset.s3_key)
+        try:
+            expires_in, expires_at = self._part_url_expiry(dataset)
+            urls = [(n, self.s3.presign_part(dataset.s3_key, upload_id, n, expires_in))
+                    for n in range(1, min(part_count, MULTIPART_MAX_URLS) + 1)]
+            self.session.add(dataset)
+            self.session.commit()
+        except BaseException:
+            self.session.rollback()
+            self.s3.abort_uploads(s3_layout.dataset_prefix(dataset.id))  # nothing left behind
+            raise
+        return MultipartUpload(dataset, upload_id, part_size, part_count, urls, expires_at)
+
+    def multipart_parts(
+        self, owner: User, dataset_id: str, upload_id: str, part_numbers: Sequence[int]
+    ) -> tuple[Dataset, list[UploadedPart], list[tuple[int, str]], datetime]:
+        """The parts S3 holds for the upload and fresh URLs for `part_numbers` (to resume)."""
+        dataset = self._awaiting_upload(owner, dataset_id)
+        uploaded = self._parts_of(dataset, upload_id)
+        expires_in, expires_at = self._part_url_expiry(dataset)
+        urls = [(n, self.s3.presign_part(dataset.s3_key, upload_id, n, expires_in)) for n in part_numbers]
+        return dataset, uploaded, urls, expires_at
+
+    def complete_multipart(self, owner: User, dataset_id: str, upload_id: str, parts: list[tuple[int, str]]) -> Dataset:
+        """Assembles the archive from its parts, then completes the upload as `complete` does
+        (size checks, validation run). Idempotent, like `complete`."""
+        dataset = self._owned(owner, dataset_id)
+        if DatasetStage(dataset.stage) is DatasetStage.AWAITING_UPLOAD and not self._upload_expired(dataset, utcnow()):
+            try:
+                self.s3.complete_multipart(dataset.s3_key, upload_id, parts)
+            except S3Rejected as exc:
+                # completed by an earlier call whose validation trigger failed (503): carry on
+                if not (exc.code == "NoSuchUpload" and self.s3.head(dataset.s3_key) is not None):
+                    raise InvalidInput(self._refusal(exc)) from None
+        return self.complete(owner, dataset_id, dataset.s3_key)
+
+    def abort_multipart(self, owner: User, dataset_id: str) -> None:
+        """Aborts the dataset's upload: its multipart uploads, objects and row are deleted."""
+        dataset = self._owned(owner, dataset_id)
+        if dataset.stage not in (DatasetStage.AWAITING_UPLOAD.value, DatasetStage.EXPIRED.value):
+            raise Conflict("The upload of this dataset is complete; delete the dataset instead")
+        prefix = s3_layout.dataset_prefix(dataset.id)
+        self.s3.abort_uploads(prefix)
+        self.s3.delete_prefix(prefix)
+        self.session.delete(dataset)
         self.session.commit()
-        return dataset, url
+
+    def _awaiting_upload(self, owner: User, dataset_id: str) -> Dataset:
+        dataset = self._owned(owner, dataset_id)
+        stage = DatasetStage(dataset.stage)
+        if stage is DatasetStage.EXPIRED or self._upload_expired(dataset, utcnow()):
+            if stage is not DatasetStage.EXPIRED:
+                self._expire(dataset)
+                self.session.commit()
+            raise InvalidInput("The upload window of this dataset has expired; initiate a new upload")
+        if stage is not DatasetStage.AWAITING_UPLOAD:
+            raise InvalidInput(f"The upload of this dataset is complete (stage {stage.value})")
+        return dataset
+
+    def _parts_of(self, dataset: Dataset, upload_id: str) -> list[UploadedPart]:
+        try:
+            return self.s3.list_parts(dataset.s3_key, upload_id)
+        except S3Rejected as exc:
+            raise InvalidInput(self._refusal(exc)) from None
+
+    @staticmethod
+    def _refusal(exc: S3Rejected) -> str:
+        if exc.code == "NoSuchUpload":
+            return ("No such multipart upload for this dataset (wrong upload_id, or aborted or completed); "
+                    "initiate a new upload")
+        return f"S3 refused the upload ({exc.code}): {_COMPLETE_REFUSALS.get(exc.code, exc.message)}"
+
+    def _part_url_expiry(self, dataset: Dataset) -> tuple[int, datetime]:
+        """Part URLs expire after the presigned-URL expiry, and never after the upload window
+        (once the sweep aborted the upload, a late part has nowhere to go anyway)."""
+        now = utcnow()
+        window_end = (dataset.created_at or now) + timedelta(seconds=self._upload_window_s())
+        seconds = max(1, min(self.settings.presigned_url_expiry_s, int((window_end - now).total_seconds())))
+        return seconds, now + timedelta(seconds=seconds)
 
     def complete(self, owner: User, dataset_id: str, s3_key: str) -> Dataset:
         dataset = self._owned(owner, dataset_id)
@@ -176,6 +311,8 @@ class DatasetService:
             self.refresh([dataset])
             if dataset.stage == DatasetStage.VALIDATING:
                 raise Conflict("Dataset is being validated; delete it once it is ready or in error")
+        if dataset.stage == DatasetStage.AWAITING_UPLOAD:
+            self.s3.abort_uploads(s3_layout.dataset_prefix(dataset.id))  # a multipart upload under way
         self.s3.delete_prefix(s3_layout.dataset_prefix(dataset.id))
         self.session.delete(dataset)
         self.session.commit()
@@ -209,7 +346,12 @@ class DatasetService:
             if runs is not None:
                 for dataset in validating:
                     try:
-                        changed += self._settle(dataset, runs.get(dataset.airflow_run_id or ""), now)
+                        settled = self._settle(dataset, runs.get(dataset.airflow_run_id or ""), now)
+                        if settled:  # ready or failed: the owner's webhooks hear of it (same transaction)
+                            from api.services.webhooks.outbox import dataset_ended
+
+                            dataset_ended(self.session, dataset, self.settings)
+                        changed += settled
                     except S3Unavailable as exc:
                         log.warning("cannot read the report of dataset %s: %s", dataset.id, exc)
         if changed:
@@ -258,12 +400,16 @@ class DatasetService:
         dataset.stats = {key: report.get(key) for key in STATS_KEYS if key in report}
 
     def _upload_expired(self, dataset: Dataset, now: datetime) -> bool:
-        # never before the presigned URL itself expires, or a late PUT would leave an orphan
-        window = max(self.settings.upload_expiry_s, self.settings.presigned_url_expiry_s)
         created = dataset.created_at
-        return created is not None and now - created > timedelta(seconds=window)
+        return created is not None and now - created > timedelta(seconds=self._upload_window_s())
+
+    def _upload_window_s(self) -> int:
+        # never before the presigned URL itself expires, or a late PUT would leave an orphan
+        return max(self.settings.upload_expiry_s, self.settings.presigned_url_expiry_s)
 
     def _expire(self, dataset: Dataset) -> None:
+        # abort first: a multipart upload's parts are no objects, delete_prefix would miss them
+        self.s3.abort_uploads(s3_layout.dataset_prefix(dataset.id))
         self.s3.delete_prefix(s3_layout.dataset_prefix(dataset.id))
         dataset.set_stage(
             DatasetStage.EXPIRED,
