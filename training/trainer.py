@@ -371,16 +371,15 @@ def _run(args: RunArgs, output: Path, result: EngineResult) -> int:
         if bar is not None:
             bar.close()
             bar = None
-        if stop:
+        if stop:  # Airflow SIGKILLs ~5 s after its SIGTERM: what a resume and the user need comes first
             checkpoint_now(stop.reason or "stopped")
             save_and_upload()
+            result.status, result.error = RunStatus.STOPPED, f"{stop.reason} at step {step} of {total_steps}"
+            write_result(output, result)
             log.warning("%s at step %d/%d: checkpoint and adapter saved in %s; exit code %d", stop.reason, step,
                         total_steps, output, EXIT_STOPPED)
             tracker.set_tags({"stop_reason": stop.reason, "stopped_at_step": str(step)})
-            tracker.log_file(output / LOG_FILE, "logs")
-            result.status, result.error = RunStatus.STOPPED, f"{stop.reason} at step {step} of {total_steps}"
-            write_result(output, result)
-            status = "KILLED"
+            status = "KILLED"  # (the log stays in the task's log; no upload of it in this window)
             return EXIT_STOPPED
 
         save_and_upload()
