@@ -3,7 +3,8 @@
 Reads the table through `training.data.dataset_format.read_dataset`, checks that every row has
 what the task needs and that every clip decodes (before any training), splits train/held-out
 (the table's `split` column, else a seeded, per-label stratified split), and turns examples into
-model inputs: uniformly sampled frames, resized and normalised in torch, the architecture's
+model inputs: uniformly sampled frames (decoded and scaled in bounded memory by
+`training.data.frames`), normalised in torch, the architecture's
 visual tokens, the prompt and (captioning) the caption tokens, whose positions alone carry loss.
 """
 
@@ -135,12 +136,9 @@ class ClipDataset:
         cached = self._cache.get(path)
         if cached is not None:
             return cached
-        raw = decode_frames(path, self.frames)
         size = self.prep.image_size
-        if raw.shape[-2:] != (size, size):
-            resized = torch.nn.functional.interpolate(raw.float(), size=(size, size), mode="bilinear",
-                                                      align_corners=False, antialias=True)
-            raw = resized.round_().clamp_(0, 255).to(torch.uint8)
+        # only the sampled frames are converted, scaled to the model's size in the decoder
+        raw = decode_frames(path, self.frames, (size, size))
         if raw.numel() <= self._cache_left:
             self._cache[path] = raw
             self._cache_left -= raw.numel()
