@@ -24,13 +24,14 @@ from api.clients.mlflow import MlflowApi, MlflowReader
 from api.clients.s3 import S3Storage, S3Unavailable
 from api.core.config import Settings, get_settings
 from api.db import exclusive_pass, make_engine, make_sessionmaker, upgrade_to_head
-from api.routers import auth, datasets, models, trainings
+from api.routers import auth, datasets, models, training_follow, trainings, webhooks
 from api.schemas.common import ValidationErrorResponse
 from api.services.catalog import seed_catalog
 from api.services.datasets import reconcile_all
 from api.services.trainings.live_state import LiveState
 from api.services.trainings.reconcile import reconcile_trainings
 from api.services.errors import ServiceError
+from api.services.webhooks.outbox import WebhookSender
 from training import params
 
 log = logging.getLogger("api")
@@ -80,9 +81,19 @@ def create_app(
         loop_task = None
         if settings.reconcile_interval_s > 0:
             loop_task = asyncio.create_task(_reconcile_loop(app, settings.reconcile_interval_s))
+        # the webhook outbox's sender: resumes whatever a stopped process left pending
+        app.state.webhook_sender = WebhookSender(app.state.sessionmaker, settings)
+        sender_task = None
+        if settings.webhook_poll_interval_s > 0:
+            sender_task = asyncio.create_task(_webhook_loop(app, settings.webhook_poll_interval_s))
         try:
             yield
         finally:
+            if sender_task is not None:
+                sender_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sender_task
+            app.state.webhook_sender.close()
             if loop_task is not None:
                 loop_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -101,7 +112,8 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.settings = settings
-    for router in (auth.router, datasets.router, models.router, trainings.router):
+    for router in (auth.router, datasets.router, models.router, trainings.router, training_follow.router,
+                   webhooks.router):
         app.include_router(router, prefix=API_PREFIX)
 
     @app.get(f"{API_PREFIX}/health", tags=["health"], summary="Liveness: the process answers")
@@ -165,6 +177,17 @@ async def _reconcile_loop(app: FastAPI, interval_s: float) -> None:
                 log.info("reconcile: %d datasets or training jobs changed", changed)
         except Exception:  # the loop must survive any one failed pass
             log.exception("reconcile pass failed")
+
+
+async def _webhook_loop(app: FastAPI, interval_s: float) -> None:
+    while True:
+        try:
+            sent = await asyncio.to_thread(app.state.webhook_sender.run_once)
+        except Exception:  # the loop must survive any one failed round
+            log.exception("webhook round failed")
+            sent = 0
+        if not sent:  # after a round that sent something, look again at once
+            await asyncio.sleep(interval_s)
 
 
 # --- errors: always {"detail": ...} ---------------------------------------------------------

@@ -42,10 +42,21 @@ class RunSummary:
         return None if value is None else min(max(float(value), 0.0), 1.0)
 
 
+@dataclass(frozen=True)
+class MetricPoint:
+    """One logged value of a metric: its step, value and time (ms since the epoch)."""
+
+    step: int
+    value: float
+    timestamp: int
+
+
 class MlflowApi(Protocol):
     def get_run(self, run_id: str) -> RunSummary | None: ...
 
     def get_runs(self, runs: dict[str, str]) -> dict[str, RunSummary]: ...
+
+    def get_metric_history(self, run_id: str, key: str) -> list[MetricPoint]: ...
 
 
 class MlflowReader:
@@ -96,6 +107,23 @@ class MlflowReader:
                 summary = _summary(run)
                 found[summary.run_id] = summary
         return found
+
+
+    def get_metric_history(self, run_id: str, key: str) -> list[MetricPoint]:
+        """Every value ever logged for `key` in the run, by step then time (MLflow pages the
+        history itself); empty for an unknown key or run."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            points = self._client.get_metric_history(run_id, key)
+        except MlflowException as exc:
+            if "RESOURCE_DOES_NOT_EXIST" in str(getattr(exc, "error_code", "")):
+                return []
+            raise MlflowUnavailable(str(exc)) from exc
+        except Exception as exc:
+            raise MlflowUnavailable(str(exc)) from exc
+        return sorted((MetricPoint(int(m.step), float(m.value), int(m.timestamp)) for m in points),
+                      key=lambda p: (p.step, p.timestamp))
 
 
 def _summary(run: Any) -> RunSummary:

@@ -80,6 +80,23 @@ class Settings(BaseSettings):
     #: run Alembic migrations and seed the model catalog at start-up
     migrate_on_startup: bool = True
 
+    # Webhooks (`/v1/webhooks`; the outbox sender runs in the API's background)
+    #: accept endpoints on private, loopback and link-local addresses (`make up` sets it; never in production)
+    webhook_allow_private: bool = False
+    #: one delivery attempt gives up after this long (connect, send, answer)
+    webhook_timeout_s: float = Field(default=10.0, gt=0, le=60)
+    #: how often the sender looks for due deliveries; 0 disables the sender (tests)
+    webhook_poll_interval_s: float = Field(default=1.0, ge=0)
+    #: at most this many deliveries are sent at once (the rest wait for the next round)
+    webhook_concurrency: int = Field(default=8, ge=1, le=64)
+    #: the first retry waits this long, each next one twice as long, at most `webhook_retry_max_delay_s`
+    webhook_retry_base_s: float = Field(default=10.0, gt=0)
+    webhook_retry_max_delay_s: float = Field(default=4 * 3600.0, gt=0)
+    #: a delivery is retried until this long after the event (then one last attempt), then given up
+    webhook_retry_window_s: float = Field(default=24 * 3600.0, gt=0)
+    #: endpoints one user may register
+    webhook_max_per_user: int = Field(default=20, ge=1)
+
     @model_validator(mode="after")
     def _refuse_dev_secret_in_production(self) -> Settings:
         if self.env == "production":

@@ -2,6 +2,7 @@
 
 from api.models.base import Base
 from api.models.catalog_model import CatalogModelRow
+from api.models.event import EventLevel, EventType, TrainingEvent
 from api.models.dataset import Dataset, DatasetStage, DatasetStatus
 from api.models.training_job import (
     ACTIVE_TRAINING_STATUSES,
@@ -10,6 +11,7 @@ from api.models.training_job import (
     TrainingStatus,
 )
 from api.models.user import User
+from api.models.webhook import DeliveryStatus, Webhook, WebhookAttempt, WebhookDelivery, WebhookEvent
 
 __all__ = [
     "ACTIVE_TRAINING_STATUSES",
@@ -19,7 +21,15 @@ __all__ = [
     "Dataset",
     "DatasetStage",
     "DatasetStatus",
+    "DeliveryStatus",
+    "EventLevel",
+    "EventType",
+    "TrainingEvent",
     "TrainingJob",
     "TrainingStatus",
     "User",
+    "Webhook",
+    "WebhookAttempt",
+    "WebhookDelivery",
+    "WebhookEvent",
 ]

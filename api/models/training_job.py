@@ -48,6 +48,8 @@ class TrainingJob(Base):
     status: Mapped[str] = mapped_column(String(16), default=TrainingStatus.QUEUED.value)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    #: the user's own labels (`metadata` of the request: at most 16 string pairs)
+    job_metadata: Mapped[dict[str, str] | None] = mapped_column("metadata", JSON, default=None)
     #: the request as accepted (model_id, dataset_id, training_params, output_name)
     request: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     output_name: Mapped[str | None] = mapped_column(String(64), default=None)

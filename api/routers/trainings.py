@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response, status
+import re
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request, Response, status
 
 from api.deps import CurrentUser, PAGED_LIST_ROUTE, PageDep, TrainingsDep
 from api.schemas.common import ErrorResponse
@@ -13,9 +17,11 @@ from api.schemas.trainings import (
     TrainingStartResponse,
     TrainingSummary,
 )
+from api.services.errors import InvalidInput
 from api.services.trainings import reads, start_stop
 
 router = APIRouter(prefix="/trainings", tags=["trainings"], responses={401: {"model": ErrorResponse}})
+TRAINING_STATUSES = ("queued", "running", "completed", "failed", "stopped")
 
 _UNAVAILABLE = {503: {"model": ErrorResponse, "description": "Airflow cannot be reached; retry later"}}
 _NOT_FOUND = {404: {"model": ErrorResponse, "description": "No such job of yours"}}
@@ -38,17 +44,48 @@ def start_training(body: TrainingRequest, user: CurrentUser, trainings: Training
     return TrainingStartResponse(job_id=job.id)
 
 
+def job_filters(
+    request: Request,
+    status: Annotated[list[str] | None, Query(description="Only jobs in these statuses (repeat it, or separate "
+                                             "them with commas): queued, running, completed, failed, stopped.")] = None,
+    model_id: Annotated[str | None, Query(max_length=128, description="Only jobs of this base model.")] = None,
+    dataset_id: Annotated[str | None, Query(max_length=64, description="Only jobs on this dataset.")] = None,
+    created_after: Annotated[datetime | None, Query(description="Only jobs created after this time (ISO 8601; "
+                                                    "UTC when it has no zone).")] = None,
+) -> reads.JobFilters:
+    """The list's filters; `metadata[key]=value` (any number) are read from the query string."""
+    statuses = tuple(dict.fromkeys(p.strip() for v in status or [] for p in v.split(",") if p.strip()))
+    if unknown := [v for v in statuses if v not in TRAINING_STATUSES]:
+        raise InvalidInput(f"status: unknown status {unknown[0]!r}; use {', '.join(TRAINING_STATUSES)}")
+    metadata = []
+    for name, value in request.query_params.multi_items():
+        if name.startswith("metadata"):
+            match = re.fullmatch(r"metadata\[([A-Za-z0-9_.-]{1,64})\]", name)
+            if match is None:
+                raise InvalidInput(f"{name[:80]}: write metadata filters as metadata[key]=value, keys of 1-64 "
+                                   "letters, digits, '_', '-' or '.'")
+            metadata.append((match.group(1), value))
+    if created_after is not None and created_after.tzinfo is None:
+        created_after = created_after.replace(tzinfo=UTC)
+    return reads.JobFilters(statuses, model_id, dataset_id, created_after, tuple(metadata))
+
+
 @router.get(
     "",
     response_model=list[TrainingSummary],
     **PAGED_LIST_ROUTE,
     summary="Your training jobs, newest first",
     description="All your jobs, newest first; `limit` and `offset` return one page of them instead. The state of "
-    "unfinished jobs is at most a few seconds old (read from Airflow and MLflow in bulk, shared by all requests).",
+    "unfinished jobs is at most a few seconds old (read from Airflow and MLflow in bulk, shared by all requests). "
+    "Filters: `status`, `model_id`, `dataset_id`, `created_after`, and `metadata[key]=value` (any number). The "
+    "`X-Total-Count` header counts every job that matches the filters.",
 )
-def list_trainings(user: CurrentUser, trainings: TrainingsDep, page: PageDep) -> Response:
-    jobs = reads.list_jobs(trainings, user, page.limit, page.offset)
-    return Response(TrainingSummary.list_json(jobs), media_type="application/json")
+def list_trainings(user: CurrentUser, trainings: TrainingsDep, page: PageDep,
+                   filters: Annotated[reads.JobFilters, Depends(job_filters)]) -> Response:
+    jobs = reads.list_jobs(trainings, user, page.limit, page.offset, filters)
+    total = reads.count_jobs(trainings, user, filters)
+    return Response(TrainingSummary.list_json(jobs), media_type="application/json",
+                    headers={"X-Total-Count": str(total)})
 
 
 @router.get(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
@@ -17,6 +18,10 @@ if TYPE_CHECKING:
 
 TrainingStatusField = Literal["queued", "running", "completed", "failed", "stopped"]
 TrainingStageField = Literal["validating", "downloading", "training", "evaluating", "registering", "stopping", "finished"]
+
+#: `metadata` of a job: at most this many pairs, keys like this
+MAX_METADATA_PAIRS = 16
+METADATA_KEY = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 STATUS_DESCRIPTION = (
     "`queued` (waiting for a worker), `running`, `completed`, `failed` (see `error`), or `stopped` "
@@ -51,6 +56,26 @@ class TrainingRequest(BaseModel):
         max_length=200,
         description="Name of the adapter (MLflow run and registered model): 1-64 letters, digits, '.', '_', '-'.",
     )
+    metadata: dict[str, str] | None = Field(
+        default=None,
+        description=f"Your own labels: at most {MAX_METADATA_PAIRS} pairs, keys of 1-64 letters, digits, '_', '-', "
+        "'.', values of at most 512 characters. Shown in the detail; `GET /v1/trainings?metadata[key]=value` "
+        "filters on them.",
+    )
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_pairs(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value is None:
+            return None
+        if len(value) > MAX_METADATA_PAIRS:
+            raise ValueError(f"at most {MAX_METADATA_PAIRS} pairs, got {len(value)}")
+        for key, item in value.items():
+            if not METADATA_KEY.fullmatch(key):
+                raise ValueError(f"key {key[:80]!r} must be 1-64 letters, digits, '_', '-' or '.'")
+            if len(item) > 512:
+                raise ValueError(f"the value of {key!r} is longer than 512 characters")
+        return value
 
 
 class TrainingStartResponse(BaseModel):
@@ -109,6 +134,7 @@ class TrainingDetail(TrainingSummary):
     eta_seconds: float | None = Field(default=None, description="Estimated seconds of training left.")
     error: str | None = Field(default=None, description="Why the job failed.")
     stop_requested: bool = False
+    metadata: dict[str, str] = Field(default_factory=dict, description="Your labels of the job (`metadata` at creation).")
     mlflow_run_id: str | None = None
     mlflow_run_url: str | None = Field(default=None, description="The run in the MLflow UI.")
     airflow_run_url: str | None = Field(default=None, description="The DAG run in the Airflow UI.")
@@ -128,6 +154,7 @@ class TrainingDetail(TrainingSummary):
             eta_seconds=eta_seconds,
             error=job.error,
             stop_requested=job.stop_requested_at is not None,
+            metadata=job.job_metadata or {},
             mlflow_run_id=job.mlflow_run_id,
             **run_links(job, settings),
             updated_at=job.updated_at,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from api.clients.airflow import AirflowError, TaskInstance
 from api.clients.mlflow import RunSummary
@@ -51,13 +51,48 @@ def owned_job(ctx: TrainingContext, owner: User, job_id: str) -> TrainingJob:
     return job
 
 
-def list_jobs(ctx: TrainingContext, owner: User, limit: int | None = None, offset: int = 0) -> list[Any]:
+@dataclass(frozen=True)
+class JobFilters:
+    """Filters of the list: any of the statuses, the model, the dataset, created after, and
+    metadata pairs (all must match)."""
+
+    statuses: tuple[str, ...] = ()
+    model_id: str | None = None
+    dataset_id: str | None = None
+    created_after: datetime | None = None
+    metadata: tuple[tuple[str, str], ...] = ()
+
+    def conditions(self, owner: User) -> list[Any]:
+        where: list[Any] = [TrainingJob.owner_id == owner.id]
+        if self.statuses:
+            where.append(TrainingJob.status.in_(self.statuses))
+        if self.model_id is not None:
+            where.append(TrainingJob.model_id == self.model_id)
+        if self.dataset_id is not None:
+            where.append(TrainingJob.dataset_id == self.dataset_id)
+        if self.created_after is not None:
+            where.append(TrainingJob.created_at > self.created_after)
+        where += [TrainingJob.job_metadata[key].as_string() == value for key, value in self.metadata]
+        return where
+
+
+def count_jobs(ctx: TrainingContext, owner: User, filters: JobFilters = JobFilters()) -> int:
+    """How many of the owner's jobs match (the list's `X-Total-Count`)."""
+    return ctx.session.scalar(select(func.count()).select_from(TrainingJob).where(*filters.conditions(owner))) or 0
+
+
+def list_jobs(ctx: TrainingContext, owner: User, limit: int | None = None, offset: int = 0,
+              filters: JobFilters = JobFilters()) -> list[Any]:
     """The owner's jobs, newest first, optionally one page: rows of `SUMMARY_COLUMNS` (one
     query), the unsettled ones replaced by their jobs refreshed from the shared live state (no
     remote call of its own unless the state expired). Each item has the attributes of the
-    columns."""
+    columns. With a status filter, every unsettled job of the owner is refreshed first, so the
+    filter sees the same states the list shows."""
+    if filters.statuses:
+        refresh_live(ctx, ctx.session.scalars(select(TrainingJob).where(
+            TrainingJob.owner_id == owner.id, TrainingJob.status.in_(ACTIVE_TRAINING_STATUSES))).all())
     query = (
-        select(*SUMMARY_COLUMNS).where(TrainingJob.owner_id == owner.id)
+        select(*SUMMARY_COLUMNS).where(*filters.conditions(owner))
         .order_by(TrainingJob.created_at.desc(), TrainingJob.id).offset(offset).limit(limit)
     )
     rows: list[Any] = list(ctx.session.execute(query))

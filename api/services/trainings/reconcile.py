@@ -15,6 +15,7 @@ from api.clients.s3 import S3Storage
 from api.core.config import Settings
 from api.models import ACTIVE_TRAINING_STATUSES, TERMINAL_TRAINING_STATUSES, TrainingJob, TrainingStatus
 from api.models.base import utcnow
+from api.services import events
 from api.services.trainings.context import TrainingContext, run_id
 from api.services.trainings.sync import find_mlflow_run, refresh_active, refresh_one, settle
 
@@ -28,7 +29,7 @@ def reconcile(ctx: TrainingContext, batch: int = 500, settle_batch: int = 20) ->
         select(TrainingJob).where(TrainingJob.status.in_(ACTIVE_TRAINING_STATUSES))
         .order_by(TrainingJob.updated_at).limit(batch)
     ).all()
-    changed = refresh_active(ctx, active)
+    changed = refresh_active(ctx, active, with_tasks=settle_batch)  # the stages too: events are recorded unwatched
     # jobs being stopped: the bulk read cannot tell whether their training process is gone
     for job in [j for j in active if j.stop_requested_at is not None
                 and j.status in ACTIVE_TRAINING_STATUSES][:settle_batch]:
@@ -42,6 +43,8 @@ def reconcile(ctx: TrainingContext, batch: int = 500, settle_batch: int = 20) ->
             find_mlflow_run(ctx, job, None)
         except AirflowError as exc:
             log.warning("cannot read the MLflow run id of job %s: %s", job.id, exc)
+    for job in [j for j in active if j.status == TrainingStatus.RUNNING and j.mlflow_run_id][:settle_batch]:
+        events.follow_epochs(ctx, job)  # reads MLflow only when an epoch ended since the last event
     unsettled = ctx.session.scalars(
         select(TrainingJob).where(
             TrainingJob.status.in_(TERMINAL_TRAINING_STATUSES), TrainingJob.settled_at.is_(None)
@@ -52,6 +55,7 @@ def reconcile(ctx: TrainingContext, batch: int = 500, settle_batch: int = 20) ->
             run = ctx.airflow.get_dag_run(ctx.dag_id, run_id(job))
             if run is None:
                 job.settled_at, job.log_tail = utcnow(), job.log_tail or ""
+                events.job_settled(ctx, job)
             else:
                 settle(ctx, job, run, ctx.airflow.list_task_instances(ctx.dag_id, run_id(job)))
             changed += 1

@@ -16,6 +16,7 @@ from api.models import (
 )
 from api.models.base import new_id, utcnow
 from api.schemas.trainings import TrainingRequest
+from api.services import events
 from api.services.errors import InvalidInput
 from api.services.trainings.context import TrainingContext, run_id
 from api.services.trainings.reads import owned_job
@@ -66,11 +67,13 @@ def start_job(ctx: TrainingContext, owner: User, request: TrainingRequest) -> Tr
                  "training_params": resolved.model_dump(),
                  "requested_params": request.training_params.model_dump(exclude_unset=True)},
         output_name=request.output_name,
+        job_metadata=request.metadata,
         airflow_run_id=dag_run_id,
         progress=0.0,
     )
     ctx.session.add(job)
     ctx.session.flush()
+    events.job_created(ctx.session, job)
     try:
         ctx.airflow.trigger_dag_run(ctx.dag_id, dag_run_id, conf)
     except AirflowError:
@@ -93,6 +96,7 @@ def stop_job(ctx: TrainingContext, owner: User, job_id: str) -> TrainingJob:
         raise InvalidInput(f"Job {job.id} is {job.status}: only queued or running jobs can be stopped")
     if job.stop_requested_at is None:
         job.stop_requested_at = utcnow()
+        events.stop_requested(ctx.session, job)
         ctx.session.commit()  # recorded first: the failed run must read as stopped
     # Airflow kills the running task (SIGTERM: the engine saves its partial adapter)
     ctx.airflow.set_dag_run_state(ctx.dag_id, run_id(job), "failed")

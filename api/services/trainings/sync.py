@@ -26,6 +26,7 @@ from api.clients.mlflow import MlflowUnavailable, RunSummary
 from api.clients.s3 import S3Unavailable
 from api.models import ACTIVE_TRAINING_STATUSES, TERMINAL_TRAINING_STATUSES, TrainingJob, TrainingStatus
 from api.models.base import utcnow
+from api.services import events
 from api.services.trainings.context import TrainingContext, run_id
 from api.services.trainings.task_logs import failure_reason, log_tail
 from training import job_spec
@@ -37,10 +38,12 @@ log = logging.getLogger(__name__)
 LOST_RUN_GRACE = timedelta(minutes=5)
 
 
-def refresh_active(ctx: TrainingContext, jobs: Sequence[TrainingJob]) -> int:
+def refresh_active(ctx: TrainingContext, jobs: Sequence[TrainingJob], with_tasks: int = 0) -> int:
     """Status, start/end times and progress of queued/running jobs, read now (the reconcile
     loop, a dataset's delete): ONE Airflow request (and one MLflow search for the running ones).
-    Outside failures are logged and leave the jobs as they were. Returns how many changed."""
+    `with_tasks`: also the task instances (so the stage) of up to that many running runs, one
+    request each. Outside failures are logged and leave the jobs as they were. Returns how many
+    changed."""
     active = [j for j in jobs if j.status in ACTIVE_TRAINING_STATUSES]
     if not active:
         return 0
@@ -52,7 +55,14 @@ def refresh_active(ctx: TrainingContext, jobs: Sequence[TrainingJob]) -> int:
     changed = 0
     now = utcnow()
     for job in active:
-        changed += apply_run(ctx, job, runs.get(run_id(job)), None, now)
+        run, tis = runs.get(run_id(job)), None
+        if run is not None and run.state == "running" and with_tasks > 0:
+            with_tasks -= 1
+            try:
+                tis = ctx.airflow.list_task_instances(ctx.dag_id, run.run_id)
+            except AirflowError as exc:
+                log.warning("cannot read the tasks of job %s: %s", job.id, exc)
+        changed += apply_run(ctx, job, run, tis, now)
     changed += refresh_progress(ctx, [j for j in active if j.status == TrainingStatus.RUNNING])
     if changed:
         ctx.session.commit()
@@ -76,7 +86,20 @@ def apply_run(
 ) -> int:
     """Maps the run (and, when read, its task instances and the progress of a requested stop)
     onto the job; 1 if it changed. Without task instances (the list path) a stop in flight
-    keeps the job's last known status."""
+    keeps the job's last known status. Every status or stage change is recorded as an event."""
+    status, stage, settled = job.status, job.stage, job.settled_at
+    changed = _apply_run(ctx, job, run, tis, now)
+    if job.status not in TERMINAL_TRAINING_STATUSES:
+        events.state_changed(ctx.session, job, status, stage)
+    # the end is recorded once settled, after the last epochs and checkpoints (events.job_settled)
+    if settled is None and job.settled_at is not None:  # a lost run is settled at once
+        events.job_settled(ctx, job)
+    return changed
+
+
+def _apply_run(
+    ctx: TrainingContext, job: TrainingJob, run: DagRun | None, tis: dict[str, TaskInstance] | None, now: datetime
+) -> int:
     before = (job.status, job.stage, job.started_at, job.completed_at)
     if job.status in TERMINAL_TRAINING_STATUSES:
         return 0
@@ -222,3 +245,4 @@ def settle(ctx: TrainingContext, job: TrainingJob, run: DagRun, tis: dict[str, T
     except AirflowError as exc:
         log.warning("job %s settled without its log tail: %s", job.id, exc)
     job.settled_at = utcnow()
+    events.job_settled(ctx, job)
