@@ -91,7 +91,9 @@ class Stack:
                                jwt_secret=s["AIRFLOW_JWT_SECRET"], secret_key=s["AIRFLOW_API_SECRET_KEY"],
                                extra_env=task_env, database_url=airflow_db,
                                celery_broker_url=self.redis and self.redis.url)
-        self.api = APIServer(self.folder / "api", p.api, self.env)
+        # webhooks to receivers on this machine are allowed on the local stack (off by default)
+        self.api = APIServer(self.folder / "api", p.api, {
+            **self.env, "QLORA_WEBHOOK_ALLOW_PRIVATE": os.environ.get("QLORA_WEBHOOK_ALLOW_PRIVATE", "true")})
         self.celery_servers = [s for s in (self.postgres, self.redis) if s is not None]
         self.services = [*self.celery_servers, self.s3, self.mlflow, self.airflow, self.api]
 

@@ -340,3 +340,14 @@ def test_targets_pin_the_checked_address() -> None:
     assert target.pinned_url in ("https://127.0.0.1:8443/a/b?c=d", "https://[::1]:8443/a/b?c=d")
     assert (target.host_header, target.host, target.https) == ("localhost:8443", "localhost", True)
     assert targets.resolve("http://127.0.0.1/", allow_private=True).host_header == "127.0.0.1"
+
+
+def test_the_local_stack_allows_loopback_receivers(tmp_path, monkeypatch) -> None:
+    """`make up` sets QLORA_WEBHOOK_ALLOW_PRIVATE=true for its API (the default stays false)."""
+    from devstack.stack import Stack
+
+    monkeypatch.delenv("QLORA_WEBHOOK_ALLOW_PRIVATE", raising=False)
+    stack = Stack(folder=tmp_path / "stack", executor="local")
+    assert stack.api.process.env["QLORA_WEBHOOK_ALLOW_PRIVATE"] == "true"
+    assert Settings(_env_file=None).webhook_allow_private is False
+    assert Settings(**{"webhook_allow_private": stack.api.process.env["QLORA_WEBHOOK_ALLOW_PRIVATE"]}).webhook_allow_private
