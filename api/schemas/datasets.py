@@ -197,7 +197,9 @@ class DatasetDetail(DatasetSummary):
     files_path: str | None = Field(default=None, description="S3 URI of the extracted dataset folder once ready.")
     upload_size_bytes: int | None = None
     stats: dict[str, Any] | None = Field(
-        default=None, description="Validation summary: tasks, labels, captions, splits, video stats, clip_count."
+        default=None, description="Validation summary: tasks, labels, captions, splits, clip_count, video stats "
+        "(min/max/mean) and `clips`: per clip its file_name, codec, pix_fmt, container, upright width/height, "
+        "duration_s, fps, frames, rotation and has_audio."
     )
     updated_at: datetime
 

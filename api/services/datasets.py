@@ -43,7 +43,8 @@ log = logging.getLogger(__name__)
 LOST_RUN_GRACE = timedelta(minutes=5)
 #: report keys copied into `Dataset.stats`
 STATS_KEYS = (
-    "clip_count", "tasks", "labels", "captions", "splits", "video", "source", "errors", "error_count", "row_numbering"
+    "clip_count", "tasks", "labels", "captions", "splits", "video", "clips", "source", "errors", "error_count",
+    "row_numbering",
 )
 MAX_ERRORS_IN_DETAIL = 10
 UNSETTLED_STAGES = (DatasetStage.AWAITING_UPLOAD.value, DatasetStage.VALIDATING.value)

@@ -148,10 +148,13 @@ def test_reconcile_to_ready_from_report(client, auth, initiate, airflow: FakeAir
     airflow.states[run_id] = "running"
     assert client.get(f"/v1/datasets/{dataset_id}", headers=auth).json()["stage"] == "validating"
 
-    write_report(s3, dataset_id)
+    clip = {"file_name": "clips/a.mov", "codec": "hevc", "pix_fmt": "yuv420p10le", "container": "mov", "width": 1080,
+            "height": 1920, "duration_s": 12.5, "fps": 29.97, "frames": 375, "rotation": 270, "has_audio": True}
+    write_report(s3, dataset_id, clips=[clip])
     airflow.states[run_id] = "success"
     detail = client.get(f"/v1/datasets/{dataset_id}", headers=auth).json()
     assert (detail["status"], detail["stage"], detail["error"]) == ("ready", "ready", None)
+    assert detail["stats"]["clips"] == [clip]  # per-clip stats of the validation report
     assert (detail["file_count"], detail["total_size_bytes"]) == (21, 54321)
     assert detail["stats"]["labels"] == {"left": 10, "right": 10}
     assert detail["stats"]["tasks"] == ["video_classification"]

@@ -11,8 +11,8 @@
    (a codec needs them) but never converted: each sampled frame is converted to RGB and scaled
    to the target size in the decoder's scaler (swscale), then turned upright (rotation metadata).
 
-So the memory of a clip is bounded by `frames x target size` (plus one decoded frame and the
-decoder's own buffers), whatever the clip's length or resolution. 10-bit and other pixel formats
+So the memory of a clip is bounded by `frames x target size` plus the decoder's own pictures
+(`training.data.limits.clip_memory_bytes`), whatever the clip's length. 10-bit and other pixel formats
 go through the same scaler to 8-bit RGB. Clips whose packets carry no presentation timestamps (AVI) are
 decoded through twice (once to count), still converting only the sampled frames.
 """
@@ -29,6 +29,8 @@ import av
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from training.data.limits import CLIP_LIMITS, DECODE_THREADS
 
 #: a seek flushes the decoder (and its frame threads), which costs about as much as decoding a
 #: few dozen frames: it is used only when it skips at least this many frames
@@ -240,6 +242,12 @@ def decode_frames(path: str | Path, count: int, size: Size = None, *, fps: float
                 raise ClipError(f"{name}: no video stream")
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
+            stream.codec_context.thread_count = DECODE_THREADS  # each frame thread holds a frame
+            # the frame size validation allows (the decoder's memory grows with it)
+            too_big = CLIP_LIMITS.problems(frames=CLIP_LIMITS.min_frames, duration_s=0,
+                                           width=stream.codec_context.width, height=stream.codec_context.height)
+            if too_big:
+                raise ClipError(f"{name}: {too_big[0]}")
             index = index_clip(container, stream)
             if index.pts:
                 times = index.times()

@@ -5,6 +5,10 @@ Errors name the file and the row: rows are 1-based data rows of the annotation t
 header of `metadata.csv` is not counted; row 1 is the first record, i.e. line 2 of a csv and
 line 1 of a jsonl). For the class sub-folder layout the row is the clip's position in the
 sorted listing. At most `max_errors` are reported, first rows first; `error_count` has the total.
+
+`clips` lists every clip that decoded with its stats (file_name, codec, pix_fmt, container,
+upright width/height, duration_s, fps, frames, rotation, has_audio); `video` summarises them
+(min/max/mean). A clip is checked against the engine's limits (`training.data.limits`).
 """
 
 from __future__ import annotations
@@ -12,12 +16,13 @@ from __future__ import annotations
 import logging
 import os
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from training.data.dataset_format import (SPLITS, TASK_COLUMNS, VIDEO_EXTENSIONS, DatasetFormatError,
                                           DatasetTable, read_dataset)
-from training.data.video_probe import ClipError, ClipLimits, probe_clip
+from training.data.limits import CLIP_LIMITS, ClipLimits
+from training.data.video_probe import ClipError, probe_clip
 
 ROW_NUMBERING = "1-based data rows of the annotation table (header not counted)"
 IGNORED_NAMES = ("__MACOSX",)
@@ -27,7 +32,8 @@ IGNORED_NAMES = ("__MACOSX",)
 class ValidationLimits:
     max_caption_length: int = 1000
     max_errors: int = 20
-    clip: ClipLimits = field(default_factory=ClipLimits)
+    #: the engine's (training.data.limits): a clip that validates is one the engine can decode
+    clip: ClipLimits = CLIP_LIMITS
 
 
 def dataset_files(root: str | Path) -> list[Path]:
@@ -49,7 +55,7 @@ def empty_report(dataset_id: str, errors: list[str]) -> dict:
     return {"dataset_id": dataset_id, "valid": False, "errors": errors[:20],
             "error_count": len(errors), "row_numbering": ROW_NUMBERING, "file_count": 0,
             "total_size_bytes": 0, "clip_count": 0, "tasks": [], "labels": None, "captions": None,
-            "splits": {}, "video": {}, "expectations": []}
+            "splits": {}, "video": {}, "clips": [], "expectations": []}
 
 
 class _Errors:
@@ -99,6 +105,7 @@ def validate_dataset(folder: str | Path, dataset_id: str = "",
         "captions": _caption_stats(frame),
         "splits": _split_counts(frame),
         "video": _video_stats(clip_stats),
+        "clips": clip_stats,
         "expectations": expectations,
     }
     _add_file_stats(report, table.root)
@@ -255,7 +262,7 @@ def _probe_clips(table: DatasetTable, present: set[str], limits: ValidationLimit
         if not name.lower().endswith(VIDEO_EXTENSIONS):
             continue
         try:
-            stats.append(probe_clip(table.clip_path(name), limits.clip).as_dict())
+            stats.append({"file_name": name, **probe_clip(table.clip_path(name), limits.clip).as_dict()})
         except ClipError as exc:
             errors.add(int(index), f"{where(int(index))}: {exc}")
     return stats
@@ -288,8 +295,8 @@ def _split_counts(frame) -> dict:
 
 def _video_stats(clips: list[dict]) -> dict:
     out = {}
-    for key in ("duration_s", "frames", "width", "height"):
-        values = [c[key] for c in clips]
+    for key in ("duration_s", "frames", "width", "height", "fps"):
+        values = [c[key] for c in clips if c.get(key) is not None]
         if values:
             out[key] = {"min": min(values), "max": max(values),
                         "mean": round(statistics.fmean(values), 4)}

@@ -93,7 +93,8 @@ def extract(dataset_id: str, s3_key: str) -> dict[str, Any]:
 
 def validate(extracted: dict[str, Any]) -> dict[str, Any]:
     """Validates the extracted folder (this worker's, else the uploaded copy): the report of a
-    valid dataset, else `DatasetRejected`. The scratch folder is deleted either way."""
+    valid dataset, else `DatasetRejected` after deleting the extracted files from S3 (nothing
+    half-stored). The scratch folder is deleted either way."""
     from training.data.archive import clear_folder
     from training.data.validation import validate_dataset
 
@@ -111,6 +112,9 @@ def validate(extracted: dict[str, Any]) -> dict[str, Any]:
     finally:
         clear_folder(work_folder(dataset_id))
     if not report["valid"]:
+        # nothing of a rejected dataset stays published: only its report (and the archive)
+        removed = s3.delete_prefix(s3.client(), get_settings().s3_bucket, s3.dataset_files_prefix(dataset_id))
+        log.info("dataset rejected: removed its %d extracted files from S3", removed)
         raise DatasetRejected(report)
     return report
 
