@@ -2,6 +2,7 @@
 #   make up      venv from requirements.lock if missing, then the whole local stack in the background
 #   make test    the test suite (it starts its own services on free loopback ports)
 #   make down / make status / make bench / make clean / make lock (regenerate the lock files)
+#   make client-params (the qlora command's copy of the training parameters)
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -19,13 +20,13 @@ TORCH_FIND_LINKS ?= $(or $(PIP_FIND_LINKS),$(TORCH_INDEX)/torch/)
 LOCK_TARGET := --python-version 3.11.7 --python-platform x86_64-manylinux_2_28
 LOCK_ARGS ?=
 
-.PHONY: install up down status test bench clean lock
+.PHONY: install up down status test bench clean lock client-params
 
 # A venv from the committed lock file (every version pinned, every file hashed); redone when the
 # lock file changes. torch alone first (its own index, see above), checked against the lock's hash.
 # --no-deps: the lock is complete (uv resolved it), so pip installs exactly it and resolves nothing
 # (pip 23's resolver refuses an extra such as celery[redis] in hash mode); `pip check` proves it whole.
-$(STAMP): requirements.lock pyproject.toml
+$(STAMP): requirements.lock pyproject.toml client/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Python 3.11 is required (set PYTHON=...)")'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	awk '/^torch==/{p=1; print; next} p && /^ /{print; next} {p=0}' requirements.lock > $(VENV)/torch.lock
@@ -33,6 +34,7 @@ $(STAMP): requirements.lock pyproject.toml
 		$(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 	$(PY) -m pip install -q --no-deps --require-hashes -r requirements.lock
 	$(PY) -m pip install -q --no-deps -e .
+	$(PY) -m pip install -q --no-deps -e ./client
 	$(PY) -m pip check
 	touch $(STAMP)
 
@@ -48,6 +50,12 @@ lock: install
 
 up: install
 	$(PY) -m devstack up
+
+# client/qlora_client/training_params.json: the training parameters' JSON schema, copied from
+# training/params.py for `qlora train start` (the client does not import the service's code);
+# tests/client/test_cli_offline.py fails when the copy drifts.
+client-params: install
+	$(PY) client/tools/export_training_params.py
 
 down:
 	@if [ -x $(PY) ]; then $(PY) -m devstack down; fi

@@ -1,0 +1,244 @@
+"""`Client`: the service's REST API (`/v1`) as typed Python calls; the `qlora` command is built
+on it.
+
+    from qlora_client import Client
+    api = Client()                       # QLORA_API_URL, the token of `qlora login` or QLORA_TOKEN
+    dataset_id = api.upload_dataset("toy.zip", name="toy").dataset_id
+    api.wait_for_dataset(dataset_id)
+    job = api.start_training("flamingo-tiny-classification", dataset_id, "toy-colour", {"epochs": 8})
+    final = api.wait_for_training(job["job_id"])
+
+Every method returns the JSON the API answered (typed dicts, `qlora_client.types`) and raises
+`ApiError` with the API's `detail` when it refuses.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, cast
+
+import httpx
+
+from qlora_client import config
+from qlora_client.types import (
+    TERMINAL_TRAINING,
+    Dataset,
+    Model,
+    MultipartParts,
+    MultipartStarted,
+    Training,
+    TrainingStarted,
+    User,
+)
+
+
+class ApiError(Exception):
+    """The API refused a request (`status` is its HTTP status) or could not be reached
+    (`status` is None). `detail` is the API's own sentence."""
+
+    def __init__(self, detail: str, status: int | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.status = status
+
+    @property
+    def transient(self) -> bool:
+        """Worth trying again later: unreachable, or S3/Airflow behind the API unavailable."""
+        return self.status is None or self.status in (502, 503, 504)
+
+
+class NotLoggedIn(ApiError):
+    def __init__(self, api_url: str) -> None:
+        super().__init__(f"not logged in to {api_url}: run `qlora login` (or set QLORA_TOKEN)", 401)
+
+
+class Client:
+    """One API (`api_url`, default `QLORA_API_URL`) as one user (`token`, default the stored
+    login or `QLORA_TOKEN`)."""
+
+    def __init__(self, api_url: str | None = None, token: str | None = None, *, timeout: float = 30.0,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        self.api_url = config.api_url(api_url)
+        self.token = token if token is not None else config.token(self.api_url)
+        self._http = httpx.Client(base_url=self.api_url, timeout=timeout, transport=transport,
+                                  headers={"user-agent": "qlora-client"})
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- plumbing -------------------------------------------------------------------------
+    def request(self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None,
+                auth: bool = True) -> Any:
+        """The JSON of the API's answer (None for 204); `ApiError` with its `detail` otherwise."""
+        headers = {}
+        if auth:
+            if not self.token:
+                raise NotLoggedIn(self.api_url)
+            headers["authorization"] = f"Bearer {self.token}"
+        try:
+            resp = self._http.request(method, path, json=json, params=params, headers=headers)
+        except httpx.TransportError as exc:
+            raise ApiError(f"cannot reach the API at {self.api_url}: {exc or type(exc).__name__}") from None
+        if resp.status_code >= 400:
+            raise ApiError(_detail(resp), resp.status_code)
+        if resp.status_code == 204 or not resp.content:
+            return None
+        try:
+            return resp.json()
+        except ValueError:
+            raise ApiError(f"the API answered {method} {path} with something that is not JSON "
+                           f"(is {self.api_url} the service's /v1 address?)", resp.status_code) from None
+
+    # --- auth -----------------------------------------------------------------------------
+    def signup(self, username: str, email: str, password: str) -> dict[str, Any]:
+        return cast(dict[str, Any], self.request("POST", "/auth/signup", auth=False,
+                                                 json={"username": username, "email": email, "password": password}))
+
+    def login(self, username: str, password: str) -> str:
+        """Logs in; the token is used by this client from now on (and returned)."""
+        body = self.request("POST", "/auth/login", auth=False, json={"username": username, "password": password})
+        self.token = str(body["access_token"])
+        return self.token
+
+    def me(self) -> User:
+        return cast(User, self.request("GET", "/auth/me"))
+
+    # --- datasets -------------------------------------------------------------------------
+    def list_datasets(self, limit: int | None = None, offset: int = 0) -> list[Dataset]:
+        params = {"limit": limit, "offset": offset} if limit is not None else None
+        return cast(list[Dataset], self.request("GET", "/datasets", params=params))
+
+    def get_dataset(self, dataset_id: str) -> Dataset:
+        return cast(Dataset, self.request("GET", f"/datasets/{_segment(dataset_id)}"))
+
+    def delete_dataset(self, dataset_id: str) -> None:
+        self.request("DELETE", f"/datasets/{_segment(dataset_id)}")
+
+    def upload_initiate(self, file_name: str, dataset_name: str, description: str = "",
+                        file_type: str = "application/zip") -> dict[str, str]:
+        return cast(dict[str, str], self.request("POST", "/datasets/upload-initiate", json={
+            "file_name": file_name, "file_type": file_type, "dataset_name": dataset_name,
+            "dataset_description": description}))
+
+    def upload_complete(self, dataset_id: str, s3_key: str) -> dict[str, str]:
+        return cast(dict[str, str], self.request("POST", "/datasets/upload-complete",
+                                                 json={"dataset_id": dataset_id, "s3_key": s3_key}))
+
+    def multipart_initiate(self, file_name: str, dataset_name: str, size_bytes: int, description: str = "",
+                           part_size_bytes: int | None = None,
+                           file_type: str = "application/zip") -> MultipartStarted:
+        return cast(MultipartStarted, self.request("POST", "/datasets/multipart/initiate", json={
+            "file_name": file_name, "file_type": file_type, "dataset_name": dataset_name,
+            "dataset_description": description, "size_bytes": size_bytes, "part_size_bytes": part_size_bytes}))
+
+    def multipart_parts(self, dataset_id: str, upload_id: str, part_numbers: list[int] | None = None) -> MultipartParts:
+        return cast(MultipartParts, self.request("POST", "/datasets/multipart/parts", json={
+            "dataset_id": dataset_id, "upload_id": upload_id, "part_numbers": list(part_numbers or [])}))
+
+    def multipart_complete(self, dataset_id: str, upload_id: str, etags: dict[int, str]) -> dict[str, str]:
+        parts = [{"part_number": n, "etag": etags[n]} for n in sorted(etags)]
+        return cast(dict[str, str], self.request("POST", "/datasets/multipart/complete", json={
+            "dataset_id": dataset_id, "upload_id": upload_id, "parts": parts}))
+
+    def multipart_abort(self, dataset_id: str) -> None:
+        self.request("POST", "/datasets/multipart/abort", json={"dataset_id": dataset_id})
+
+    def upload_dataset(self, path: str | Path, name: str, description: str = "", **options: Any):  # noqa: ANN201
+        """Uploads a `.zip` archive and starts its validation; returns an `UploadResult`.
+
+        Archives above `multipart_threshold` bytes (default 100 MiB, `QLORA_MULTIPART_THRESHOLD`)
+        go up as an S3 multipart upload: parts are retried, and an interrupted upload is resumed
+        by the next call for the same file (`resume=False` aborts it and starts anew). Options:
+        see `qlora_client.upload.upload_dataset`."""
+        from qlora_client.upload import upload_dataset
+
+        return upload_dataset(self, Path(path), name, description, **options)
+
+    def wait_for_dataset(self, dataset_id: str, *, poll_s: float = 1.0, timeout_s: float | None = None,
+                         on_update: Callable[[Dataset], None] | None = None) -> Dataset:
+        """Polls the dataset until its validation ended (`ready` or `error`); returns it."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        for dataset in self._poll(lambda: self.get_dataset(dataset_id), poll_s, deadline):
+            if on_update:
+                on_update(dataset)
+            if dataset.get("status") != "processing":
+                return dataset
+        raise ApiError(f"dataset {dataset_id} is still being validated after {timeout_s} s")
+
+    # --- models ---------------------------------------------------------------------------
+    def list_models(self) -> list[Model]:
+        return cast(list[Model], self.request("GET", "/models/allowed"))
+
+    def get_model(self, model_id: str) -> Model:
+        return cast(Model, self.request("GET", f"/models/{_segment(model_id)}"))
+
+    # --- trainings ------------------------------------------------------------------------
+    def start_training(self, model_id: str, dataset_id: str, output_name: str,
+                       training_params: dict[str, Any] | None = None) -> TrainingStarted:
+        return cast(TrainingStarted, self.request("POST", "/trainings", json={
+            "model_id": model_id, "dataset_id": dataset_id, "output_name": output_name,
+            "training_params": training_params or {}}))
+
+    def list_trainings(self, limit: int | None = None, offset: int = 0) -> list[Training]:
+        params = {"limit": limit, "offset": offset} if limit is not None else None
+        return cast(list[Training], self.request("GET", "/trainings", params=params))
+
+    def get_training(self, job_id: str) -> Training:
+        return cast(Training, self.request("GET", f"/trainings/{_segment(job_id)}"))
+
+    def stop_training(self, job_id: str) -> dict[str, str]:
+        return cast(dict[str, str], self.request("POST", f"/trainings/{_segment(job_id)}/stop"))
+
+    def wait_for_training(self, job_id: str, *, poll_s: float = 1.0, timeout_s: float | None = None,
+                          on_update: Callable[[Training], None] | None = None) -> Training:
+        """Polls the job until it is completed, failed or stopped; returns its last detail."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        for job in self._poll(lambda: self.get_training(job_id), poll_s, deadline):
+            if on_update:
+                on_update(job)
+            if job.get("status") in TERMINAL_TRAINING:
+                return job
+        raise ApiError(f"job {job_id} has not ended after {timeout_s} s")
+
+    def _poll(self, read: Callable[[], Any], poll_s: float, deadline: float | None, max_transient: int = 30):
+        """Yields `read()` every `poll_s` until the deadline, riding out a few transient errors
+        (the API restarting, Airflow briefly unreachable)."""
+        failures = 0
+        while deadline is None or time.monotonic() < deadline:
+            try:
+                value = read()
+            except ApiError as exc:
+                failures += 1
+                if not exc.transient or failures > max_transient:
+                    raise
+            else:
+                failures = 0
+                yield value
+            time.sleep(poll_s)
+
+
+def _detail(resp: httpx.Response) -> str:
+    try:
+        body = resp.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and body.get("detail"):
+        detail = body["detail"]
+        return detail if isinstance(detail, str) else str(detail)
+    text = resp.text.strip().splitlines()[0][:200] if resp.text.strip() else ""
+    return f"HTTP {resp.status_code} from {resp.request.method} {resp.request.url.path}" + (f": {text}" if text else "")
+
+
+def _segment(value: str) -> str:
+    """An id as one URL path segment (no `/`, `..` tricks)."""
+    from urllib.parse import quote
+
+    return quote(value, safe="")
