@@ -118,6 +118,8 @@ def get_page(
 PageDep = Annotated[Page, Depends(get_page)]
 #: route options of a paged list: an out-of-range `limit`/`offset` is a documented 400
 PAGED_LIST_ROUTE = {
-    "responses": {400: {"model": ErrorResponse, "description": "`limit` or `offset` out of range"}},
+    "responses": {400: {"model": ErrorResponse, "description": "`limit` or `offset` out of range",
+                        "content": {"application/json": {
+                            "example": {"detail": "limit: Input should be less than or equal to 1000"}}}}},
     "openapi_extra": {"x-validation-status": 400},
 }

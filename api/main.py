@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Request, status
+from fastapi.routing import APIRoute
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -49,6 +50,24 @@ Fine-tune video captioning and classification models with QLoRA.
 
 Every error is JSON: `{"detail": "..."}`.
 """
+#: the groups of operations (OpenAPI tags), in the order the documentation shows them
+OPENAPI_TAGS = [
+    {"name": "auth", "description": "Sign up, log in for a bearer token, check who a token belongs to."},
+    {"name": "datasets", "description": "Upload a `.zip` of video clips straight to S3 through pre-signed URLs; "
+     "the `dataset_validation` Airflow DAG checks it and the dataset ends `ready` or `error`."},
+    {"name": "models", "description": "The catalog of base models that may be fine-tuned, with their LoRA limits."},
+    {"name": "trainings", "description": "Start QLoRA fine-tuning jobs (the `qlora_training` Airflow DAG), follow "
+     "their status, progress, metrics and logs, stop them."},
+    {"name": "health", "description": "Liveness of the API process."},
+]
+
+
+def operation_id(route: APIRoute) -> str:
+    """The OpenAPI operation id of a route: its function's name in camelCase (`start_training` ->
+    `startTraining`), unless the route sets `operation_id=`."""
+    head, *rest = route.name.split("_")
+    return head + "".join(word[:1].upper() + word[1:] for word in rest)
+
 
 
 def create_app(
@@ -110,13 +129,19 @@ def create_app(
         docs_url=f"{API_PREFIX}/docs",
         redoc_url=f"{API_PREFIX}/redoc",
         lifespan=lifespan,
+        openapi_tags=OPENAPI_TAGS,
+        generate_unique_id_function=operation_id,
     )
     app.state.settings = settings
     for router in (auth.router, datasets.router, models.router, trainings.router, training_follow.router,
                    webhooks.router):
         app.include_router(router, prefix=API_PREFIX)
 
-    @app.get(f"{API_PREFIX}/health", tags=["health"], summary="Liveness: the process answers")
+    @app.get(f"{API_PREFIX}/health", tags=["health"], operation_id="getHealth",
+             summary="Liveness: the process answers",
+             description="Answers `{\"status\": \"ok\"}` while the process runs; needs no token and checks no "
+             "other service (`make status` checks them all).",
+             responses={200: {"content": {"application/json": {"example": {"status": "ok"}}}}})
     def health() -> dict[str, str]:
         return {"status": "ok"}
 
@@ -141,10 +166,32 @@ def _document_validation_errors(app: FastAPI) -> None:
                 schemas["ValidationErrorResponse"] = ours
                 text = json.dumps(spec).replace('"#/components/schemas/HTTPValidationError"',
                                                 '"#/components/schemas/ValidationErrorResponse"')
-                app.openapi_schema = json.loads(text)
+                spec = json.loads(text)
+            app.openapi_schema = _document_422(spec)
         return app.openapi_schema
 
     app.openapi = openapi
+
+
+#: what a 422 looks like (FastAPI documents the response, the example is ours)
+VALIDATION_EXAMPLE = {"detail": "password: is required",
+                      "errors": [{"loc": ["body", "password"], "msg": "Field required", "type": "missing"}]}
+
+
+def _document_422(spec: dict[str, Any]) -> dict[str, Any]:
+    """Validation errors as they are answered: a route with `x-validation-status: 400` never
+    answers 422 (its 400 says so); every other 422 gets a description and an example."""
+    for operations in spec.get("paths", {}).values():
+        for operation in operations.values():
+            responses = operation.get("responses", {})
+            if "422" not in responses:
+                continue
+            if operation.get("x-validation-status") == 400:
+                del responses["422"]
+                continue
+            responses["422"]["description"] = "The request does not match the schema: `detail` names each problem"
+            responses["422"]["content"]["application/json"]["example"] = VALIDATION_EXAMPLE
+    return spec
 
 
 def _migrate_and_seed(app: FastAPI) -> None:

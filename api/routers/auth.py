@@ -10,7 +10,7 @@ from api.core.security import create_access_token, hash_password, verify_passwor
 from api.deps import CurrentUser, SessionDep, SettingsDep
 from api.models import User
 from api.schemas.auth import LoginRequest, SignupRequest, SignupResponse, Token, UserPublic
-from api.schemas.common import ErrorResponse
+from api.routers.openapi_doc import UNAUTHORIZED, body_example, error, ok_example
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 
@@ -21,9 +21,13 @@ _EXISTS = "A user with this username or email already exists"
     "/signup",
     status_code=status.HTTP_201_CREATED,
     response_model=SignupResponse,
-    responses={400: {"model": ErrorResponse, "description": "User already exists or invalid input"}},
-    openapi_extra={"x-validation-status": 400},
+    responses={201: ok_example({"message": "User registered successfully"}),
+               400: error("The username or email is taken, or a field is invalid (`detail` names it)",
+                          "A user with this username or email already exists")},
+    openapi_extra=body_example(SignupRequest, **{"x-validation-status": 400}),
     summary="Register a new user account",
+    description="Creates an account. Usernames are 3 to 64 letters, digits, `_`, `.` or `-` and compared "
+    "without case; passwords have at least 8 characters. Then log in for a token.",
 )
 def signup(body: SignupRequest, session: SessionDep) -> SignupResponse:
     email = body.email.lower()
@@ -44,8 +48,13 @@ def signup(body: SignupRequest, session: SessionDep) -> SignupResponse:
 @router.post(
     "/login",
     response_model=Token,
-    responses={401: {"model": ErrorResponse, "description": "Invalid credentials"}},
+    responses={200: ok_example({"access_token": "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIwYzlkOGU3ZiJ9.c2lnbmF0dXJl",
+                                "token_type": "bearer"}),
+               401: error("Unknown username or wrong password", "Incorrect username or password")},
+    openapi_extra=body_example(LoginRequest),
     summary="Log in and get a bearer access token",
+    description="Send the token as `Authorization: Bearer <access_token>` on every other call. It expires after "
+    "`QLORA_ACCESS_TOKEN_EXPIRE_MINUTES` (a day by default); then log in again.",
 )
 def login(body: LoginRequest, session: SessionDep, settings: SettingsDep) -> Token:
     user = session.scalar(select(User).where(func.lower(User.username) == body.username.lower()))
@@ -61,8 +70,12 @@ def login(body: LoginRequest, session: SessionDep, settings: SettingsDep) -> Tok
 @router.get(
     "/me",
     response_model=UserPublic,
-    responses={401: {"model": ErrorResponse}},
+    responses={200: ok_example({"id": "0c9d8e7f-6a5b-4c3d-8e2f-1a0b9c8d7e6f", "username": "ada", "email": "ada@example.com",
+                                "created_at": "2026-11-25T10:00:00Z"}),
+               **UNAUTHORIZED},
+    operation_id="getCurrentUser",
     summary="The authenticated user",
+    description="Who the bearer token belongs to: a cheap way to check that a token still works.",
 )
 def me(user: CurrentUser) -> User:
     return user

@@ -8,6 +8,16 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Response, status
 
 from api.deps import AirflowDep, CurrentUser, PAGED_LIST_ROUTE, PageDep, S3Dep, SessionDep, SettingsDep
+from api.routers.openapi_doc import (
+    DATASET_DETAIL,
+    DATASET_ID,
+    DATASET_SUMMARY,
+    S3_KEY,
+    UNAUTHORIZED,
+    body_example,
+    error,
+    ok_example,
+)
 from api.schemas.common import ErrorResponse, MessageResponse
 from api.schemas.datasets import (
     DatasetDetail,
@@ -27,9 +37,10 @@ from api.schemas.datasets import (
 )
 from api.services.datasets import DatasetService
 
-router = APIRouter(prefix="/datasets", tags=["datasets"], responses={401: {"model": ErrorResponse}})
+router = APIRouter(prefix="/datasets", tags=["datasets"], responses=UNAUTHORIZED)
 
-_UNAVAILABLE = {503: {"model": ErrorResponse, "description": "S3 or Airflow cannot be reached; retry later"}}
+_UNAVAILABLE = {503: error("S3 or Airflow cannot be reached; retry later", "Storage (S3) is unavailable; retry later")}
+_NOT_FOUND = {404: error("No such dataset of yours", "Dataset not found")}
 
 
 def get_service(session: SessionDep, s3: S3Dep, airflow: AirflowDep, settings: SettingsDep) -> DatasetService:
@@ -42,8 +53,16 @@ ServiceDep = Annotated[DatasetService, Depends(get_service)]
 @router.post(
     "/upload-initiate",
     response_model=UploadInitiateResponse,
-    responses={400: {"model": ErrorResponse, "description": "Invalid input"}, **_UNAVAILABLE},
-    openapi_extra={"x-validation-status": 400},
+    responses={
+        200: ok_example({"upload_url": f"http://127.0.0.1:9000/qlora/{S3_KEY}?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+                                       "&X-Amz-Expires=3600&X-Amz-Signature=...",
+                         "dataset_id": DATASET_ID, "s3_key": S3_KEY}),
+        400: error("Not a `.zip` name or type, or a field is invalid (`detail` names it)",
+                   "Unsupported file_type 'video/mp4'; supported: .zip archives sent as application/zip, "
+                   "application/x-zip-compressed, application/octet-stream"),
+        **_UNAVAILABLE},
+    openapi_extra=body_example({"file_name": "toy.zip", "file_type": "application/zip", "dataset_name": "toy",
+                                "dataset_description": "squares"}, **{"x-validation-status": 400}),
     summary="Start an upload: returns a presigned S3 PUT URL",
     description="Creates the dataset (stage `awaiting_upload`) and returns a presigned URL; `PUT` the `.zip` "
     "archive to it, then call `upload-complete`. Uploads not completed in time expire and are deleted.",
@@ -57,11 +76,13 @@ def upload_initiate(body: UploadInitiateRequest, user: CurrentUser, service: Ser
     "/upload-complete",
     response_model=UploadCompleteResponse,
     responses={
-        400: {"model": ErrorResponse, "description": "Invalid input, S3 key mismatch, missing or too large object"},
-        404: {"model": ErrorResponse, "description": "Dataset not found"},
+        200: ok_example({"message": "Dataset processing initiated", "dataset_id": DATASET_ID}),
+        400: error("Invalid input, S3 key mismatch, missing, empty or too large object, or the upload expired",
+                   "No object at s3_key: PUT the archive to upload_url before completing the upload"),
+        **_NOT_FOUND,
         **_UNAVAILABLE,
     },
-    openapi_extra={"x-validation-status": 400},
+    openapi_extra=body_example({"dataset_id": DATASET_ID, "s3_key": S3_KEY}, **{"x-validation-status": 400}),
     summary="Finish an upload and start validation",
     description="Checks the uploaded object and triggers the `dataset_validation` Airflow DAG. Idempotent: "
     "calling it again after success answers 200 without starting a second run.",
@@ -150,7 +171,8 @@ def multipart_abort(body: MultipartAbortRequest, user: CurrentUser, service: Ser
 @router.get(
     "",
     response_model=list[DatasetSummary],
-    **PAGED_LIST_ROUTE,
+    responses={200: ok_example([DATASET_SUMMARY]), **PAGED_LIST_ROUTE["responses"]},
+    openapi_extra=PAGED_LIST_ROUTE["openapi_extra"],
     summary="The user's datasets, newest first",
     description="All your datasets, newest first; `limit` and `offset` return one page of them instead "
     "(`X-Total-Count` counts them all).",
@@ -164,8 +186,11 @@ def list_datasets(user: CurrentUser, service: ServiceDep, settings: SettingsDep,
 @router.get(
     "/{dataset_id}",
     response_model=DatasetDetail,
-    responses={404: {"model": ErrorResponse, "description": "Dataset not found"}},
+    responses={200: ok_example(DATASET_DETAIL), **_NOT_FOUND},
     summary="One dataset with its validation summary",
+    description="`status` is `processing` while the upload is awaited or validated, then `ready` or `error`; "
+    "`stage` is finer (`awaiting_upload`, `validating`, `ready`, `failed`, `expired`). On `error`, `error` names "
+    "the first problems (file and row); once `ready`, `stats` summarises the clips, labels, captions and splits.",
 )
 def get_dataset(dataset_id: str, user: CurrentUser, service: ServiceDep, settings: SettingsDep) -> DatasetDetail:
     return DatasetDetail.from_dataset(service.get(user, dataset_id), settings.s3_bucket)
@@ -176,11 +201,15 @@ def get_dataset(dataset_id: str, user: CurrentUser, service: ServiceDep, setting
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
     responses={
-        404: {"model": ErrorResponse, "description": "Dataset not found"},
-        409: {"model": ErrorResponse, "description": "A queued or running training uses it, or it is being validated"},
+        204: {"description": "Deleted: the dataset and every S3 object under its prefix are gone"},
+        **_NOT_FOUND,
+        409: error("A queued or running training uses it, or it is being validated",
+                   "Dataset is used by a queued or running training job; stop the job or wait for it to end"),
         **_UNAVAILABLE,
     },
     summary="Delete a dataset and every S3 object under its prefix",
+    description="Deletes the uploaded archive, the extracted files and the validation report. Trainings that "
+    "used the dataset keep their adapters.",
 )
 def delete_dataset(dataset_id: str, user: CurrentUser, service: ServiceDep) -> Response:
     service.delete(user, dataset_id)

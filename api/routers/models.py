@@ -7,13 +7,22 @@ from sqlalchemy import select
 
 from api.deps import CurrentUser, SessionDep, SettingsDep
 from api.models import CatalogModelRow
-from api.schemas.common import ErrorResponse
+from api.routers.openapi_doc import MODEL_DETAIL, UNAUTHORIZED, error, ok_example
 from api.schemas.models import ModelDetail
 
-router = APIRouter(prefix="/models", tags=["models"], responses={401: {"model": ErrorResponse}})
+router = APIRouter(prefix="/models", tags=["models"], responses=UNAUTHORIZED)
 
 
-@router.get("/allowed", response_model=list[ModelDetail], summary="Models available for QLoRA fine-tuning")
+@router.get(
+    "/allowed",
+    response_model=list[ModelDetail],
+    responses={200: ok_example([MODEL_DETAIL])},
+    operation_id="listModels",
+    summary="Models available for QLoRA fine-tuning",
+    description="The active entries of the model catalog (`training/catalog.toml`), by id: each with its type "
+    "(`video_classification` or `video_captioning`), architecture, LoRA rank range, default alpha and the "
+    "layers LoRA may target. `model_id` of `POST /v1/trainings` is one of these ids.",
+)
 def list_allowed(_: CurrentUser, session: SessionDep, settings: SettingsDep) -> list[ModelDetail]:
     rows = session.scalars(
         select(CatalogModelRow).where(CatalogModelRow.active.is_(True)).order_by(CatalogModelRow.id)
@@ -24,8 +33,11 @@ def list_allowed(_: CurrentUser, session: SessionDep, settings: SettingsDep) -> 
 @router.get(
     "/{model_id}",
     response_model=ModelDetail,
-    responses={404: {"model": ErrorResponse, "description": "Model not found"}},
+    responses={200: ok_example(MODEL_DETAIL),
+               404: error("No active catalog model has this id", "Model 'gpt-5' not found")},
     summary="One allowed model with its LoRA limits",
+    description="One catalog entry: `supported_lora_params` bounds `lora_rank` and gives the default "
+    "`lora_alpha`; `default_target_modules` are used when a job names none.",
 )
 def get_model(model_id: str, _: CurrentUser, session: SessionDep, settings: SettingsDep) -> ModelDetail:
     row = session.get(CatalogModelRow, model_id)
