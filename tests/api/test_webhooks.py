@@ -288,7 +288,7 @@ def test_a_failed_dataset_and_a_failed_job(client, auth, airflow, mlflow, s3, se
     while sender.run_once():
         pass
     got = {b["type"]: b["data"] for b in receiver.bodies()}
-    assert got["dataset.error"]["dataset_id" if "dataset_id" in got["dataset.error"] else "id"] == dataset_id
+    assert got["dataset.error"]["id"] == dataset_id
     assert got["dataset.error"]["status"] == "error"
     assert got["training.failed"]["job_id"] == job_id and got["training.failed"]["error"].startswith(
         "task validate_inputs (validating) failed")
