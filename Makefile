@@ -66,6 +66,13 @@ status: install
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# The generated parts of the documentation site (docs/): docs/openapi.json (the API's schema), the
+# training parameter table and the `qlora` command reference, from the code. tests/docs fails when
+# they are out of date, and runs Mintlify's checks of the site (docs/package-lock.json; npm ci once).
+.PHONY: docs
+docs: install
+	$(PY) docs/scripts/generate.py
+
 bench: install
 	$(PY) -m bench
 

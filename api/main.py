@@ -58,6 +58,8 @@ OPENAPI_TAGS = [
     {"name": "models", "description": "The catalog of base models that may be fine-tuned, with their LoRA limits."},
     {"name": "trainings", "description": "Start QLoRA fine-tuning jobs (the `qlora_training` Airflow DAG), follow "
      "their status, progress, metrics and logs, stop them."},
+    {"name": "webhooks", "description": "Signed HTTP notifications (Standard Webhooks) when a training or a dataset "
+     "ends, with every delivery attempt recorded."},
     {"name": "health", "description": "Liveness of the API process."},
 ]
 
@@ -167,7 +169,7 @@ def _document_validation_errors(app: FastAPI) -> None:
                 text = json.dumps(spec).replace('"#/components/schemas/HTTPValidationError"',
                                                 '"#/components/schemas/ValidationErrorResponse"')
                 spec = json.loads(text)
-            app.openapi_schema = _document_422(spec)
+            app.openapi_schema = _restore_example_nulls(app, _document_422(spec))
         return app.openapi_schema
 
     app.openapi = openapi
@@ -191,6 +193,32 @@ def _document_422(spec: dict[str, Any]) -> dict[str, Any]:
                 continue
             responses["422"]["description"] = "The request does not match the schema: `detail` names each problem"
             responses["422"]["content"]["application/json"]["example"] = VALIDATION_EXAMPLE
+    return spec
+
+
+def _restore_example_nulls(app: FastAPI, spec: dict[str, Any]) -> dict[str, Any]:
+    """The routes' examples as written: FastAPI drops every null from the schema it generates,
+    examples included (a `"checkpoint": null` would vanish and the example would no longer
+    match its schema)."""
+    from fastapi.encoders import jsonable_encoder
+
+    def media(node: dict[str, Any] | None) -> dict[str, Any]:
+        return ((node or {}).get("content") or {}).get("application/json") or {}
+
+    for route in app.routes:
+        if not isinstance(route, APIRoute) or route.path not in spec.get("paths", {}):
+            continue
+        for method in route.methods or ():
+            operation = spec["paths"][route.path].get(method.lower())
+            if operation is None:
+                continue
+            body = media((route.openapi_extra or {}).get("requestBody"))
+            if "example" in body and "example" in media(operation.get("requestBody")):
+                media(operation["requestBody"])["example"] = jsonable_encoder(body["example"])
+            for code, response in (route.responses or {}).items():
+                documented = media(operation.get("responses", {}).get(str(code)))
+                if "example" in media(response) and "example" in documented:
+                    documented["example"] = jsonable_encoder(media(response)["example"])
     return spec
 
 

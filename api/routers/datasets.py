@@ -12,6 +12,10 @@ from api.routers.openapi_doc import (
     DATASET_DETAIL,
     DATASET_ID,
     DATASET_SUMMARY,
+    MULTIPART_COMPLETE,
+    MULTIPART_INITIATED,
+    MULTIPART_PARTS,
+    UPLOAD_ID,
     S3_KEY,
     UNAUTHORIZED,
     body_example,
@@ -92,15 +96,16 @@ def upload_complete(body: UploadCompleteRequest, user: CurrentUser, service: Ser
     return UploadCompleteResponse(message="Dataset processing initiated", dataset_id=dataset.id)
 
 
-_MULTIPART_BAD = {400: {"model": ErrorResponse, "description": "Invalid input, unknown upload, upload complete or "
-                         "expired, or S3 refused the parts"}}
+_MULTIPART_BAD = {400: error("Invalid input, unknown upload, upload complete or expired, or S3 refused the parts",
+                             "No such multipart upload for this dataset (wrong upload_id, or aborted or completed); "
+                             "initiate a new upload")}
 
 
 @router.post(
     "/multipart/initiate",
     response_model=MultipartInitiateResponse,
-    responses={**_MULTIPART_BAD, **_UNAVAILABLE},
-    openapi_extra={"x-validation-status": 400},
+    responses={200: ok_example(MULTIPART_INITIATED), **_MULTIPART_BAD, **_UNAVAILABLE},
+    openapi_extra=body_example(MultipartInitiateRequest, **{"x-validation-status": 400}),
     summary="Start a multipart upload: returns pre-signed S3 part URLs",
     description="For archives too large for one `PUT` (S3 takes at most 5 GiB in one request; the `qlora` "
     "command uses this above 100 MiB). Creates the dataset (stage `awaiting_upload`) and an S3 multipart upload "
@@ -120,8 +125,9 @@ def multipart_initiate(body: MultipartInitiateRequest, user: CurrentUser, servic
 @router.post(
     "/multipart/parts",
     response_model=MultipartPartsResponse,
-    responses={**_MULTIPART_BAD, 404: {"model": ErrorResponse, "description": "Dataset not found"}, **_UNAVAILABLE},
-    openapi_extra={"x-validation-status": 400},
+    responses={200: ok_example(MULTIPART_PARTS), **_MULTIPART_BAD, **_NOT_FOUND, **_UNAVAILABLE},
+    openapi_extra=body_example({"dataset_id": DATASET_ID, "upload_id": UPLOAD_ID, "part_numbers": [2, 3]},
+                               **{"x-validation-status": 400}),
     summary="List the uploaded parts and get fresh part URLs (resume, retry)",
     description="The parts S3 already holds for the upload (number, ETag, size) and new pre-signed URLs for "
     "`part_numbers`: a client that was interrupted uploads only the missing parts; one whose URL expired asks "
@@ -140,8 +146,9 @@ def multipart_parts(body: MultipartPartsRequest, user: CurrentUser, service: Ser
 @router.post(
     "/multipart/complete",
     response_model=UploadCompleteResponse,
-    responses={**_MULTIPART_BAD, 404: {"model": ErrorResponse, "description": "Dataset not found"}, **_UNAVAILABLE},
-    openapi_extra={"x-validation-status": 400},
+    responses={200: ok_example({"message": "Dataset processing initiated", "dataset_id": DATASET_ID}),
+               **_MULTIPART_BAD, **_NOT_FOUND, **_UNAVAILABLE},
+    openapi_extra=body_example(MULTIPART_COMPLETE, **{"x-validation-status": 400}),
     summary="Assemble a multipart upload and start validation",
     description="S3 assembles the archive from the listed parts and ETags; then as `upload-complete`: the size "
     "is checked and the `dataset_validation` DAG runs. Idempotent.",
@@ -156,12 +163,18 @@ def multipart_complete(body: MultipartCompleteRequest, user: CurrentUser, servic
     "/multipart/abort",
     response_model=MessageResponse,
     responses={
-        404: {"model": ErrorResponse, "description": "Dataset not found"},
-        409: {"model": ErrorResponse, "description": "The upload is complete: delete the dataset instead"},
+        200: ok_example({"message": f"Upload of dataset {DATASET_ID} aborted; nothing of it is left"}),
+        400: error("A field is invalid (`detail` names it)", "dataset_id: is required"),
+        **_NOT_FOUND,
+        409: error("The upload is complete: delete the dataset instead",
+                   "The upload of this dataset is complete; delete the dataset instead"),
         **_UNAVAILABLE,
     },
-    openapi_extra={"x-validation-status": 400},
+    openapi_extra=body_example({"dataset_id": DATASET_ID}, **{"x-validation-status": 400}),
     summary="Abort an upload: its parts, objects and the dataset are deleted",
+    description="Aborts the S3 multipart upload, deletes the parts S3 holds and any object under the dataset's "
+    "prefix, and the dataset itself: nothing of an abandoned upload is left. Only for an upload not yet "
+    "completed; a completed one is deleted with `DELETE /v1/datasets/{dataset_id}`.",
 )
 def multipart_abort(body: MultipartAbortRequest, user: CurrentUser, service: ServiceDep) -> MessageResponse:
     service.abort_multipart(user, body.dataset_id)

@@ -80,8 +80,7 @@ def _model_detail(model_id: str) -> dict[str, Any]:
     }
 
 
-#: a real checkpoint's entry: FastAPI drops null values from examples, and `checkpoint` is required
-MODEL_DETAIL = _model_detail("idefics-9b-classification")
+MODEL_DETAIL = _model_detail("flamingo-tiny-classification")
 
 TRAINING_PARAMS = {"epochs": 8, "learning_rate": 0.002, "batch_size": 4, "lora_rank": 8, "lora_alpha": 16,
                    "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
@@ -104,4 +103,58 @@ TRAINING_DETAIL = {
     "mlflow_run_url": "http://127.0.0.1:5000/#/experiments/1/runs/5f0e1d2c3b4a49887766554433221100",
     "airflow_run_url": f"http://127.0.0.1:8080/dags/qlora_training/runs/train-{JOB_ID}",
     "updated_at": "2026-11-25T10:00:20Z",
+}
+
+# --- multipart uploads ------------------------------------------------------------------------
+UPLOAD_ID = "2~aB3dE5fG7hI9jK1lM3nO5pQ7rS9tU1vW3x"
+BIG_S3_KEY = f"datasets/{DATASET_ID}/clips.zip"
+EXPIRES = "2026-11-25T11:00:00Z"
+
+
+def _part_url(n: int) -> dict[str, Any]:
+    return {"part_number": n, "url": f"http://127.0.0.1:9000/qlora/{BIG_S3_KEY}?partNumber={n}&uploadId={UPLOAD_ID}"
+                                     "&X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Signature=..."}
+
+
+MULTIPART_INITIATED = {"dataset_id": DATASET_ID, "s3_key": BIG_S3_KEY, "upload_id": UPLOAD_ID,
+                       "part_size_bytes": 67108864, "part_count": 3, "parts": [_part_url(n) for n in (1, 2, 3)],
+                       "expires_at": EXPIRES}
+MULTIPART_PARTS = {"dataset_id": DATASET_ID, "upload_id": UPLOAD_ID,
+                   "uploaded": [{"part_number": 1, "etag": "\"9b2cf535f27731c974343645a3985328\"",
+                                 "size_bytes": 67108864}],
+                   "parts": [_part_url(n) for n in (2, 3)], "expires_at": EXPIRES}
+MULTIPART_COMPLETE = {"dataset_id": DATASET_ID, "upload_id": UPLOAD_ID, "parts": [
+    {"part_number": 1, "etag": "\"9b2cf535f27731c974343645a3985328\""},
+    {"part_number": 2, "etag": "\"6f1ed002ab5595859014ebf0951522d9\""},
+    {"part_number": 3, "etag": "\"1f3870be274f6c49b3e31a0c6728957f\""}]}
+
+# --- following a job --------------------------------------------------------------------------
+TRAINING_EVENTS = {"has_more": False, "data": [
+    {"id": 41, "created_at": "2026-11-25T10:00:04Z", "type": "status", "level": "info",
+     "message": "Status queued -> running; stage (none) -> downloading",
+     "data": {"from_status": "queued", "to_status": "running", "from_stage": None, "to_stage": "downloading"}},
+    {"id": 42, "created_at": "2026-11-25T10:00:15Z", "type": "epoch", "level": "info",
+     "message": "Epoch 5/8 ended at step 30: accuracy 0.75",
+     "data": {"epoch": 5, "step": 30, "metrics": {"accuracy": 0.75}}},
+]}
+METRIC_HISTORY = {"loss": [{"step": 29, "value": 0.431, "timestamp": "2026-11-25T10:00:14Z"},
+                           {"step": 30, "value": 0.412, "timestamp": "2026-11-25T10:00:15Z"}]}
+TRAINING_LOG = ("step 29/48 epoch 5 loss 0.4310 lr 1.34e-03 40.9 samples/s progress 0.604\n"
+                "step 30/48 epoch 5 loss 0.4120 lr 1.30e-03 41.5 samples/s progress 0.625\n")
+
+# --- webhooks ---------------------------------------------------------------------------------
+WEBHOOK_ID = "5c1e7a2b-3d4f-4a6b-8c9d-0e1f2a3b4c5d"
+WEBHOOK = {"id": WEBHOOK_ID, "url": "https://example.com/hooks/qlora",
+           "events": ["training.completed", "training.failed"], "description": "CI notifications",
+           "created_at": CREATED}
+WEBHOOK_DELIVERY = {
+    "id": "msg_2b7c9d1e4f6a8b0c3d5e7f9a1b3c5d7e", "event": "training.completed", "subject_id": JOB_ID, "status": "delivered",
+    "created_at": "2026-11-25T10:00:31Z", "next_attempt_at": None, "delivered_at": "2026-11-25T10:01:02Z",
+    "last_error": None,
+    "attempts": [
+        {"attempt": 1, "at": "2026-11-25T10:00:31Z", "status_code": None, "error": "timed out after 10 s",
+         "duration_ms": 10004, "next_retry_at": "2026-11-25T10:01:01Z"},
+        {"attempt": 2, "at": "2026-11-25T10:01:01Z", "status_code": 200, "error": None, "duration_ms": 87,
+         "next_retry_at": None},
+    ],
 }

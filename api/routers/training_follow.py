@@ -7,15 +7,22 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 
 from api.deps import CurrentUser, TrainingsDep
-from api.schemas.common import ErrorResponse
+from api.routers.openapi_doc import (
+    METRIC_HISTORY,
+    TRAINING_EVENTS,
+    TRAINING_LOG,
+    UNAUTHORIZED,
+    error,
+    ok_example,
+)
 from api.schemas.events import MetricHistory, TrainingEventOut, TrainingEventPage
 from api.services import events
 from api.services.errors import InvalidInput
 from api.services.trainings import history, reads
 
-router = APIRouter(prefix="/trainings", tags=["trainings"], responses={401: {"model": ErrorResponse}})
+router = APIRouter(prefix="/trainings", tags=["trainings"], responses=UNAUTHORIZED)
 
-_NOT_FOUND = {404: {"model": ErrorResponse, "description": "No such job of yours"}}
+_NOT_FOUND = {404: error("No such job of yours", "Training job not found")}
 _BAD_QUERY = {"openapi_extra": {"x-validation-status": 400}}
 MAX_EVENTS = 1000
 MAX_METRIC_STEPS = 10_000
@@ -25,7 +32,8 @@ MAX_LOG_LINES = 100_000
 @router.get(
     "/{job_id}/events",
     response_model=TrainingEventPage,
-    responses={**_NOT_FOUND, 400: {"model": ErrorResponse}},
+    responses={200: ok_example(TRAINING_EVENTS), **_NOT_FOUND,
+               400: error("`after` or `limit` out of range", "limit: Input should be less than or equal to 1000")},
     **_BAD_QUERY,
     summary="The job's events, oldest first",
     description="Status and stage changes (both values), epochs with their eval metrics, checkpoints, the stop "
@@ -45,8 +53,11 @@ def list_events(
 @router.get(
     "/{job_id}/metrics",
     response_model=MetricHistory,
-    responses={**_NOT_FOUND, 400: {"model": ErrorResponse},
-               503: {"model": ErrorResponse, "description": "MLflow cannot be read; retry later"}},
+    responses={200: ok_example(METRIC_HISTORY), **_NOT_FOUND,
+               400: error("`keys`, `after_step` or `limit` out of range",
+                          "keys: 1 to 50 comma-separated metric names of at most 250 characters"),
+               503: error("MLflow cannot be read; retry later",
+                          "The metrics service (MLflow) cannot be read; retry later (connection refused)")},
     **_BAD_QUERY,
     summary="Per-step history of the job's metrics (from MLflow)",
     description="`{key: [{step, value, timestamp}]}` for each of `keys` (comma-separated; every metric of the run "
@@ -75,9 +86,11 @@ def metric_history(
 @router.get(
     "/{job_id}/logs",
     response_class=Response,
-    responses={**_NOT_FOUND, 400: {"model": ErrorResponse},
-               200: {"content": {"text/plain": {}}, "description": "Lines `offset`.. of the log"},
-               503: {"model": ErrorResponse, "description": "Airflow cannot be reached; retry later"}},
+    responses={**_NOT_FOUND,
+               400: error("`offset` or `limit` out of range", "offset: Input should be greater than or equal to 0"),
+               200: {"content": {"text/plain": {"example": TRAINING_LOG}}, "description": "Lines `offset`.. of the log"},
+               503: error("Airflow cannot be reached; retry later",
+                          "The pipeline service (Airflow) is unavailable; retry later")},
     **_BAD_QUERY,
     summary="The whole training log, paged by lines",
     description="The train task's log (its latest try; the latest task that ran when training never started) as "

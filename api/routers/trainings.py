@@ -9,7 +9,16 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request, Response, status
 
 from api.deps import CurrentUser, PAGED_LIST_ROUTE, PageDep, TrainingsDep
-from api.schemas.common import ErrorResponse
+from api.routers.openapi_doc import (
+    JOB_ID,
+    TRAINING_DETAIL,
+    TRAINING_REQUEST,
+    TRAINING_SUMMARY,
+    UNAUTHORIZED,
+    body_example,
+    error,
+    ok_example,
+)
 from api.schemas.trainings import (
     StopResponse,
     TrainingDetail,
@@ -20,20 +29,24 @@ from api.schemas.trainings import (
 from api.services.errors import InvalidInput
 from api.services.trainings import reads, start_stop
 
-router = APIRouter(prefix="/trainings", tags=["trainings"], responses={401: {"model": ErrorResponse}})
+router = APIRouter(prefix="/trainings", tags=["trainings"], responses=UNAUTHORIZED)
 TRAINING_STATUSES = ("queued", "running", "completed", "failed", "stopped")
 
-_UNAVAILABLE = {503: {"model": ErrorResponse, "description": "Airflow cannot be reached; retry later"}}
-_NOT_FOUND = {404: {"model": ErrorResponse, "description": "No such job of yours"}}
+_UNAVAILABLE = {503: error("Airflow cannot be reached; retry later",
+                           "The pipeline service (Airflow) is unavailable; retry later")}
+_NOT_FOUND = {404: error("No such job of yours", "Training job not found")}
 
 
 @router.post(
     "",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=TrainingStartResponse,
-    responses={400: {"model": ErrorResponse, "description": "Invalid parameters or model/dataset not found"},
+    responses={202: ok_example({"job_id": JOB_ID, "status": "queued", "message": "Training job initiated successfully"}),
+               400: error("Invalid parameters, or the model or dataset is unknown, not ready or does not fit "
+                          "(`detail` names every problem)",
+                          "lora_rank must be between 1 and 16 for model flamingo-tiny-classification, got 32"),
                **_UNAVAILABLE},
-    openapi_extra={"x-validation-status": 400},
+    openapi_extra=body_example(TRAINING_REQUEST, **{"x-validation-status": 400}),
     summary="Start a QLoRA fine-tuning job",
     description="Validates everything before any compute is spent (model, your ready dataset and its fit to the "
     "model type, parameter bounds, LoRA rank in the model's range, target modules, output name), then runs the "
@@ -73,7 +86,8 @@ def job_filters(
 @router.get(
     "",
     response_model=list[TrainingSummary],
-    **PAGED_LIST_ROUTE,
+    responses={200: ok_example([TRAINING_SUMMARY]), **PAGED_LIST_ROUTE["responses"]},
+    openapi_extra=PAGED_LIST_ROUTE["openapi_extra"],
     summary="Your training jobs, newest first",
     description="All your jobs, newest first; `limit` and `offset` return one page of them instead. The state of "
     "unfinished jobs is at most a few seconds old (read from Airflow and MLflow in bulk, shared by all requests). "
@@ -91,8 +105,11 @@ def list_trainings(user: CurrentUser, trainings: TrainingsDep, page: PageDep,
 @router.get(
     "/{job_id}",
     response_model=TrainingDetail,
-    responses=_NOT_FOUND,
+    responses={200: ok_example(TRAINING_DETAIL), **_NOT_FOUND},
     summary="Status, progress, metrics and recent logs of a job",
+    description="Read back from Airflow (status, stage, log tail) and MLflow (progress, metrics, ETA) on each "
+    "call: `status` is `queued`, `running`, `completed`, `failed` or `stopped`; `stage` the pipeline step; "
+    "`training_params` every value the job really uses. Links open the run in the Airflow and MLflow UIs.",
 )
 def get_training(job_id: str, user: CurrentUser, trainings: TrainingsDep) -> TrainingDetail:
     job = reads.owned_job(trainings, user, job_id)
@@ -104,7 +121,9 @@ def get_training(job_id: str, user: CurrentUser, trainings: TrainingsDep) -> Tra
     "/{job_id}/stop",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=StopResponse,
-    responses={400: {"model": ErrorResponse, "description": "The job is not queued or running"},
+    responses={202: ok_example({"message": f"Stop request received for {JOB_ID}"}),
+               400: error("The job is not queued or running",
+                          f"Job {JOB_ID} is completed: only queued or running jobs can be stopped"),
                **_NOT_FOUND, **_UNAVAILABLE},
     summary="Stop a queued or running job",
     description="Marks the Airflow run failed: the training gets SIGTERM, saves its partial adapter and exits; "
