@@ -552,8 +552,9 @@ def _follow(client: Client, job_id: str) -> Training:
             key = (job["status"], job.get("stage"), int(10 * (job.get("progress") or 0)))
             if not last or last[-1] != key:
                 last.append(key)
-                extra = " ".join(f"{k} {v}" for k, v in facts.items())
-                ui.info(f"{job['status']} {job.get('stage') or ''} {100 * (job.get('progress') or 0):.0f}% {extra}".rstrip())
+                words = [job["status"], job.get("stage") or "", f"{100 * (job.get('progress') or 0):.0f}%",
+                         *(f"{k} {v}" for k, v in facts.items())]
+                ui.info(" ".join(w for w in words if w))
 
         return client.wait_for_training(job_id, poll_s=POLL_S, on_update=line)
 

@@ -48,6 +48,10 @@ def toy_archive(folder: Path, clips: int = 8, padding: int = 0) -> Path:
     return archive
 
 
+def list_names(run) -> list[str]:
+    return [d["name"] for d in json.loads(run("datasets", "list", "--json").stdout)]
+
+
 def single_line_error(got: subprocess.CompletedProcess) -> str:
     lines = got.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: "), got.stderr
@@ -98,16 +102,22 @@ def test_accounts_tokens_and_api_errors(run, tmp_path) -> None:
 def test_upload_wait_ready_error_and_delete(run, api_server, tmp_path) -> None:
     signup(run)
     good = toy_archive(tmp_path / "good")
-    got = run("datasets", "upload", str(good), "--name", "toy", "--description", "squares", "--wait", "--json")
-    assert got.returncode == 0, got.stderr
-    ready = json.loads(got.stdout)
-    assert (ready["status"], ready["name"], ready["stats"]["clip_count"]) == ("ready", "toy", 8)
-    assert "uploaded" in got.stderr and "\x1b[" not in got.stderr + got.stdout  # plain lines, no colour
-
     broken = tmp_path / "broken.zip"  # the table names a clip the archive lacks
     with zipfile.ZipFile(broken, "w") as zf:
         zf.writestr("metadata.csv", "file_name,label\nmissing.mp4,left\nother.mp4,right\n")
+    # both at once (their validations run side by side), the good one first
+    waiting = subprocess.Popen([qlora_binary(), "datasets", "upload", str(good), "--name", "toy", "--description",
+                                "squares", "--wait", "--json"], env=run.env, stdin=subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while not list_names(run):
+        time.sleep(0.2)
     bad = run("datasets", "upload", str(broken), "--name", "broken", "--wait")
+    stdout, stderr = waiting.communicate(timeout=120)
+    assert waiting.returncode == 0, stderr
+    ready = json.loads(stdout)
+    assert (ready["status"], ready["name"], ready["stats"]["clip_count"]) == ("ready", "toy", 8)
+    assert "uploaded" in stderr and "\x1b[" not in stderr + stdout  # plain lines, no colour
+
     assert bad.returncode == 1
     error = bad.stderr.strip().splitlines()[-1]
     assert error.startswith("Error: dataset ") and "is in error: Validation failed" in error, bad.stderr
