@@ -79,6 +79,11 @@ def test_train_watch_to_completion_then_detach_and_stop(run, api_server, tmp_pat
     assert f"Detached from job {long_id}; it keeps running. Stop it with: qlora train stop {long_id}" in err
     assert json.loads(run("train", "show", long_id, "--json").stdout)["status"] == "running"
 
+    follow = subprocess.Popen([qlora_binary(), "train", "logs", long_id, "--follow"], env=run.env,
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    shown = run("train", "show", long_id)
+    assert "status" in shown.stdout and "parameters" in shown.stdout and "epochs=100" in shown.stdout
+
     stop = run("train", "stop", long_id)
     assert stop.returncode == 0 and f"qlora train watch {long_id}" in stop.stderr
     asked = time.monotonic()
@@ -87,5 +92,7 @@ def test_train_watch_to_completion_then_detach_and_stop(run, api_server, tmp_pat
     assert json.loads(ended.stdout)["status"] == "stopped"
     assert f"Job {long_id} stopped" in ended.stderr
     print(f"stop -> watch ends stopped: {time.monotonic() - asked:.1f} s")
+    followed, follow_err = follow.communicate(timeout=60)  # --follow ends with the job
+    assert follow.returncode == 0 and "step " in followed and f"job {long_id} stopped" in follow_err
     again = run("train", "stop", long_id)
     assert again.returncode == 1 and again.stderr.startswith("Error: ")

@@ -116,3 +116,13 @@ def test_the_client_imports_nothing_of_the_service() -> None:
     deps = tomllib.loads((REPO / "client/pyproject.toml").read_text())["project"]["dependencies"]
     assert sorted(d.split(">")[0] for d in deps) == ["click", "httpx", "rich"]
     assert Path(qlora_binary()).exists()
+
+
+def test_logs_follow_prints_only_the_lines_after_the_last_tail() -> None:
+    from qlora_client.cli import _new_lines
+
+    assert _new_lines(["a", "b", "c"], ["b", "c", "d", "e"]) == ["d", "e"]
+    assert _new_lines(["a", "b"], ["a", "b"]) == []
+    assert _new_lines([], ["a"]) == ["a"]
+    assert _new_lines(["x", "y"], ["p", "q"]) == ["p", "q"]  # no overlap: the tail moved past
+    assert _new_lines(["a", "a"], ["a", "a", "b"]) == ["b"]
