@@ -25,7 +25,7 @@ from api.clients.mlflow import MlflowApi, MlflowReader
 from api.clients.s3 import S3Storage, S3Unavailable
 from api.core.config import Settings, get_settings
 from api.db import exclusive_pass, make_engine, make_sessionmaker, upgrade_to_head
-from api.routers import auth, datasets, models, training_follow, trainings, webhooks
+from api.routers import auth, datasets, models, training_follow, training_results, trainings, webhooks
 from api.schemas.common import ValidationErrorResponse
 from api.services.catalog import seed_catalog
 from api.services.datasets import reconcile_all
@@ -136,6 +136,7 @@ def create_app(
     )
     app.state.settings = settings
     for router in (auth.router, datasets.router, models.router, trainings.router, training_follow.router,
+                   training_results.router,
                    webhooks.router):
         app.include_router(router, prefix=API_PREFIX)
 

@@ -133,8 +133,9 @@ def engine_loop(model: Path, data: Path, out: Path, mlflow_uri: str, marks: list
 
     trainer.collate = marked_collate  # the loop's first call of a step; evaluation has its own import
     options = dict(model=str(model), data=str(data), task=TASK, output=str(out), mlflow_uri=mlflow_uri,
-                   checkpoint_every=10**6, run_name=f"bench-{out.name}", experiment="bench-training")
-    chosen = dict(epochs=EPOCHS, batch_size=BATCH, frames=FRAMES, learning_rate=LR, seed=SEED)
+                   run_name=f"bench-{out.name}", experiment="bench-training")
+    chosen = dict(epochs=EPOCHS, batch_size=BATCH, frames=FRAMES, learning_rate=LR, seed=SEED,
+                  checkpoint_every_steps=10**6)
     chosen |= {k: v for k, v in extra.items() if k in PARAM_NAMES}
     options |= {k: v for k, v in extra.items() if k not in PARAM_NAMES}
     return trainer.run_training(RunArgs(params=TrainingParams(**chosen), **options))

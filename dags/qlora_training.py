@@ -17,7 +17,11 @@ triggers one run per job with run id `train-{job_id}`; its conf is flat: `job_id
 3. **train** (*training*, queue `gpu`, pool `gpu`: as many trainings at once as the pool has
    slots): runs `python -m training run` in a child process and streams its log here. The
    engine tracks the training in one MLflow run (experiment `qlora/{user}`, run name
-   `output_name`) and uploads the adapter to `trainings/{job_id}/adapter/` itself. The task
+   `output_name`) and uploads the adapter to `trainings/{job_id}/adapter/` and each checkpoint
+   (every `checkpoint_every_steps`, else once per epoch; the last two kept) under
+   `trainings/{job_id}/checkpoints/` itself. The task publishes the manifest to
+   `trainings/{job_id}/result.json` as it changes (`exited: false`), and a last time once the
+   engine exited (`exited: true`). The task
    reads the engine's result manifest (`result.json`), never its log: as soon as it names the
    MLflow run (before the first step) the run id goes to XCom `mlflow_run_id` and the run is
    tagged with `job_id`, `user`, `dataset_id`, `model_id`. Stopping the run (mark it failed)
@@ -165,9 +169,11 @@ def qlora_training():
         command = engine_jobs.train_command(
             model=model_src, data=data_src, task=load_catalog().get(conf["model_id"]).model_type, output=output,
             params=params.TrainingParams(**resolved), run_name=conf["output_name"], job_id=job_id,
-            output_uri=adapter_uri, mlflow_uri=tracking, experiment=experiment)
-        watcher = engine_jobs.ResultWatcher(
-            output, on_run=lambda r: _announce_run(conf, r.mlflow_run_id, r.mlflow_experiment_id))
+            output_uri=adapter_uri, checkpoint_uri=s3.s3_uri(settings.s3_bucket, s3.checkpoints_prefix(job_id)),
+            mlflow_uri=tracking, experiment=experiment)
+        watcher = engine_jobs.ResultWatcher(  # publishes result.json as it changes: checkpoints listed live
+            output, on_run=lambda r: _announce_run(conf, r.mlflow_run_id, r.mlflow_experiment_id),
+            publish_key=s3.training_result_key(job_id))
         log.info("running: %s", shlex.join(command))
 
         started = time.monotonic()

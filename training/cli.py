@@ -50,12 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
     engine.add_argument("--run-name", default=None)
     engine.add_argument("--job-id", default=None, help="MLflow tag (default: $QLORA_JOB_ID)")
     engine.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output")
-    engine.add_argument("--checkpoint-every", type=int, default=50, help="optimizer steps between checkpoints")
     engine.add_argument("--validation-fraction", type=float, default=0.2,
                         help="held-out share when the table has no validation split")
     engine.add_argument("--no-gradient-checkpointing", dest="gradient_checkpointing", action="store_false")
     engine.add_argument("--output-uri", default=None,
                         help="s3:// URI the adapter (final, or partial when stopped) is uploaded to")
+    engine.add_argument("--checkpoint-uri", default=None,
+                        help="s3:// prefix each checkpoint is uploaded under as it is saved (the last two kept)")
     engine.add_argument("--step-delay", type=float, default=0.0, help=argparse.SUPPRESS)
 
     for name, help_text in (("evaluate", "the adapter and the base model on a dataset's held-out split"),

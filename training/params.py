@@ -95,6 +95,10 @@ class TrainingParams(BaseModel):
     eval_every_epochs: _Int = Field(
         1, ge=1, le=100, title="Evaluate every N epochs", examples=[1],
         description="Held-out evaluation after every N-th epoch (and after the last one).")
+    checkpoint_every_steps: Annotated[int, Field(ge=1, le=1_000_000), BeforeValidator(_integral)] | None = Field(
+        None, title="Checkpoint every N steps", examples=[50],
+        description="Save (and upload to the job's S3 prefix) a resumable checkpoint every N optimizer steps "
+                    "(null: once per epoch, after its evaluation). The last two are kept.")
     seed: _Int = Field(42, ge=0, le=2**31 - 1, title="Seed", examples=[42],
                       description="Seed of the data split, batch order, classifier head and dropout: "
                                   "the same seed and data give the same adapter.")

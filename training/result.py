@@ -48,11 +48,48 @@ class RunStatus(StrEnum):
 
 
 @dataclass
+class FileEntry:
+    """One file of an adapter or a checkpoint: what a download checks against."""
+    name: str
+    size_bytes: int
+    sha256: str
+
+
+@dataclass
 class Checkpoint:
     step: int
     epoch: float
     #: folder name under OUTPUT/checkpoints/
     name: str
+    #: when it was saved (UTC, ISO 8601)
+    created_at: str | None = None
+    #: the training loss of its step and the metrics of the last held-out evaluation before it
+    #: (`eval_*`)
+    metrics: dict[str, float] = field(default_factory=dict)
+    #: its S3 folder once uploaded (`--checkpoint-uri`), else None (on the worker only)
+    uri: str | None = None
+    files: list[FileEntry] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Checkpoint:
+        known = {k: v for k, v in raw.items() if k in cls.__dataclass_fields__}
+        known["files"] = [FileEntry(**f) for f in known.get("files") or []]
+        return cls(**known)
+
+
+def file_entries(folder: Path | str, names: list[str] | None = None) -> list[FileEntry]:
+    """Size and SHA-256 of the files of `folder` (only `names` when given), sorted by name."""
+    import hashlib
+
+    folder = Path(folder)
+    out = []
+    for path in sorted(p for p in folder.iterdir() if p.is_file() and (names is None or p.name in names)):
+        digest = hashlib.sha256()
+        with path.open("rb") as fh:
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+        out.append(FileEntry(name=path.name, size_bytes=path.stat().st_size, sha256=digest.hexdigest()))
+    return out
 
 
 @dataclass
@@ -66,6 +103,8 @@ class EngineResult:
     params: dict[str, Any] = field(default_factory=dict)
     #: names of the adapter's files in the output folder (and under `output_uri`)
     adapter_files: list[str] = field(default_factory=list)
+    #: size and SHA-256 of each of those files (what a download verifies)
+    adapter_manifest: list[FileEntry] = field(default_factory=list)
     #: the adapter's S3 URI once uploaded there
     output_uri: str | None = None
     checkpoints: list[Checkpoint] = field(default_factory=list)
@@ -73,6 +112,9 @@ class EngineResult:
     metrics: dict[str, Any] = field(default_factory=dict)
     #: why the run failed or stopped, in words a user can act on
     error: str | None = None
+    #: False in the copies the train task publishes while the engine runs; True in the one it
+    #: publishes once the engine process is gone (the API's evidence that it exited)
+    exited: bool = False
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, default=str) + "\n"
@@ -81,7 +123,8 @@ class EngineResult:
     def from_dict(cls, raw: dict[str, Any]) -> EngineResult:
         known = {k: v for k, v in raw.items() if k in cls.__dataclass_fields__}
         known["status"] = RunStatus(known.get("status", RunStatus.RUNNING))
-        known["checkpoints"] = [Checkpoint(**c) for c in known.get("checkpoints") or []]
+        known["checkpoints"] = [Checkpoint.from_dict(c) for c in known.get("checkpoints") or []]
+        known["adapter_manifest"] = [FileEntry(**f) for f in known.get("adapter_manifest") or []]
         return cls(**known)
 
 

@@ -27,12 +27,13 @@ class RunArgs:
     mlflow_uri: str | None = None
     run_name: str | None = None
     resume: bool = False
-    checkpoint_every: int = 50
     validation_fraction: float = 0.2
     gradient_checkpointing: bool = True
     job_id: str | None = None
     experiment: str | None = None
     output_uri: str | None = None
+    #: s3:// prefix each checkpoint folder is uploaded under as it is saved (None: kept local)
+    checkpoint_uri: str | None = None
     step_delay: float = 0.0
 
     def validate(self) -> None:
@@ -41,13 +42,11 @@ class RunArgs:
             raise InputError(f"must be one of {', '.join(MODEL_TYPES)}, got {self.task!r}", field="task")
         if self.quantization not in QUANTIZATIONS:
             raise InputError(f"must be one of {', '.join(QUANTIZATIONS)}", field="quantization")
-        if self.checkpoint_every < 1:
-            raise InputError(f"must be >= 1, got {self.checkpoint_every}", field="checkpoint_every")
         if not 0 < self.validation_fraction < 1:
             raise InputError(f"must be in (0, 1), got {self.validation_fraction}", field="validation_fraction")
 
     def engine_options(self) -> dict[str, str]:
         """The engine's own options as flat strings (MLflow params beside the parameters)."""
         return {"model": self.model, "data": self.data, "task": self.task, "quantization": self.quantization,
-                "validation_fraction": str(self.validation_fraction), "checkpoint_every": str(self.checkpoint_every),
+                "validation_fraction": str(self.validation_fraction),
                 "gradient_checkpointing": str(self.gradient_checkpointing), "resume": str(self.resume)}

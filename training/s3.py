@@ -70,8 +70,9 @@ def checkpoints_prefix(job_id: str) -> str:
 
 
 def training_result_key(job_id: str) -> str:
-    """The engine's final `result.json`, published by the train task once the engine process
-    is gone (so its presence also tells the API that the training process has exited)."""
+    """The engine's `result.json`, published by the train task as it changes (checkpoints,
+    status; `exited: false`) and a last time once the engine process is gone (`exited: true`:
+    what tells the API that the training process has exited)."""
     return f"{training_prefix(job_id)}result.json"
 
 

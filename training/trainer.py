@@ -35,12 +35,14 @@ from training.loading import LABEL_MAP_FILE, TRAINING_INFO_FILE, read_base_model
 from training.model_info import ModelInfo
 from training.params import ModelLimits, TrainingParams
 from training.result import (ADAPTER_MARKER, EXIT_OK, EXIT_STOPPED, LOG_FILE, RESULT_FILE, Checkpoint, EngineResult,
-                             RunStatus, read_result, write_result)
+                             RunStatus, file_entries, read_result, write_result)
 from training.run_args import RunArgs
 from training.settings import get_settings
 
 log = logging.getLogger("training")
 CHECKPOINTS = "checkpoints"
+#: checkpoints kept, in the output folder and under `--checkpoint-uri` alike (older ones deleted)
+KEEP_CHECKPOINTS = 2
 
 
 class StopFlag:
@@ -129,7 +131,8 @@ def save_checkpoint(output: Path, model, optimizer, scheduler, step: int, extra:
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     (root / "latest").write_text(final.name + "\n")
-    for old in sorted(p for p in root.glob("step-*") if p != final)[:-1]:  # keep the last two
+    older = sorted(p for p in root.glob("step-*") if p != final)
+    for old in older[:max(0, len(older) - (KEEP_CHECKPOINTS - 1))]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
@@ -291,23 +294,40 @@ def _run(args: RunArgs, output: Path, result: EngineResult) -> int:
     result.step = step
     write_result(output, result)  # the run is known before the first step
 
+    last_loss: float | None = None
+    last_eval: dict[str, float] = {}
+
     def checkpoint_now(reason: str) -> None:
+        from datetime import datetime, timezone
+
         folder = save_checkpoint(output, model, optimizer, scheduler, step,
                                  {"mlflow_run_id": tracker.run_id, "reason": reason})
+        entry = Checkpoint(step=step, epoch=round(step / steps_per_epoch, 4), name=folder.name,
+                           created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                           metrics={**({"train_loss": last_loss} if last_loss is not None else {}),
+                                    **{k if k.startswith("eval_") else f"eval_{k}": v for k, v in last_eval.items()}},
+                           files=file_entries(folder))
+        if args.checkpoint_uri:
+            entry.uri = _upload_checkpoint(folder, args.checkpoint_uri)
         kept = {c.name for c in result.checkpoints} & {f.name for f in (output / CHECKPOINTS).glob("step-*")}
+        dropped = [c for c in result.checkpoints if c.name not in kept and c.name != folder.name]
         result.checkpoints = [c for c in result.checkpoints if c.name in kept and c.name != folder.name]
-        result.checkpoints.append(Checkpoint(step=step, epoch=round(step / steps_per_epoch, 4), name=folder.name))
+        result.checkpoints.append(entry)
         result.step = step
-        write_result(output, result)
+        write_result(output, result)  # lists the new one only once it is uploaded
+        for old in dropped:  # then the ones no longer listed leave S3 too
+            if old.uri:
+                _delete_uploaded(old.uri)
 
     def save_and_upload() -> None:
         save_adapter(output, model, base, args, p, label2id, splits, frames, step, total_steps)
-        result.adapter_files = sorted(f.name for f in _adapter_files(output).iterdir())
+        files = _adapter_files(output)
+        result.adapter_files = sorted(f.name for f in files.iterdir())
+        result.adapter_manifest = file_entries(files)
         if args.output_uri:
             from training.s3 import upload_folder
 
-            log.info("uploaded %d files to %s", upload_folder(_adapter_files(output), args.output_uri),
-                     args.output_uri)
+            log.info("uploaded %d files to %s", upload_folder(files, args.output_uri), args.output_uri)
             result.output_uri = args.output_uri
 
     # ---- the loop --------------------------------------------------------------------------
@@ -344,6 +364,7 @@ def _run(args: RunArgs, output: Path, result: EngineResult) -> int:
                            "samples_per_second": window_samples / max(now - window_start, 1e-9),
                            "progress": step / total_steps, "epoch": epoch + (i + 1) / steps_per_epoch}
                 window_start, window_samples = now, 0
+                last_loss = step_loss
                 tracker.log_metrics(metrics, step)
                 if bar is not None:
                     bar.update(1)
@@ -352,7 +373,7 @@ def _run(args: RunArgs, output: Path, result: EngineResult) -> int:
                     log.info("step %d/%d epoch %d loss %.4f lr %.2e %.1f samples/s progress %.3f", step, total_steps,
                              epoch + 1, metrics["loss"], metrics["learning_rate"], metrics["samples_per_second"],
                              metrics["progress"])
-                if step % args.checkpoint_every == 0 and step < total_steps:
+                if p.checkpoint_every_steps and step % p.checkpoint_every_steps == 0 and step < total_steps:
                     checkpoint_now("periodic")
                 if args.step_delay:
                     time.sleep(args.step_delay)
@@ -365,6 +386,9 @@ def _run(args: RunArgs, output: Path, result: EngineResult) -> int:
                 if metrics:
                     log.info("epoch %d eval: %s", epoch + 1, _numbers(metrics))
                     tracker.log_metrics({f"epoch_{k}": v for k, v in _numbers(metrics).items()}, step)
+                    last_eval = _numbers(metrics)
+            if epoch_ended and p.checkpoint_every_steps is None and step < total_steps and not stop:
+                checkpoint_now("epoch")
             if step >= total_steps:
                 break
 
@@ -402,6 +426,33 @@ def _run(args: RunArgs, output: Path, result: EngineResult) -> int:
         if bar is not None:
             bar.close()
         tracker.end(status)
+
+
+def _upload_checkpoint(folder: Path, checkpoint_uri: str) -> str | None:
+    """Uploads a checkpoint folder under `checkpoint_uri`; its URI, or None when S3 refused (the
+    training goes on: the checkpoint stays on the worker, the log says why)."""
+    from training.s3 import upload_folder
+
+    uri = checkpoint_uri.rstrip("/") + f"/{folder.name}/"
+    started = time.perf_counter()
+    try:
+        count = upload_folder(folder, uri)
+    except Exception as exc:  # a lost checkpoint upload must not lose the training
+        log.warning("could not upload checkpoint %s to %s: %s", folder.name, uri, exc)
+        return None
+    log.info("checkpoint %s: %d files uploaded to %s in %.2f s", folder.name, count, uri,
+             time.perf_counter() - started)
+    return uri
+
+
+def _delete_uploaded(uri: str) -> None:
+    from training import s3
+
+    try:
+        bucket, key = s3.split_s3_uri(uri)
+        s3.delete_prefix(s3.client(), bucket, key)
+    except Exception as exc:
+        log.warning("could not delete the old checkpoint %s: %s", uri, exc)
 
 
 def _numbers(metrics: dict) -> dict[str, float]:

@@ -1,4 +1,4 @@
-"""Thin boto3 wrapper for what the API does in S3: presign, HEAD, read JSON, delete a prefix,
+"""Thin boto3 wrapper for what the API does in S3: presign (PUT, GET), HEAD, list, read JSON, delete a prefix,
 multipart uploads (create, presign parts, list parts, complete, abort)."""
 
 from __future__ import annotations
@@ -107,6 +107,32 @@ class S3Storage:
             )
         except (BotoCoreError, ClientError) as exc:
             raise S3Unavailable(f"cannot presign an upload URL: {exc}") from exc
+
+    def presign_get(self, key: str, expires_in: int | None = None, file_name: str | None = None) -> str:
+        """A GET URL that works without credentials until it expires (`file_name`: the name a
+        browser saves it under)."""
+        params: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
+        if file_name:
+            params["ResponseContentDisposition"] = f'attachment; filename="{file_name}"'
+        try:
+            return self._presign_client.generate_presigned_url(
+                "get_object", Params=params, ExpiresIn=expires_in or self.presign_expiry_s, HttpMethod="GET")
+        except (BotoCoreError, ClientError) as exc:
+            raise S3Unavailable(f"cannot presign a download URL: {exc}") from exc
+
+    def list_prefix(self, prefix: str) -> dict[str, int]:
+        """{key: size} of every object under `prefix` (empty when there is none)."""
+        found: dict[str, int] = {}
+        try:
+            for page in self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+                found.update({obj["Key"]: int(obj["Size"]) for obj in page.get("Contents", [])})
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in _NOT_FOUND:
+                return found
+            raise S3Unavailable(f"cannot list s3://{self.bucket}/{prefix}: {exc}") from exc
+        except BotoCoreError as exc:
+            raise S3Unavailable(f"cannot reach S3: {exc}") from exc
+        return found
 
     def head(self, key: str) -> ObjectInfo | None:
         try:

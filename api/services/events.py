@@ -10,7 +10,7 @@
                     step that ends an evaluated epoch), while the job runs and again when it settles
     checkpoint      a checkpoint the engine saved (step, epoch, folder): read, once the job ended,
                     from the engine's final `result.json` the train task publishes to S3
-                    (`training.s3.training_result_key`); checkpoints live on the worker only
+                    (`training.s3.training_result_key`); each names its S3 folder
     warning/error   what a user can act on: the reason a job failed, a stop that saved no adapter
 
 Each event carries a `key` naming the fact (`status:queued/->running/training`, `epoch:12`...):
@@ -149,8 +149,8 @@ def checkpoints(ctx: TrainingContext, job: TrainingJob) -> int:
         if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("step"), int):
             continue
         name = str(checkpoint.get("name") or f"step-{checkpoint['step']:07d}")
-        location = (f"checkpoints/{name} in the train task's output folder on its worker (removed when the job "
-                    "ended; checkpoints are not uploaded to S3)")
+        location = str(checkpoint.get("uri") or f"checkpoints/{name} in the train task's output folder on its "
+                       "worker (removed when the job ended; the upload to S3 failed)")
         added += record(ctx.session, job.id, EventType.CHECKPOINT,
                         f"Checkpoint at step {checkpoint['step']} (epoch {checkpoint.get('epoch')}): {location}",
                         key=f"checkpoint:{name}",

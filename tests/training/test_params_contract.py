@@ -16,7 +16,7 @@ MODEL = load_catalog().get("videollama-tiny-classification")
 CHOSEN = {"epochs": 2, "learning_rate": 0.003, "batch_size": 2, "gradient_accumulation_steps": 2,
           "max_steps": 1, "warmup_ratio": 0.1, "weight_decay": 0.01, "lora_rank": 4, "lora_alpha": 12,
           "lora_dropout": 0.1, "target_modules": ["q_proj", "v_proj"], "frames": 2, "eval_every_epochs": 2,
-          "seed": 7}
+          "checkpoint_every_steps": 3, "seed": 7}
 
 
 def test_the_chosen_values_cover_every_parameter_and_none_is_a_default():

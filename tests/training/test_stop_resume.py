@@ -21,7 +21,7 @@ TASK = "video_classification"
 def _args(model, data, out):
     return ["run", "--model", str(model), "--data", str(data), "--task", TASK, "--output", str(out),
             "--epochs", "3", "--batch-size", "4", "--frames", "4", "--learning-rate", "2e-3", "--seed", "3",
-            "--checkpoint-every", "4", "--mlflow-uri", ""]
+            "--checkpoint-every-steps", "4", "--mlflow-uri", ""]
 
 
 def test_sigterm_saves_and_resume_matches_an_uninterrupted_run(tmp_path, tiny_models, colour_dataset):

@@ -54,12 +54,15 @@ def engine_env(job_id: str, tracking: bool) -> dict[str, str]:
 
 
 def train_command(*, model: str, data: str, task: str, output: Path, params: TrainingParams, run_name: str,
-                  job_id: str, output_uri: str, mlflow_uri: str | None = None,
+                  job_id: str, output_uri: str, checkpoint_uri: str | None = None, mlflow_uri: str | None = None,
                   experiment: str | None = None) -> list[str]:
     """`python -m training run ...` for a job: the resolved training parameters as options;
-    the engine uploads its adapter to `output_uri` itself."""
+    the engine uploads its adapter to `output_uri` and each checkpoint under `checkpoint_uri`
+    itself."""
     command = [*ENGINE, "run", "--model", model, "--data", data, "--task", task, "--output", str(output),
                *cli_args(params), "--run-name", run_name, "--job-id", job_id, "--output-uri", output_uri]
+    if checkpoint_uri:
+        command += ["--checkpoint-uri", checkpoint_uri]
     if mlflow_uri:
         command += ["--mlflow-uri", mlflow_uri]
         if experiment:
@@ -86,13 +89,19 @@ def evaluate_command(*, model: str, adapter: str, data: str, metrics_file: Path,
 class ResultWatcher:
     """Reads the engine's `result.json` each time `poll()` is called (pass it as `run_engine`'s
     `on_tick`); calls `on_run(result)` once, as soon as the manifest names the MLflow run (the
-    engine writes it before the first step). Never raises: a failing callback is logged."""
+    engine writes it before the first step). With `publish_key`, each manifest that differs from
+    the last published one in what the API shows (run, status, checkpoints, adapter files; not
+    the step) is uploaded there with `exited: false`, so the API lists checkpoints as the run
+    goes. Never raises: a failing callback or upload is logged."""
 
-    def __init__(self, output: Path, on_run: Callable[[EngineResult], None] | None = None) -> None:
+    def __init__(self, output: Path, on_run: Callable[[EngineResult], None] | None = None,
+                 publish_key: str | None = None) -> None:
         self.output = Path(output)
         self.on_run = on_run
+        self.publish_key = publish_key
         self.latest: EngineResult | None = None
         self.announced = False
+        self.published: tuple | None = None
 
     @property
     def run_id(self) -> str | None:
@@ -117,7 +126,20 @@ class ResultWatcher:
                         self.on_run(result)
                     except Exception as exc:  # tracking extras never stop a training
                         log.warning("could not announce MLflow run %s: %s", result.mlflow_run_id, exc)
+            if self.publish_key:
+                self._publish(result)
         return self.latest
+
+    def _publish(self, result: EngineResult) -> None:
+        shown = (result.mlflow_run_id, result.status, json.dumps([c.name for c in result.checkpoints]),
+                 tuple(result.adapter_files), result.output_uri)
+        if shown == self.published:
+            return
+        try:
+            _put_result(self.publish_key, result, exited=False)
+            self.published = shown
+        except Exception as exc:  # retried at the next tick
+            log.warning("could not publish %s to %s: %s", RESULT_FILE, self.publish_key, exc)
 
 
 # --------------------------------------------------------------------------------------------
@@ -126,16 +148,22 @@ class ResultWatcher:
 def publish_result(output: Path, key: str, ended: EngineExit) -> EngineResult:
     """Uploads the engine's last `result.json` to `key` once its process is gone (a manifest it
     never wrote, or left `running`, is recorded as failed with how the process ended). Its
-    presence in S3 is the API's evidence that a stopped job's training process has exited."""
-    from training import s3
-    from training.settings import get_settings
-
+    presence in S3 with `exited: true` is the API's evidence that a stopped job's training
+    process has exited (the copies published while it runs say `exited: false`)."""
     result = read_result(output) or EngineResult()
     if result.status == RunStatus.RUNNING:
         result.status, result.error = RunStatus.FAILED, describe_exit(ended.code, ended.tail)
+    _put_result(key, result, exited=True)
+    return result
+
+
+def _put_result(key: str, result: EngineResult, *, exited: bool) -> None:
+    from training import s3
+    from training.settings import get_settings
+
+    result.exited = exited
     s3.client().put_object(Bucket=get_settings().s3_bucket, Key=key, Body=result.to_json().encode(),
                            ContentType="application/json")
-    return result
 
 
 def training_outcome(ended: EngineExit, result: EngineResult | None, output_uri: str | None = None) -> EngineResult:

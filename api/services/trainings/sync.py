@@ -143,12 +143,17 @@ def training_exited(ctx: TrainingContext, job: TrainingJob, now: datetime) -> bo
     """Whether the training process of a job being stopped is surely gone: the train task
     published the engine's final result (it does so once the engine exited; the partial adapter,
     uploaded by the engine before it exits, is then complete), or the kill deadline passed
-    (Airflow SIGKILLs the task, the engine dies with it)."""
+    (Airflow SIGKILLs the task, the engine dies with it). The result is published while the engine
+    runs too: only the copy marked `exited: true` counts."""
     asked = job.stop_requested_at
     if asked is not None and now - asked >= timedelta(seconds=ctx.settings.stop_kill_deadline_s):
         return True
     try:
-        return ctx.s3 is not None and ctx.s3.head(s3_layout.training_result_key(job.id)) is not None
+        if ctx.s3 is None:
+            return False
+        # published live too (`exited: false`); a manifest without the field is a final one
+        published = ctx.s3.get_json(s3_layout.training_result_key(job.id))
+        return isinstance(published, dict) and published.get("exited", True) is True
     except S3Unavailable as exc:
         log.warning("cannot check the training result of job %s: %s", job.id, exc)
         return False

@@ -40,9 +40,17 @@ def test_the_train_command_carries_every_resolved_parameter(tmp_path):
     assert (options["--run-name"], options["--job-id"]) == ("colours", "job-1")
     assert (options["--mlflow-uri"], options["--experiment"]) == ("http://mlflow", "qlora/ada")
     assert "--registered-model-name" not in command
+    assert "--checkpoint-uri" not in options
     for name, value in resolved.model_dump().items():  # every parameter reaches the engine
         option = "--" + name.replace("_", "-")
+        if value is None:  # null after resolving (checkpoint_every_steps: once per epoch) is the engine's default
+            assert option not in options, name
+            continue
         assert options[option] == (",".join(value) if isinstance(value, list) else str(value)), name
+    checkpointed = engine_jobs.train_command(model="m", data="d", task="video_captioning", output=tmp_path,
+                                             params=resolved, run_name="r", job_id="j", output_uri=URI,
+                                             checkpoint_uri="s3://qlora/trainings/j/checkpoints/")
+    assert checkpointed[checkpointed.index("--checkpoint-uri") + 1] == "s3://qlora/trainings/j/checkpoints/"
     untracked = engine_jobs.train_command(model="m", data="d", task="video_captioning", output=tmp_path,
                                           params=resolved, run_name="r", job_id="j", output_uri=URI)
     assert "--mlflow-uri" not in untracked and "--experiment" not in untracked
@@ -186,9 +194,10 @@ def test_the_published_result_is_the_engines_last_word(tmp_path, s3_env):
     stopped = EngineResult(status=RunStatus.STOPPED, mlflow_run_id=RUN, output_uri=URI, error="stopped by SIGTERM")
     write_result(tmp_path, stopped)
     key = s3.training_result_key("job-1")
-    assert engine_jobs.publish_result(tmp_path, key, _exit(EXIT_STOPPED)) == stopped
+    published = engine_jobs.publish_result(tmp_path, key, _exit(EXIT_STOPPED))
+    assert published.exited and published == EngineResult(**{**stopped.__dict__, "exited": True})
     body = s3_env.client().get_object(Bucket=s3_env.bucket, Key=key)["Body"].read()
-    assert EngineResult.from_dict(json.loads(body)) == stopped
+    assert EngineResult.from_dict(json.loads(body)) == published
 
     write_result(tmp_path, EngineResult(status=RunStatus.RUNNING, mlflow_run_id=RUN))
     killed = engine_jobs.publish_result(tmp_path, key, _exit(-9))
@@ -196,3 +205,42 @@ def test_the_published_result_is_the_engines_last_word(tmp_path, s3_env):
         RunStatus.FAILED, "the training process was killed by SIGKILL", RUN)
     body = s3_env.client().get_object(Bucket=s3_env.bucket, Key=key)["Body"].read()
     assert json.loads(body)["status"] == "failed"
+
+
+@pytest.mark.stack
+def test_the_watcher_publishes_the_manifest_while_the_engine_runs(tmp_path, s3_env):
+    """Each new checkpoint (or status) is in S3 at the next tick, marked `exited: false`; a step
+    alone publishes nothing; an upload that fails is retried at the next tick."""
+    from training import s3
+    from training.result import Checkpoint
+
+    key = s3.training_result_key("job-live")
+
+    def published():
+        return json.loads(s3_env.client().get_object(Bucket=s3_env.bucket, Key=key)["Body"].read())
+
+    puts = []
+    watcher = ResultWatcher(tmp_path, publish_key=key)
+    write_result(tmp_path, EngineResult(mlflow_run_id=RUN, step=1))
+    watcher.poll()
+    assert published()["checkpoints"] == [] and published()["exited"] is False
+    original = engine_jobs._put_result
+    engine_jobs._put_result = lambda *a, **kw: (puts.append(a), original(*a, **kw))
+    try:
+        write_result(tmp_path, EngineResult(mlflow_run_id=RUN, step=2))
+        watcher.poll()
+        assert puts == []  # only the step changed
+        write_result(tmp_path, EngineResult(mlflow_run_id=RUN, step=3, checkpoints=[
+            Checkpoint(step=3, epoch=1.0, name="step-0000003", uri="s3://qlora/x/")]))
+        watcher.poll()
+        assert [c["name"] for c in published()["checkpoints"]] == ["step-0000003"] and len(puts) == 1
+    finally:
+        engine_jobs._put_result = original
+    engine_jobs._put_result = lambda *a, **kw: (_ for _ in ()).throw(ConnectionError("S3 down"))
+    try:
+        write_result(tmp_path, EngineResult(mlflow_run_id=RUN, status=RunStatus.STOPPED))
+        assert watcher.poll().status == RunStatus.STOPPED  # never raises
+    finally:
+        engine_jobs._put_result = original
+    watcher.poll()  # retried
+    assert (published()["status"], published()["exited"]) == ("stopped", False)
