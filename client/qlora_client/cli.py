@@ -206,15 +206,15 @@ def datasets_upload(ctx: click.Context, path: Path, name: str, description: str,
 class _Marks:
     """Plain progress lines every 10% (no terminal)."""
 
-    def __init__(self, total: int) -> None:
-        self.total, self.done, self.shown = total, 0, 0
+    def __init__(self, total: int, verb: str = "uploaded") -> None:
+        self.total, self.done, self.shown, self.verb = total, 0, 0, verb
 
     def advance(self, n: int) -> None:
         self.done += n
         tenth = int(10 * self.done / self.total) if self.total else 10
         if tenth > self.shown:
             self.shown = tenth
-            ui.info(f"uploaded {ui.size(self.done)} of {ui.size(self.total)} ({10 * tenth}%)")
+            ui.info(f"{self.verb} {ui.size(self.done)} of {ui.size(self.total)} ({10 * tenth}%)")
 
 
 def _wait_for_dataset(client: Client, dataset_id: str) -> Dataset:
@@ -483,19 +483,35 @@ def train_watch(ctx: click.Context, job_id: str, as_json: bool) -> None:
 @train.command("download")
 @click.argument("job_id")
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
-              help="Folder to put the adapter in.")
+              help="Folder to put the adapter in (created if missing).")
+@json_option
 @click.pass_context
-def train_download(ctx: click.Context, job_id: str, output: Path) -> None:
-    """Fetch a job's adapter (not offered by the API yet)."""
-    job = _client(ctx).get_training(job_id)
-    where = job.get("output_path")
-    ui.info(f"Error: the API does not offer adapter downloads yet, so nothing was written to {output}.")
-    if where:
-        ui.info(f"The adapter of job {job_id} is at {where}" + (f"; also in the MLflow run {job['mlflow_run_url']}"
-                                                                  if job.get("mlflow_run_url") else ""))
+def train_download(ctx: click.Context, job_id: str, output: Path, as_json: bool) -> None:
+    """Download a job's adapter (completed, or the partial one of a stopped job).
+
+    Each file is verified against the SHA-256 the API lists; a file that does not match is not
+    kept. Load the folder with training.inference.load_adapter(base_dir, adapter_dir).
+    """
+    client = _client(ctx)
+    listing = client.get_adapter(job_id)
+    total = sum(f["size_bytes"] for f in listing["files"])
+    if ui.interactive():
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+        with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                      console=ui.err, transient=False) as bar:
+            task = bar.add_task(f"Downloading {len(listing['files'])} files", total=total)
+            listing = client.download_adapter(job_id, output, advance=lambda n: bar.advance(task, n))
     else:
-        ui.info(f"Job {job_id} has no adapter yet (status {job['status']}).")
-    sys.exit(EXIT_FAILED)
+        ui.info(f"Downloading {len(listing['files'])} files ({ui.size(total)})")
+        marks = _Marks(total, "downloaded")
+        listing = client.download_adapter(job_id, output, advance=marks.advance)
+    if as_json:
+        return ui.print_json(listing)
+    what = "partial adapter (the job was stopped)" if listing["partial"] else "adapter"
+    ui.info(f"Downloaded the {what} of job {job_id}: {len(listing['files'])} files, {ui.size(total)}, "
+            "SHA-256 verified")
+    ui.result(str(output))
 
 
 # --- watching a job ------------------------------------------------------------------------

@@ -197,6 +197,51 @@ class Client:
     def stop_training(self, job_id: str) -> dict[str, str]:
         return cast(dict[str, str], self.request("POST", f"/trainings/{_segment(job_id)}/stop"))
 
+    def get_adapter(self, job_id: str) -> dict[str, Any]:
+        """`{job_id, partial, expires_at, files: [{name, size_bytes, sha256, download_url}]}`;
+        `ApiError` 409 while there is nothing to download."""
+        return cast(dict[str, Any], self.request("GET", f"/trainings/{_segment(job_id)}/adapter"))
+
+    def list_checkpoints(self, job_id: str) -> list[dict[str, Any]]:
+        return cast(list[dict[str, Any]], self.request("GET", f"/trainings/{_segment(job_id)}/checkpoints"))
+
+    def download_adapter(self, job_id: str, folder: str | Path,
+                         advance: Callable[[int], None] | None = None) -> dict[str, Any]:
+        """Downloads every file of the job's adapter into `folder` through its pre-signed URL,
+        each to a temporary name, verified against its SHA-256 and size, then renamed (a failed
+        or corrupt download leaves no file under the real name). Returns the listing."""
+        import hashlib
+        import os
+
+        listing = self.get_adapter(job_id)
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        for entry in listing["files"]:
+            name = Path(entry["name"]).name
+            target, partial = folder / name, folder / f".{name}.part"
+            digest, size = hashlib.sha256(), 0
+            try:
+                with httpx.stream("GET", entry["download_url"], timeout=self._http.timeout) as resp, \
+                        partial.open("wb") as out:
+                    if resp.status_code != 200:
+                        raise ApiError(f"download of {name} failed: HTTP {resp.status_code} (the links expire; "
+                                       "run the command again for fresh ones)", resp.status_code)
+                    for chunk in resp.iter_bytes(1 << 20):
+                        out.write(chunk)
+                        digest.update(chunk)
+                        size += len(chunk)
+                        if advance:
+                            advance(len(chunk))
+                if size != entry["size_bytes"] or digest.hexdigest() != entry["sha256"]:
+                    raise ApiError(f"{name}: downloaded {size} bytes with SHA-256 {digest.hexdigest()}, expected "
+                                   f"{entry['size_bytes']} bytes with {entry['sha256']}; nothing kept")
+                os.replace(partial, target)
+            except httpx.HTTPError as exc:
+                raise ApiError(f"download of {name} failed: {exc}") from None
+            finally:
+                partial.unlink(missing_ok=True)
+        return listing
+
     def wait_for_training(self, job_id: str, *, poll_s: float = 1.0, timeout_s: float | None = None,
                           on_update: Callable[[Training], None] | None = None) -> Training:
         """Polls the job until it is completed, failed or stopped; returns its last detail."""

@@ -55,8 +55,10 @@ def test_train_watch_to_completion_then_detach_and_stop(run, api_server, tmp_pat
     logs = run("train", "logs", job_id)
     assert logs.returncode == 0 and "step " in logs.stdout
     download = run("train", "download", job_id, "-o", str(tmp_path / "adapter"))
-    assert download.returncode == 1 and "does not offer adapter downloads yet" in download.stderr
-    assert detail["output_path"] in download.stderr and not (tmp_path / "adapter").exists()
+    assert download.returncode == 0, download.stderr
+    assert "SHA-256 verified" in download.stderr and download.stdout.strip() == str(tmp_path / "adapter")
+    got = sorted(p.name for p in (tmp_path / "adapter").iterdir())
+    assert "adapter_config.json" in got and "adapter_model.safetensors" in got and not [n for n in got if ".part" in n]
 
     # a long job: watch it, Ctrl-C detaches (it keeps running), then stop it
     long = run("train", "start", "--model", "flamingo-tiny-classification", "--dataset", dataset_id,

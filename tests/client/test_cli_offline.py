@@ -95,7 +95,7 @@ def test_not_logged_in_says_how(run) -> None:
     assert got.stderr.strip() == "Error: not logged in to http://127.0.0.1:9/v1: run `qlora login` (or set QLORA_TOKEN)"
 
 
-def test_download_is_not_offered_yet(run) -> None:
+def test_download_without_the_api_says_so(run) -> None:
     got = run("train", "download", "some-job", "-o", "out", env={"QLORA_TOKEN": "t"})
     assert got.returncode == 1  # (it asks the API for the job first: unreachable here)
     assert "cannot reach the API" in got.stderr
