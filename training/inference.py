@@ -11,6 +11,24 @@ from training.loading import TRAINING_INFO_FILE, load_adapter_model, read_base_m
 from training.model_info import ModelInfo
 
 
+def load_adapter(base_dir: str | Path, adapter_dir: str | Path, *, quantization: str = "nf4", device=None):
+    """A downloaded adapter on its base model, ready for inference (eval mode).
+
+    `base_dir`: the base model's folder (the catalog model's weights, config, tokenizer and
+    preprocessing); `adapter_dir`: a folder with every file of `GET /v1/trainings/{id}/adapter`
+    (or `qlora train download ID -o DIR`). Returns the `peft.PeftModel` (the LoRA adapter loaded
+    with `PeftModel.from_pretrained` onto the base); for a classification model the trained
+    classification head is on it and `model.id2label` maps its outputs to labels (None for
+    captioning). `quantization`: "nf4" (4-bit, as trained) or "none"; `device`: a
+    `torch.device` (default: CUDA when available, else the CPU)."""
+    from training.quantization import device as default_device
+
+    base = read_base_model(Path(base_dir), source=str(base_dir))
+    model, id2label = load_adapter_model(base, Path(adapter_dir), quantization, device or default_device())
+    model.id2label = id2label or None
+    return model
+
+
 def _setup(args: argparse.Namespace):
     from transformers.utils import logging as hf_logging
 
