@@ -157,7 +157,7 @@ def test_start_creates_the_job_and_triggers_one_run(client, auth, airflow, mlflo
                 "max_steps": None, "warmup_ratio": 0.0, "weight_decay": 0.0, "lora_rank": 4, "lora_alpha": 16,
                 "lora_dropout": 0.05, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
                                                          "up_proj", "down_proj"],
-                "frames": 4, "eval_every_epochs": 1, "seed": 42}
+                "frames": 4, "eval_every_epochs": 1, "checkpoint_every_steps": None, "seed": 42}
     assert airflow.triggers == [("qlora_training", f"train-{job_id}", {
         "job_id": job_id, "user": client.get("/v1/auth/me", headers=auth).json()["username"], "model_id": CLS,
         "dataset_id": dataset_id, "output_name": "squares-v1", **resolved})]
