@@ -97,7 +97,7 @@ def test_an_unknown_parameter_is_named():
     assert validate_job_request(CAPTIONING, None, {"epoch": 3}) == [
         "unknown training parameter 'epoch' (known: epochs, learning_rate, batch_size, "
         "gradient_accumulation_steps, max_steps, warmup_ratio, weight_decay, lora_rank, lora_alpha, "
-        "lora_dropout, target_modules, frames, eval_every_epochs, seed)"]
+        "lora_dropout, target_modules, frames, eval_every_epochs, checkpoint_every_steps, seed)"]
 
 
 def test_training_params_must_be_an_object():
@@ -201,7 +201,7 @@ def test_defaults_come_from_the_definition_and_the_model():
         "epochs": 3, "learning_rate": 2e-4, "batch_size": 4, "gradient_accumulation_steps": 1, "max_steps": None,
         "warmup_ratio": 0.0, "weight_decay": 0.0, "lora_rank": 8, "lora_alpha": CAPTIONING.default_alpha,
         "lora_dropout": 0.05, "target_modules": ALL_LINEAR, "frames": CAPTIONING.frames, "eval_every_epochs": 1,
-        "seed": 42}
+        "checkpoint_every_steps": None, "seed": 42}
     assert resolve_job_params(BIG, {}).lora_rank == 8 and resolve_job_params(BIG, {}).frames == 8
     assert resolve_job_params(BIG, {"lora_rank": 4}).lora_rank == 4
     assert resolve_job_params(CAPTIONING, {"target_modules": []}).target_modules == ALL_LINEAR
