@@ -15,19 +15,17 @@ DatasetStatusField = Literal["ready", "processing", "error"]
 DatasetStageField = Literal["awaiting_upload", "validating", "ready", "failed", "expired"]
 
 
+#: the example body of an upload (the multipart one adds its sizes)
+UPLOAD_EXAMPLE = {
+    "file_name": "my_video_dataset.zip",
+    "file_type": "application/zip",
+    "dataset_name": "Moving squares",
+    "dataset_description": "Left/right moving squares, labelled by direction",
+}
+
+
 class UploadInitiateRequest(BaseModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "file_name": "my_video_dataset.zip",
-                    "file_type": "application/zip",
-                    "dataset_name": "Moving squares",
-                    "dataset_description": "Left/right moving squares, labelled by direction",
-                }
-            ]
-        }
-    )
+    model_config = ConfigDict(json_schema_extra={"examples": [UPLOAD_EXAMPLE]})
 
     file_name: str = Field(min_length=1, max_length=1024, description="Name of the archive; only `.zip` is supported.")
     file_type: str = Field(
@@ -67,18 +65,7 @@ MULTIPART_MAX_URLS = 1000
 
 class MultipartInitiateRequest(UploadInitiateRequest):
     model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "file_name": "my_video_dataset.zip",
-                    "file_type": "application/zip",
-                    "dataset_name": "Moving squares",
-                    "dataset_description": "Left/right moving squares, labelled by direction",
-                    "size_bytes": 7516192768,
-                    "part_size_bytes": 67108864,
-                }
-            ]
-        }
+        json_schema_extra={"examples": [{**UPLOAD_EXAMPLE, "size_bytes": 7516192768, "part_size_bytes": 67108864}]}
     )
 
     size_bytes: int = Field(ge=1, description="Size of the archive in bytes (checked against the upload limit now "
