@@ -2,7 +2,8 @@
 limit (`QLORA_CACHE_MAX_GB`, default 200; 0 for no limit: `training.settings`) by evicting the
 entries used least recently.
 
-An entry is one model (`models/{model_id}/`) or one dataset (`datasets/{dataset_id}/`). Its
+An entry is one model (`models/{model_id}/`), one dataset (`datasets/{dataset_id}/`) or one
+store of decoded frames (`frames/{store}/`, `training.data.frame_store`). Its
 `.last-used` file is touched when a task prepares it and, every few minutes, while a training
 reads it; an entry used in the last `MIN_IDLE_S` is never evicted, so a running training never
 loses its files. Eviction runs before each download (the `prepare` task).
@@ -21,7 +22,8 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-ENTRY_KINDS = ("models", "datasets")
+#: models/{id}/, datasets/{id}/, and frames/{store}/ (decoded frames: `training.data.frame_store`)
+ENTRY_KINDS = ("models", "datasets", "frames")
 LAST_USED = ".last-used"
 #: entries used more recently than this are never evicted (a training touches its entries
 #: every TOUCH_EVERY_S)
@@ -51,20 +53,20 @@ def size_of(entry: Path) -> int:
     return total
 
 
-def entries(root: Path) -> list[Path]:
-    return [e for kind in ENTRY_KINDS if (root / kind).is_dir() for e in (root / kind).iterdir() if e.is_dir()]
+def entries(root: Path, kinds: Iterable[str] = ENTRY_KINDS) -> list[Path]:
+    return [e for kind in kinds if (root / kind).is_dir() for e in (root / kind).iterdir() if e.is_dir()]
 
 
 def evict(root: Path, limit: int | None, keep: Iterable[Path] = (), *, min_idle_s: float = MIN_IDLE_S,
-          now: float | None = None) -> list[tuple[Path, int]]:
-    """Deletes the least recently used entries under `root` until the cache holds at most
+          now: float | None = None, kinds: Iterable[str] = ENTRY_KINDS) -> list[tuple[Path, int]]:
+    """Deletes the least recently used entries (of `kinds`) under `root` until they hold at most
     `limit` bytes, never one in `keep` nor one used in the last `min_idle_s`. Returns the
     deleted entries with their sizes."""
     if limit is None:
         return []
     now = time.time() if now is None else now
     kept = {Path(k).resolve() for k in keep}
-    found = sorted(entries(root), key=last_used)
+    found = sorted(entries(root, tuple(kinds)), key=last_used)
     sizes = {e: size_of(e) for e in found}
     total = sum(sizes.values())
     removed = []

@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="s3:// URI the adapter (final, or partial when stopped) is uploaded to")
     engine.add_argument("--checkpoint-uri", default=None,
                         help="s3:// prefix each checkpoint is uploaded under as it is saved (the last two kept)")
+    engine.add_argument("--clip-report", default=None,
+                        help="the dataset's validation report (path or s3:// URI): its decoded clips are trusted; "
+                             "without it clips are checked as they are read")
     engine.add_argument("--step-delay", type=float, default=0.0, help=argparse.SUPPRESS)
 
     for name, help_text in (("evaluate", "the adapter and the base model on a dataset's held-out split"),

@@ -62,28 +62,31 @@ def evaluate(model, family: Family, task: str, prep: Preprocessing, dataset: Cli
     was_training = model.training
     model.eval()
     try:
-        losses, weights, truth, pred = [], [], [], []
+        losses, weights, truth, pred, seen = [], [], [], [], []
         for start in range(0, len(dataset), batch_size):
             if should_stop():
                 return {}
-            batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))],
-                            dataset.tokenizer.pad_token_id)
+            items = dataset.items(range(start, min(start + batch_size, len(dataset))))  # skips bad clips
+            if not items:
+                continue
+            batch = collate(items, dataset.tokenizer.pad_token_id)
             loss, logits = batch_loss(model, family, task, prep, batch, dev, dtype)
             losses.append(float(loss))
             weights.append(len(batch["index"]))
+            seen += batch["index"].tolist()
             if logits is not None:
                 truth += batch["class_labels"].tolist()
                 pred += logits.argmax(-1).cpu().tolist()
         metrics: dict = {"eval_loss": sum(l * w for l, w in zip(losses, weights)) / max(sum(weights), 1),
-                         "eval_examples": len(dataset)}
+                         "eval_examples": len(seen)}
         if task == "video_classification":
             metrics["accuracy"] = sum(t == p for t, p in zip(truth, pred)) / max(len(truth), 1)
             metrics["macro_f1"] = macro_f1(truth, pred)
             names = id2label or {}
             metrics["samples"] = [{"file_name": dataset.examples[i].file_name, "label": names.get(t, t),
-                                   "predicted": names.get(p, p)} for i, (t, p) in enumerate(zip(truth, pred))][:samples]
+                                   "predicted": names.get(p, p)} for i, t, p in zip(seen, truth, pred)][:samples]
         else:
-            indices = list(range(len(dataset)))
+            indices = seen
             predictions = []
             for chunk in range(0, len(indices), 8):
                 if should_stop():
@@ -91,8 +94,8 @@ def evaluate(model, family: Family, task: str, prep: Preprocessing, dataset: Cli
                 predictions += generate_captions(model, family, prep, dataset, indices[chunk:chunk + 8], dev, dtype)
             references = [dataset.examples[i].caption or "" for i in indices]
             metrics.update(caption_scores(predictions, references))
-            metrics["samples"] = [{"file_name": dataset.examples[i].file_name, "caption": references[i],
-                                   "generated": predictions[i]} for i in indices[:samples]]
+            metrics["samples"] = [{"file_name": dataset.examples[i].file_name, "caption": references[k],
+                                   "generated": predictions[k]} for k, i in enumerate(indices[:samples])]
         return metrics
     finally:
         model.train(was_training)

@@ -59,7 +59,8 @@ def evaluate_command(args: argparse.Namespace) -> int:
     from training.s3 import local_folder
 
     base, model, id2label, frames, task, train_info, dev, dtype = _setup(args)
-    rows = read_examples(local_folder(args.data, "data"), task)
+    data_dir = local_folder(args.data, "data")
+    rows = read_examples(data_dir, task)
     if args.split == "all":
         examples = [e for e, _ in rows]
     else:
@@ -71,9 +72,16 @@ def evaluate_command(args: argparse.Namespace) -> int:
         unknown = sorted({e.label for e in examples} - set(label2id))
         if unknown:
             raise InputError(f"labels {', '.join(unknown)} are not among the adapter's labels", field="data")
+    from training.data.frame_store import FrameStore
+    from training.data.loader import BadClips
+    from training.settings import get_settings
+
+    # no pass before: clips are read once (the training's frame store holds them already), a clip
+    # that does not decode is skipped and counted, as in training
+    bad_clips = BadClips(len(examples), get_settings().max_bad_clip_fraction)
     dataset = ClipDataset(examples, task=task, family=base.family, prep=base.prep, tokenizer=base.tokenizer,
-                          frames=frames, label2id=label2id)
-    dataset.check_clips()
+                          frames=frames, label2id=label2id, bad_clips=bad_clips,
+                          store=FrameStore.open(data_dir, frames, (base.prep.image_size, base.prep.image_size)))
     batch_size = (train_info.get("params") or {}).get("batch_size") or 8
     report = {"task": task, "split": args.split, "held_out_examples": len(dataset),
               "adapter": evaluate(model, base.family, task, base.prep, dataset, dev=dev, dtype=dtype,
@@ -82,6 +90,8 @@ def evaluate_command(args: argparse.Namespace) -> int:
         with model.disable_adapter():
             report["base"] = evaluate(model, base.family, task, base.prep, dataset, dev=dev, dtype=dtype,
                                       batch_size=batch_size, id2label=id2label)
+    if bad_clips.failed:
+        report["skipped_clips"] = dict(bad_clips.failed)
     text = json.dumps(report, indent=2)
     from training.settings import get_settings
 

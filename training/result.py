@@ -110,6 +110,8 @@ class EngineResult:
     checkpoints: list[Checkpoint] = field(default_factory=list)
     #: held-out metrics of the adapter and the base model (`evaluate` fills these)
     metrics: dict[str, Any] = field(default_factory=dict)
+    #: clips skipped because they did not decode during the run: file name -> reason
+    skipped_clips: dict[str, str] = field(default_factory=dict)
     #: why the run failed or stopped, in words a user can act on
     error: str | None = None
     #: False in the copies the train task publishes while the engine runs; True in the one it

@@ -34,6 +34,8 @@ class RunArgs:
     output_uri: str | None = None
     #: s3:// prefix each checkpoint folder is uploaded under as it is saved (None: kept local)
     checkpoint_uri: str | None = None
+    #: the dataset's validation report (path or s3:// URI): the clips it decoded are trusted
+    clip_report: str | None = None
     step_delay: float = 0.0
 
     def validate(self) -> None:

@@ -18,6 +18,8 @@ from pydantic import AliasChoices, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_CACHE_MAX_GB = 200.0
+DEFAULT_FRAME_STORE_MAX_GB = 20.0
+DEFAULT_MAX_BAD_CLIP_FRACTION = 0.01
 
 
 def _default_cache_dir() -> Path:
@@ -41,6 +43,13 @@ class PipelineSettings(BaseSettings):
     cache_dir: Path = Field(default_factory=_default_cache_dir, validation_alias="QLORA_CACHE_DIR")
     #: size limit of the cache's models and datasets in GB; 0 or less: no limit
     cache_max_gb: float = Field(DEFAULT_CACHE_MAX_GB, validation_alias="QLORA_CACHE_MAX_GB")
+    #: size limit of the stores of decoded frames (`training.data.frame_store`) in GB, all of
+    #: them together, within the cache; 0: no store (every epoch decodes the videos again)
+    frame_store_max_gb: float = Field(DEFAULT_FRAME_STORE_MAX_GB, ge=0, validation_alias="QLORA_FRAME_STORE_MAX_GB")
+    #: clips that fail to decode during a training are skipped, reported and counted; past this
+    #: share of the dataset's clips the job fails saying which (0: the first such clip fails it)
+    max_bad_clip_fraction: float = Field(DEFAULT_MAX_BAD_CLIP_FRACTION, ge=0, le=1,
+                                         validation_alias="QLORA_MAX_BAD_CLIP_FRACTION")
     #: the MLflow tracking server; unset: no tracking
     mlflow_tracking_uri: str | None = Field(None, validation_alias="MLFLOW_TRACKING_URI")
     #: the MLflow UI address browsers use (links), when it differs from the tracking URI
@@ -52,6 +61,11 @@ class PipelineSettings(BaseSettings):
     def cache_max_bytes(self) -> int | None:
         """The cache's size limit in bytes (None: no limit)."""
         return int(self.cache_max_gb * 1024**3) if self.cache_max_gb > 0 else None
+
+    @property
+    def frame_store_max_bytes(self) -> int:
+        """The frame stores' size limit in bytes (0: disabled)."""
+        return int(self.frame_store_max_gb * 1024**3)
 
     @property
     def mlflow_ui_base_url(self) -> str | None:

@@ -29,7 +29,8 @@ import torch
 from training import params
 from training.architectures import get_architecture
 from training.catalog import load_catalog
-from training.data.loader import ClipDataset, collate, epoch_batches, read_examples, split_examples
+from training.data.loader import (BadClips, ClipDataset, collate, epoch_batches, read_examples, split_examples,
+                                  trusted_clips)
 from training.errors import InputError
 from training.loading import LABEL_MAP_FILE, TRAINING_INFO_FILE, read_base_model
 from training.model_info import ModelInfo
@@ -217,13 +218,18 @@ def _run(args: RunArgs, output: Path, result: EngineResult) -> int:
                              field="data")
         label2id = {label: i for i, label in enumerate(labels)}
         id2label = {i: label for label, i in label2id.items()}
+    # no pass over the clips here: they are decoded as batches need them (issue 16)
+    from training.data.frame_store import FrameStore
+
+    bad_clips = BadClips(len(splits.train) + len(splits.held_out), get_settings().max_bad_clip_fraction)
+    store = FrameStore.open(data_dir, frames, (base.prep.image_size, base.prep.image_size))
     common = dict(task=args.task, family=base.family, prep=base.prep, tokenizer=base.tokenizer, frames=frames,
-                  label2id=label2id)
+                  label2id=label2id, store=store, bad_clips=bad_clips)
     train_set, held_set = ClipDataset(splits.train, **common), ClipDataset(splits.held_out, **common)
-    train_set.check_clips()
-    held_set.check_clips()
-    log.info("data: %d train / %d held-out clips (%s split), %d frames per clip", len(train_set), len(held_set),
-             splits.source, frames)
+    log.info("data: %d train / %d held-out clips (%s split), %d frames per clip; %s; frame store %s",
+             len(train_set), len(held_set), splits.source, frames,
+             trusted_clips(args.clip_report, splits.train + splits.held_out, bad_clips),
+             store.folder if store else "off")
 
     # ---- model -----------------------------------------------------------------------------
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
@@ -292,6 +298,14 @@ def _run(args: RunArgs, output: Path, result: EngineResult) -> int:
         "total_steps": total_steps}, tags=tags, run_id=run_id)
     result.mlflow_run_id, result.mlflow_experiment_id = tracker.run_id, tracker.experiment_id
     result.step = step
+
+    def clip_skipped(name: str, reason: str, count: int) -> None:  # log line: BadClips; here MLflow + manifest
+        tracker.log_metrics({"skipped_clips": count}, step)
+        tracker.set_tags({"skipped_clips": ", ".join(list(bad_clips.failed)[:20])})
+        result.skipped_clips = dict(bad_clips.failed)
+        write_result(output, result)
+
+    bad_clips.on_skip = clip_skipped
     write_result(output, result)  # the run is known before the first step
 
     last_loss: float | None = None
@@ -348,11 +362,14 @@ def _run(args: RunArgs, output: Path, result: EngineResult) -> int:
                     break
                 step_loss, samples = 0.0, 0
                 for indices in group:
-                    batch = collate([train_set[j] for j in indices], base.tokenizer.pad_token_id)
+                    items = train_set.items(indices)  # skips (and counts) clips that do not decode
+                    if not items:
+                        continue
+                    batch = collate(items, base.tokenizer.pad_token_id)
                     loss, _ = batch_loss(model, base.family, args.task, base.prep, batch, dev, dtype)
                     (loss / len(group)).backward()
                     step_loss += float(loss.detach()) / len(group)
-                    samples += len(indices)
+                    samples += len(items)
                 torch.nn.utils.clip_grad_norm_(trainable, 1.0)
                 optimizer.step()
                 scheduler.step()

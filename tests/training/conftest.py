@@ -20,6 +20,16 @@ def _one_torch_thread():
     torch.set_num_threads(1)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _cache_folder(tmp_path_factory):
+    """The engine's frame stores (`training.data.frame_store`) go to a temporary cache folder,
+    not the user's ~/.cache/qlora (a test may point QLORA_CACHE_DIR elsewhere itself)."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("QLORA_CACHE_DIR", str(tmp_path_factory.mktemp("qlora-cache")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture(scope="session")
 def colour_dataset(tmp_path_factory) -> Path:
     """32 clips (32x32, 8 frames): red/blue squares moving left/right, labelled by colour,

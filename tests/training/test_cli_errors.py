@@ -65,7 +65,8 @@ def test_unreadable_clip(run, tiny_models, tmp_path):
     victim.write_bytes(b"\x00" * 100)
     line = run("--model", str(tiny_models("video_llama", "video_captioning")), "--data", str(data),
                "--task", "video_captioning")
-    assert "unreadable clip" in line and victim.name in line
+    # read as its batch needs it (no pass before training); one of 4 is past the 1% allowed
+    assert "could not be decoded" in line and "QLORA_MAX_BAD_CLIP_FRACTION" in line and victim.name in line
 
 
 def test_not_a_model_folder(run, tmp_path, colour_dataset):

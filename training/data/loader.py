@@ -1,17 +1,25 @@
 """From the platform's dataset folder to padded training batches.
 
 Reads the table through `training.data.dataset_format.read_dataset`, checks that every row has
-what the task needs and that every clip decodes (before any training), splits train/held-out
+what the task needs and that its clip exists, splits train/held-out
 (the table's `split` column, else a seeded, per-label stratified split), and turns examples into
 model inputs: uniformly sampled frames (decoded and scaled in bounded memory by
 `training.data.frames`), normalised in torch, the architecture's
 visual tokens, the prompt and (captioning) the caption tokens, whose positions alone carry loss.
+
+No pass over the clips before training: a clip is decoded when a batch first needs it (then
+kept in memory up to a budget, and in the on-disk `training.data.frame_store` for the next
+epochs and jobs). A clip that fails to decode then is skipped, reported and counted by
+`BadClips`, which fails the run only past `QLORA_MAX_BAD_CLIP_FRACTION` of the clips.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import random
 from collections import defaultdict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +30,8 @@ from training.errors import InputError
 from training.data.dataset_format import TASK_COLUMNS, DatasetFormatError, read_dataset
 from training.data.frames import ClipError, decode_frames, resize_and_normalise
 from training.models.base import Family, Preprocessing
+
+log = logging.getLogger("training")
 
 IGNORE_INDEX = -100
 MAX_CAPTION_TOKENS = 64
@@ -114,14 +124,88 @@ def split_examples(rows: list[tuple[Example, str | None]], task: str, seed: int,
     return Splits(train, held, "seeded")
 
 
+class TooManyBadClips(InputError):
+    """More clips failed to decode than `QLORA_MAX_BAD_CLIP_FRACTION` allows."""
+
+
+class BadClips:
+    """Clips that failed to decode during a run (shared by its train and held-out sets): each is
+    skipped, logged and passed to `on_skip(file_name, reason, count)` (MLflow, the result
+    manifest) once; past `max_fraction` of `total` clips, `TooManyBadClips` names them."""
+
+    def __init__(self, total: int, max_fraction: float,
+                 on_skip: Callable[[str, str, int], None] | None = None) -> None:
+        self.total, self.max_fraction, self.on_skip = total, max_fraction, on_skip
+        self.failed: dict[str, str] = {}
+
+    @property
+    def allowed(self) -> int:
+        return math.floor(self.total * self.max_fraction + 1e-9)
+
+    def add(self, file_name: str, reason: str) -> None:
+        if file_name in self.failed:
+            return
+        self.failed[file_name] = reason
+        count = len(self.failed)
+        log.warning("skipped clip %s (%d of %d clips skipped, at most %d allowed): %s", file_name, count,
+                    self.total, self.allowed, reason)
+        if self.on_skip is not None:
+            try:
+                self.on_skip(file_name, reason, count)
+            except Exception as exc:  # reporting never stops a training
+                log.warning("could not report the skipped clip %s: %s", file_name, exc)
+        if count > self.allowed:
+            names = "; ".join(f"{n} ({r})" for n, r in list(self.failed.items())[:5])
+            raise TooManyBadClips(
+                f"{count} of {self.total} clips could not be decoded, more than the "
+                f"{self.max_fraction:.1%} allowed (QLORA_MAX_BAD_CLIP_FRACTION): {names}"
+                f"{' ...' if count > 5 else ''}; fix or remove them and validate the dataset again")
+
+
+def trusted_clips(report_location: str | None, examples: list[Example], bad_clips: BadClips) -> str:
+    """What the run knows of its clips before reading them, as a log phrase. With the dataset's
+    validation report (`--clip-report`, path or s3:// URI) the clips it decoded are trusted, not
+    decoded again before training; a report of an invalid dataset is refused. Either way every
+    clip is checked as it is read (`ClipDataset.items`)."""
+    allowed = f"a clip that fails to decode is skipped, at most {bad_clips.allowed} of {bad_clips.total}"
+    if not report_location:
+        return f"no validation report: clips are checked as they are read ({allowed})"
+    import json
+
+    try:
+        if report_location.startswith("s3://"):
+            from training import s3
+
+            bucket, key = s3.split_s3_uri(report_location)
+            raw = s3.client().get_object(Bucket=bucket, Key=key)["Body"].read()
+        else:
+            raw = Path(report_location).read_bytes()
+        report = json.loads(raw)
+    except Exception as exc:
+        raise InputError(f"cannot read the validation report {report_location}: {exc}", field="clip_report") \
+            from None
+    if not isinstance(report, dict) or not report.get("valid"):
+        raise InputError(f"{report_location} is not the report of a valid dataset", field="clip_report")
+    validated = {c.get("file_name") for c in report.get("clips") or [] if isinstance(c, dict)}
+    unverified = sum(1 for e in examples if e.file_name not in validated)
+    return (f"{len(examples) - unverified} of {len(examples)} clips decoded by the dataset's validation "
+            f"(trusted, not decoded before training), {unverified} not in its report ({allowed})")
+
+
 class ClipDataset:
-    """Examples -> tensors; decoded (resized, uint8) frames are kept in memory up to a budget."""
+    """Examples -> tensors; decoded (resized, uint8) frames are kept in memory up to a budget,
+    and in `store` (on disk, `training.data.frame_store`) when given. With `bad_clips`, a clip
+    that fails to decode is skipped by `items()` and counted there; without it, it raises
+    `InputError`."""
 
     def __init__(self, examples: list[Example], *, task: str, family: Family, prep: Preprocessing,
                  tokenizer, frames: int, label2id: dict[str, int] | None = None,
-                 cache_bytes: int = 1 << 30) -> None:
+                 cache_bytes: int = 1 << 30, store=None, bad_clips: BadClips | None = None) -> None:
         self.examples, self.task, self.family, self.prep = examples, task, family, prep
         self.tokenizer, self.frames, self.label2id = tokenizer, frames, label2id or {}
+        self.store, self.bad_clips = store, bad_clips
+        self.bad: set[int] = set()
+        self.decoded = 0  # clips decoded from their video (not from memory or the store)
         self._cache: dict[Path, torch.Tensor] = {}
         self._cache_left = cache_bytes
         prompt = prep.caption_prompt if task == "video_captioning" else prep.classification_prompt
@@ -136,16 +220,41 @@ class ClipDataset:
         cached = self._cache.get(path)
         if cached is not None:
             return cached
-        size = self.prep.image_size
-        # only the sampled frames are converted, scaled to the model's size in the decoder
-        raw = decode_frames(path, self.frames, (size, size))
+        raw = self.store.get(path) if self.store is not None else None
+        if raw is None:
+            size = self.prep.image_size
+            # only the sampled frames are converted, scaled to the model's size in the decoder
+            raw = decode_frames(path, self.frames, (size, size))
+            self.decoded += 1
+            if self.store is not None:
+                self.store.put(path, raw)
         if raw.numel() <= self._cache_left:
             self._cache[path] = raw
             self._cache_left -= raw.numel()
         return raw
 
+    def item(self, index: int) -> dict | None:
+        """`self[index]`, or None for a clip that does not decode (recorded in `bad_clips`,
+        which raises `TooManyBadClips` past its threshold); without `bad_clips`, InputError."""
+        if index in self.bad:
+            return None
+        try:
+            return self[index]
+        except ClipError as exc:
+            name = self.examples[index].file_name
+            if self.bad_clips is None:
+                raise InputError(f"unreadable clip {name}: {exc}") from None
+            self.bad.add(index)
+            self.bad_clips.add(name, str(exc))
+            return None
+
+    def items(self, indices: Iterable[int]) -> list[dict]:
+        """The items of `indices` whose clips decode (see `item`)."""
+        return [item for i in indices if (item := self.item(i)) is not None]
+
     def check_clips(self) -> None:
-        """Decodes every clip once; raises InputError naming the first unreadable one."""
+        """Decodes every clip once; raises InputError naming the first unreadable one (the
+        engine no longer does this before training; `items` checks clips as they are read)."""
         for example in self.examples:
             try:
                 self.clip_frames(example.path)

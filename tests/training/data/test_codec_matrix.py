@@ -107,8 +107,9 @@ def test_the_engine_trains_on_every_codec_and_container(tmp_path, tiny_models, m
     assert code == 0
     result = read_result(out)
     assert result.status == RunStatus.COMPLETED and result.step == result.total_steps >= 2
-    # every clip was decoded (check_clips) before the first step
+    # every clip was read (as batches needed it) and none was skipped
     assert "data: 20 train / 4 held-out clips" in (out / "train.log").read_text()
+    assert result.skipped_clips == {}
 
 
 # --- rejections --------------------------------------------------------------------------------
