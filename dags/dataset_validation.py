@@ -16,7 +16,9 @@ Invalid data (or an unsafe/corrupt archive) still writes a report with `valid: f
 first problems (file and row), then fails the run without retrying. Only transient S3 errors
 are retried.
 
-Conf: `{"dataset_id": "<uuid>", "s3_key": "datasets/<dataset_id>/<file name>"}`. The work of
+Conf: `{"dataset_id": "<uuid>", "s3_key": "datasets/<dataset_id>/<file name>", "size_bytes": N,
+"etag": "..."}`: the size and ETag `upload-complete` recorded; the run downloads exactly that
+object (`If-Match`) and ends the dataset in error ("changed after upload-complete") otherwise. The work of
 each task is in `training/pipeline/dataset_intake.py`; this file holds the graph.
 """
 
@@ -44,6 +46,13 @@ def _conf() -> tuple[str, str]:
     return str(params["dataset_id"]), str(params["s3_key"])
 
 
+def _recorded() -> tuple[int | None, str | None]:
+    """The size and ETag `upload-complete` recorded (None for runs triggered without them)."""
+    params = get_current_context()["params"]
+    size, etag = params.get("size_bytes"), params.get("etag")
+    return (int(size) if size is not None else None), (str(etag) if etag else None)
+
+
 def _reported(step):
     """Runs a task body so that every failure but a transient one (Airflow retries those)
     leaves a report (`valid: false`) and fails the run without retry."""
@@ -62,6 +71,10 @@ def _reported(step):
                 raise
             log.exception("%s failed", step.__name__)
             message = f"{step.__name__} failed: {type(exc).__name__}: {exc}"
+            try:  # a dataset that ends in error keeps no extracted files (an upload may have stopped midway)
+                dataset_intake.discard_files(dataset_id)
+            except Exception as discard_error:
+                log.error("could not delete the extracted files: %s", discard_error)
             try:
                 dataset_intake.publish_report(dataset_intake.failure_report(dataset_id, message), s3_key)
             except Exception as publish_error:
@@ -85,6 +98,12 @@ def _reported(step):
                             description="The dataset's id (a UUID) in the service database."),
         "s3_key": Param(type="string", pattern=S3_KEY_PATTERN, minLength=12, maxLength=1024,
                         description="Key of the uploaded archive: datasets/{dataset_id}/{file}."),
+        "size_bytes": Param(None, type=["null", "integer"], minimum=1,
+                            description="The archive's size recorded by upload-complete: any other ends the "
+                            "dataset in error (changed after upload-complete)."),
+        "etag": Param(None, type=["null", "string"], maxLength=128,
+                      description="The archive's ETag recorded by upload-complete: only that object is "
+                      "downloaded (If-Match)."),
     },
 )
 def dataset_validation():
@@ -92,7 +111,7 @@ def dataset_validation():
     @_reported
     def extract() -> dict:
         """Download, extract safely, upload the dataset folder under files/."""
-        return dataset_intake.extract(*_conf())
+        return dataset_intake.extract(*_conf(), *_recorded())
 
     @task
     @_reported

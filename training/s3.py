@@ -13,6 +13,7 @@ boto3's standard chain (`AWS_ACCESS_KEY_ID`, ..., or an IAM role).
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -51,6 +52,12 @@ def dataset_files_prefix(dataset_id: str) -> str:
 
 def dataset_report_key(dataset_id: str) -> str:
     return f"{dataset_prefix(dataset_id)}validation/report.json"
+
+
+def dataset_report_beside(files_folder: str | Path) -> Path:
+    """Where a local copy of a dataset's `files/` folder (the worker cache, `local_folder`) has
+    the dataset's validation report, laid out as in the bucket (it may not be there)."""
+    return Path(files_folder).parent / dataset_report_key("_")[len(dataset_prefix("_")):]
 
 
 def model_prefix(model_id: str) -> str:
@@ -129,6 +136,10 @@ def is_missing(exc: BaseException) -> bool:
 # --------------------------------------------------------------------------------------------
 # 3. Transfers
 
+#: files fetched at once by `download_prefix` (boto3 clients are thread-safe)
+DOWNLOAD_THREADS = 8
+
+
 def list_objects(s3, bucket_name: str, prefix: str) -> list[dict]:
     objects: list[dict] = []
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket_name, Prefix=prefix):
@@ -141,8 +152,9 @@ def download_prefix(s3, bucket_name: str, prefix: str, dest: Path) -> tuple[int,
     modification time equal the object's (the time is set from `LastModified` on download, as
     `aws s3 sync` compares them), so an object re-uploaded with the same size is fetched again.
     Each file is written under a temporary name and renamed, so readers never see half a file.
-    Returns (objects found, files downloaded)."""
-    found = downloaded = 0
+    The files missing are fetched `DOWNLOAD_THREADS` at a time (many small clips: latency, not
+    bandwidth, is the cost). Returns (objects found, files downloaded)."""
+    found, wanted = 0, []
     for obj in list_objects(s3, bucket_name, prefix):
         rel = obj["Key"][len(prefix):]
         if not rel or rel.endswith("/") or rel.startswith("/") or ".." in rel.split("/"):
@@ -152,13 +164,24 @@ def download_prefix(s3, bucket_name: str, prefix: str, dest: Path) -> tuple[int,
         modified = obj["LastModified"].timestamp()
         if target.is_file() and (stat := target.stat()).st_size == obj["Size"] and stat.st_mtime == modified:
             continue
+        wanted.append((obj["Key"], target, modified))
+
+    def fetch(key: str, target: Path, modified: float) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f".{target.name}.{os.getpid()}.part")
-        s3.download_file(bucket_name, obj["Key"], str(partial))
+        partial = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.part")
+        s3.download_file(bucket_name, key, str(partial))
         os.utime(partial, (modified, modified))
         os.replace(partial, target)
-        downloaded += 1
-    return found, downloaded
+
+    if len(wanted) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(min(DOWNLOAD_THREADS, len(wanted)), thread_name_prefix="s3-download") as pool:
+            for done in [pool.submit(fetch, *w) for w in wanted]:
+                done.result()  # the first error propagates (the others finish or fail alike)
+    elif wanted:
+        fetch(*wanted[0])
+    return found, len(wanted)
 
 
 def upload_files(s3, bucket_name: str, root: Path, files: Iterable[Path], prefix: str,

@@ -228,7 +228,7 @@ def _run(args: RunArgs, output: Path, result: EngineResult) -> int:
     train_set, held_set = ClipDataset(splits.train, **common), ClipDataset(splits.held_out, **common)
     log.info("data: %d train / %d held-out clips (%s split), %d frames per clip; %s; frame store %s",
              len(train_set), len(held_set), splits.source, frames,
-             trusted_clips(args.clip_report, splits.train + splits.held_out, bad_clips),
+             trusted_clips(args.clip_report or _report_beside(data_dir), splits.train + splits.held_out, bad_clips),
              store.folder if store else "off")
 
     # ---- model -----------------------------------------------------------------------------
@@ -443,6 +443,14 @@ def _run(args: RunArgs, output: Path, result: EngineResult) -> int:
         if bar is not None:
             bar.close()
         tracker.end(status)
+
+
+def _report_beside(data_dir: Path) -> str | None:
+    """The validation report beside a dataset's local `files/` folder (the worker cache), if any."""
+    from training.s3 import dataset_report_beside
+
+    report = dataset_report_beside(data_dir)
+    return str(report) if data_dir.name == "files" and report.is_file() else None
 
 
 def _upload_checkpoint(folder: Path, checkpoint_uri: str) -> str | None:

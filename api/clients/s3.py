@@ -58,6 +58,8 @@ class ObjectInfo:
     key: str
     size: int
     content_type: str | None
+    #: S3's ETag, quotes included (what `If-Match` compares against)
+    etag: str | None = None
 
 
 def _client(settings: Settings, endpoint_url: str | None):  # type: ignore[no-untyped-def]
@@ -97,11 +99,16 @@ class S3Storage:
         except BotoCoreError as exc:
             raise S3Unavailable(f"cannot reach S3: {exc}") from exc
 
-    def presign_put(self, key: str, expires_in: int | None = None) -> str:
+    def presign_put(self, key: str, expires_in: int | None = None, content_length: int | None = None) -> str:
+        """A pre-signed `PUT`; with `content_length`, `Content-Length` is a signed header, so S3
+        refuses (403 `SignatureDoesNotMatch`) a body of any other size."""
+        params: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
+        if content_length is not None:
+            params["ContentLength"] = content_length
         try:
             return self._presign_client.generate_presigned_url(
                 "put_object",
-                Params={"Bucket": self.bucket, "Key": key},
+                Params=params,
                 ExpiresIn=expires_in or self.presign_expiry_s,
                 HttpMethod="PUT",
             )
@@ -143,7 +150,8 @@ class S3Storage:
             raise S3Unavailable(f"cannot HEAD s3://{self.bucket}/{key}: {exc}") from exc
         except BotoCoreError as exc:
             raise S3Unavailable(f"cannot reach S3: {exc}") from exc
-        return ObjectInfo(key=key, size=int(resp["ContentLength"]), content_type=resp.get("ContentType"))
+        return ObjectInfo(key=key, size=int(resp["ContentLength"]), content_type=resp.get("ContentType"),
+                          etag=resp.get("ETag"))
 
     def get_json(self, key: str) -> Any | None:
         """The JSON document at `key`, or None when there is none."""
@@ -200,13 +208,17 @@ class S3Storage:
         except (BotoCoreError, ClientError) as exc:
             raise self._multipart_error(f"start a multipart upload to s3://{self.bucket}/{key}", exc) from exc
 
-    def presign_part(self, key: str, upload_id: str, part_number: int, expires_in: int | None = None) -> str:
+    def presign_part(self, key: str, upload_id: str, part_number: int, expires_in: int | None = None,
+                     content_length: int | None = None) -> str:
         """A pre-signed `PUT` URL for one part (S3's `UploadPart`; its answer's `ETag` header is
-        what completing needs)."""
+        what completing needs); with `content_length` S3 refuses a part of any other size."""
+        params: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "UploadId": upload_id, "PartNumber": part_number}
+        if content_length is not None:
+            params["ContentLength"] = content_length
         try:
             return self._presign_client.generate_presigned_url(
                 "upload_part",
-                Params={"Bucket": self.bucket, "Key": key, "UploadId": upload_id, "PartNumber": part_number},
+                Params=params,
                 ExpiresIn=expires_in or self.presign_expiry_s,
                 HttpMethod="PUT",
             )

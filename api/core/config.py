@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=5 * 1024**3, ge=1)
     #: a dataset whose upload is not completed within this time is expired and its objects deleted
     upload_expiry_s: int = Field(default=24 * 3600, ge=1)
+    #: bytes one user's datasets may hold in S3 (archives, declared sizes of uploads under way, extracted
+    #: files of ready datasets); an upload past it is refused with 413. 0: no quota
+    user_storage_quota_bytes: int = Field(default=50 * 1024**3, ge=0)
 
     # Airflow
     airflow_url: str = "http://127.0.0.1:8080"

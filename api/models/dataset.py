@@ -53,6 +53,12 @@ class Dataset(Base):
     stage: Mapped[str] = mapped_column(String(32), default=DatasetStage.AWAITING_UPLOAD.value)
     error: Mapped[str | None] = mapped_column(Text, default=None)
     upload_size_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    #: the size the client declared at initiation (bound into the pre-signed PUT / each part URL)
+    declared_size_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    #: a multipart upload's part size (every part but the last; each part URL binds its size)
+    part_size_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    #: the object's ETag at upload-complete: the validation run processes exactly this object
+    upload_etag: Mapped[str | None] = mapped_column(String(128), default=None)
     file_count: Mapped[int] = mapped_column(default=0)
     total_size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     stats: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)

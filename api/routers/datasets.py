@@ -45,6 +45,10 @@ router = APIRouter(prefix="/datasets", tags=["datasets"], responses=UNAUTHORIZED
 
 _UNAVAILABLE = {503: error("S3 or Airflow cannot be reached; retry later", "Storage (S3) is unavailable; retry later")}
 _NOT_FOUND = {404: error("No such dataset of yours", "Dataset not found")}
+_QUOTA = {413: error("The upload would take your datasets past your storage quota (`QLORA_USER_STORAGE_QUOTA_BYTES`)",
+                     "Storage quota exceeded: your datasets use 53687091000 of your 53687091200 bytes "
+                     "(QLORA_USER_STORAGE_QUOTA_BYTES) and this upload needs 70412; delete datasets you no longer "
+                     "need")}
 
 
 def get_service(session: SessionDep, s3: S3Dep, airflow: AirflowDep, settings: SettingsDep) -> DatasetService:
@@ -64,12 +68,14 @@ ServiceDep = Annotated[DatasetService, Depends(get_service)]
         400: error("Not a `.zip` name or type, or a field is invalid (`detail` names it)",
                    "Unsupported file_type 'video/mp4'; supported: .zip archives sent as application/zip, "
                    "application/x-zip-compressed, application/octet-stream"),
-        **_UNAVAILABLE},
+        **_QUOTA, **_UNAVAILABLE},
     openapi_extra=body_example({"file_name": "toy.zip", "file_type": "application/zip", "dataset_name": "toy",
                                 "dataset_description": "squares"}, **{"x-validation-status": 400}),
     summary="Start an upload: returns a presigned S3 PUT URL",
     description="Creates the dataset (stage `awaiting_upload`) and returns a presigned URL; `PUT` the `.zip` "
-    "archive to it, then call `upload-complete`. Uploads not completed in time expire and are deleted.",
+    "archive to it, then call `upload-complete`. Uploads not completed in time expire and are deleted. With "
+    "`file_size_bytes` the URL binds that size (S3 answers 403 to a body of any other size) and it is checked "
+    "against your storage quota now (413 past it).",
 )
 def upload_initiate(body: UploadInitiateRequest, user: CurrentUser, service: ServiceDep) -> UploadInitiateResponse:
     dataset, url = service.initiate(user, body)
@@ -84,12 +90,16 @@ def upload_initiate(body: UploadInitiateRequest, user: CurrentUser, service: Ser
         400: error("Invalid input, S3 key mismatch, missing, empty or too large object, or the upload expired",
                    "No object at s3_key: PUT the archive to upload_url before completing the upload"),
         **_NOT_FOUND,
+        **_QUOTA,
         **_UNAVAILABLE,
     },
     openapi_extra=body_example({"dataset_id": DATASET_ID, "s3_key": S3_KEY}, **{"x-validation-status": 400}),
     summary="Finish an upload and start validation",
-    description="Checks the uploaded object and triggers the `dataset_validation` Airflow DAG. Idempotent: "
-    "calling it again after success answers 200 without starting a second run.",
+    description="Checks the uploaded object (size, the size declared at initiation, your storage quota: 413 "
+    "and the object deleted past it), records its size and ETag and triggers the `dataset_validation` Airflow "
+    "DAG, which processes exactly that object: an archive changed after this call ends the dataset in `error` "
+    "(\"changed after upload-complete\"). Idempotent: calling it again after success answers 200 without "
+    "starting a second run.",
 )
 def upload_complete(body: UploadCompleteRequest, user: CurrentUser, service: ServiceDep) -> UploadCompleteResponse:
     dataset = service.complete(user, body.dataset_id, body.s3_key)
@@ -104,12 +114,14 @@ _MULTIPART_BAD = {400: error("Invalid input, unknown upload, upload complete or 
 @router.post(
     "/multipart/initiate",
     response_model=MultipartInitiateResponse,
-    responses={200: ok_example(MULTIPART_INITIATED), **_MULTIPART_BAD, **_UNAVAILABLE},
+    responses={200: ok_example(MULTIPART_INITIATED), **_MULTIPART_BAD, **_QUOTA, **_UNAVAILABLE},
     openapi_extra=body_example(MultipartInitiateRequest, **{"x-validation-status": 400}),
     summary="Start a multipart upload: returns pre-signed S3 part URLs",
     description="For archives too large for one `PUT` (S3 takes at most 5 GiB in one request; the `qlora` "
     "command uses this above 100 MiB). Creates the dataset (stage `awaiting_upload`) and an S3 multipart upload "
-    "split into `part_count` parts of `part_size_bytes`; `PUT` each part to its URL, keep each answer's `ETag`, "
+    "split into `part_count` parts of `part_size_bytes` (each URL binds its part's size: S3 answers 403 to any "
+    "other; `size_bytes` counts against your storage quota, 413 past it); `PUT` each part to its URL, keep each "
+    "answer's `ETag`, "
     "then call `multipart/complete`. `multipart/parts` lists what S3 already holds and re-issues URLs (to resume "
     "or retry), `multipart/abort` deletes everything. Uploads not completed in time are aborted and deleted.",
 )

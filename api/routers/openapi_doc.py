@@ -60,7 +60,8 @@ DATASET_SUMMARY = {
 }
 DATASET_DETAIL = {
     **DATASET_SUMMARY, "file_name": "toy.zip", "files_path": f"s3://qlora/datasets/{DATASET_ID}/files/",
-    "upload_size_bytes": 70412, "updated_at": "2026-11-25T10:00:12Z",
+    "upload_size_bytes": 70412, "upload_etag": "\"3f2a9c0b7d1e4f5a6b7c8d9e0f1a2b3c\"",
+    "updated_at": "2026-11-25T10:00:12Z",
     "stats": {"clip_count": 32, "tasks": ["video_classification", "video_captioning"],
               "labels": {"blue": 16, "red": 16}, "splits": {"train": 24, "validation": 4, "test": 4}},
 }

@@ -35,6 +35,10 @@ class UploadInitiateRequest(BaseModel):
     )
     dataset_name: str = Field(min_length=1, max_length=200)
     dataset_description: str = Field(default="", max_length=5000)
+    file_size_bytes: int | None = Field(
+        default=None, ge=1,
+        description="Size of the archive in bytes. When given, the pre-signed URL binds it (`Content-Length` is "
+        "a signed header): S3 refuses a body of any other size. It counts against your storage quota from now on.")
 
 
 class UploadInitiateResponse(BaseModel):
@@ -182,7 +186,10 @@ class DatasetDetail(DatasetSummary):
 
     file_name: str
     files_path: str | None = Field(default=None, description="S3 URI of the extracted dataset folder once ready.")
-    upload_size_bytes: int | None = None
+    upload_size_bytes: int | None = Field(default=None, description="Size of the uploaded archive recorded by "
+                                          "`upload-complete`: validation processes exactly this object.")
+    upload_etag: str | None = Field(default=None, description="S3 ETag of the uploaded archive recorded by "
+                                    "`upload-complete`; an archive changed after it ends the dataset in `error`.")
     stats: dict[str, Any] | None = Field(
         default=None, description="Validation summary: tasks, labels, captions, splits, clip_count, video stats "
         "(min/max/mean) and `clips`: per clip its file_name, codec, pix_fmt, container, upright width/height, "
@@ -208,6 +215,7 @@ class DatasetDetail(DatasetSummary):
             files_path=s3_layout.s3_uri(bucket, s3_layout.dataset_files_prefix(dataset.id))
             if dataset.stage == "ready" else None,
             upload_size_bytes=dataset.upload_size_bytes,
+            upload_etag=dataset.upload_etag,
             stats=dataset.stats,
             updated_at=dataset.updated_at,
         )

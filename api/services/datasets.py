@@ -33,7 +33,7 @@ from api.schemas.datasets import (
     MultipartInitiateRequest,
     UploadInitiateRequest,
 )
-from api.services.errors import Conflict, InvalidInput, NotFound
+from api.services.errors import Conflict, InvalidInput, NotFound, TooLarge
 from api.services.file_names import check_file_type, sanitize_file_name
 from training import s3 as s3_layout  # the S3 key layout
 
@@ -138,11 +138,55 @@ class DatasetService:
     # --- upload -----------------------------------------------------------------------------
     def initiate(self, owner: User, request: UploadInitiateRequest) -> tuple[Dataset, str]:
         dataset = self._new_dataset(owner, request)
-        # presign first: if S3 is misconfigured no row is written
-        url = self.s3.presign_put(dataset.s3_key, self.settings.presigned_url_expiry_s)
+        size = request.file_size_bytes
+        if size is not None:
+            self._check_upload_limit(size, "file_size_bytes")
+        self._check_quota(owner, size or 0, dataset.id, declared=size is not None)
+        dataset.declared_size_bytes = size
+        # presign first: if S3 is misconfigured no row is written. A declared size is signed
+        # into the URL (Content-Length): S3 refuses a body of any other size
+        url = self.s3.presign_put(dataset.s3_key, self.settings.presigned_url_expiry_s, content_length=size)
         self.session.add(dataset)
         self.session.commit()
         return dataset, url
+
+    def _check_upload_limit(self, size: int, field: str) -> None:
+        if size > self.settings.max_upload_bytes:
+            raise InvalidInput(f"{field} is {size}; the limit is {self.settings.max_upload_bytes} bytes")
+
+    # --- the per-user storage quota ---------------------------------------------------------
+    def storage_used(self, owner: User, exclude_id: str | None = None) -> int:
+        """Bytes the owner's datasets hold or have reserved in S3: each uploaded archive (its
+        declared size while the upload is awaited), plus the extracted files of ready ones."""
+        rows = self.session.execute(
+            select(Dataset.id, Dataset.stage, Dataset.declared_size_bytes, Dataset.upload_size_bytes,
+                   Dataset.total_size_bytes).where(Dataset.owner_id == owner.id)
+        ).all()
+        used = 0
+        for dataset_id, stage, declared, uploaded, extracted in rows:
+            if dataset_id == exclude_id or stage == DatasetStage.EXPIRED.value:
+                continue
+            if stage == DatasetStage.AWAITING_UPLOAD.value:
+                used += declared or 0
+            else:
+                used += (uploaded or 0) + ((extracted or 0) if stage == DatasetStage.READY.value else 0)
+        return used
+
+    def _check_quota(self, owner: User, size: int, dataset_id: str, *, declared: bool = True) -> None:
+        """Refuses (413) an upload of `size` bytes that would take the owner past
+        `QLORA_USER_STORAGE_QUOTA_BYTES`. The owner's row is locked first (PostgreSQL), so two
+        uploads of one user are checked one after the other, each seeing the other's size."""
+        quota = self.settings.user_storage_quota_bytes
+        if not quota:
+            return
+        self.session.execute(select(User.id).where(User.id == owner.id).with_for_update())
+        used = self.storage_used(owner, exclude_id=dataset_id)
+        if used + size > quota or (not declared and used >= quota):
+            needs = f"this upload needs {size}" if declared else "an upload of unknown size needs space left"
+            raise TooLarge(
+                f"Storage quota exceeded: your datasets use {used} of your {quota} bytes "
+                f"(QLORA_USER_STORAGE_QUOTA_BYTES) and {needs}; delete datasets you no longer need"
+            )
 
     def _new_dataset(self, owner: User, request: UploadInitiateRequest) -> Dataset:
         """A dataset awaiting its upload (not added to the session yet)."""
@@ -165,22 +209,26 @@ class DatasetService:
 
     # --- multipart upload (archives beyond a single PUT) ------------------------------------
     def initiate_multipart(self, owner: User, request: MultipartInitiateRequest) -> MultipartUpload:
-        """A new dataset and its S3 multipart upload; URLs of the first parts."""
-        if request.size_bytes > self.settings.max_upload_bytes:
-            raise InvalidInput(
-                f"size_bytes is {request.size_bytes}; the limit is {self.settings.max_upload_bytes} bytes"
-            )
+        """A new dataset and its S3 multipart upload; URLs of the first parts, each binding its
+        part's size (S3 refuses a part of any other size)."""
+        if request.file_size_bytes is not None and request.file_size_bytes != request.size_bytes:
+            raise InvalidInput(f"file_size_bytes ({request.file_size_bytes}) differs from size_bytes "
+                               f"({request.size_bytes}); send one of them")
+        self._check_upload_limit(request.size_bytes, "size_bytes")
         part_size = max(request.part_size_bytes or MULTIPART_DEFAULT_PART_BYTES,
                         math.ceil(request.size_bytes / MULTIPART_MAX_PARTS))
         if part_size > MULTIPART_MAX_PART_BYTES:
             raise InvalidInput(f"size_bytes is {request.size_bytes}: more than S3's 10,000 parts of 5 GiB")
         part_count = math.ceil(request.size_bytes / part_size)
         dataset = self._new_dataset(owner, request)
+        self._check_quota(owner, request.size_bytes, dataset.id)
+        dataset.declared_size_bytes = request.size_bytes
+        dataset.part_size_bytes = part_size
         # S3 first: if it fails no row is written
         upload_id = self.s3.create_multipart(dataset.s3_key)
         try:
             expires_in, expires_at = self._part_url_expiry(dataset)
-            urls = [(n, self.s3.presign_part(dataset.s3_key, upload_id, n, expires_in))
+            urls = [(n, self._part_url(dataset, upload_id, n, expires_in))
                     for n in range(1, min(part_count, MULTIPART_MAX_URLS) + 1)]
             self.session.add(dataset)
             self.session.commit()
@@ -197,8 +245,27 @@ class DatasetService:
         dataset = self._awaiting_upload(owner, dataset_id)
         uploaded = self._parts_of(dataset, upload_id)
         expires_in, expires_at = self._part_url_expiry(dataset)
-        urls = [(n, self.s3.presign_part(dataset.s3_key, upload_id, n, expires_in)) for n in part_numbers]
+        count = self._part_count(dataset)
+        beyond = [n for n in part_numbers if count is not None and n > count]
+        if beyond:
+            raise InvalidInput(f"part {beyond[0]} does not exist: this upload has {count} parts")
+        urls = [(n, self._part_url(dataset, upload_id, n, expires_in)) for n in part_numbers]
         return dataset, uploaded, urls, expires_at
+
+    @staticmethod
+    def _part_count(dataset: Dataset) -> int | None:
+        if not dataset.declared_size_bytes or not dataset.part_size_bytes:
+            return None  # initiated before sizes were recorded
+        return math.ceil(dataset.declared_size_bytes / dataset.part_size_bytes)
+
+    def _part_url(self, dataset: Dataset, upload_id: str, number: int, expires_in: int) -> str:
+        """Part `number`'s URL, binding its size: the part size, the rest for the last part."""
+        count = self._part_count(dataset)
+        length = None
+        if count is not None and dataset.declared_size_bytes and dataset.part_size_bytes:
+            length = (dataset.part_size_bytes if number < count
+                      else dataset.declared_size_bytes - (count - 1) * dataset.part_size_bytes)
+        return self.s3.presign_part(dataset.s3_key, upload_id, number, expires_in, content_length=length)
 
     def complete_multipart(self, owner: User, dataset_id: str, upload_id: str, parts: list[tuple[int, str]]) -> Dataset:
         """Assembles the archive from its parts, then completes the upload as `complete` does
@@ -280,13 +347,28 @@ class DatasetService:
                 f"The uploaded archive is {info.size} bytes; the limit is {self.settings.max_upload_bytes} bytes "
                 "(the object was deleted)"
             )
+        if dataset.declared_size_bytes is not None and info.size != dataset.declared_size_bytes:
+            self.s3.delete_prefix(s3_layout.dataset_prefix(dataset.id))
+            raise InvalidInput(
+                f"The uploaded archive is {info.size} bytes, not the {dataset.declared_size_bytes} declared at "
+                "initiation (the object was deleted); upload every part, or initiate a new upload"
+            )
+        try:
+            self._check_quota(owner, info.size, dataset.id)
+        except TooLarge as exc:
+            self.session.rollback()
+            self.s3.delete_prefix(s3_layout.dataset_prefix(dataset.id))
+            raise TooLarge(f"{exc.detail} (the uploaded object was deleted)") from None
         run_id = validation_run_id(dataset.id)
+        # the run processes exactly this object: its size and ETag go into the conf
+        conf: dict[str, Any] = {"dataset_id": dataset.id, "s3_key": dataset.s3_key, "size_bytes": info.size}
+        if info.etag:
+            conf["etag"] = info.etag
         # raises AirflowError (-> 503) before anything changes, so the upload stays completable
-        self.airflow.trigger_dag_run(
-            self.settings.dataset_validation_dag_id, run_id, {"dataset_id": dataset.id, "s3_key": dataset.s3_key}
-        )
+        self.airflow.trigger_dag_run(self.settings.dataset_validation_dag_id, run_id, conf)
         dataset.airflow_run_id = run_id
         dataset.upload_size_bytes = info.size
+        dataset.upload_etag = info.etag
         dataset.upload_completed_at = utcnow()
         dataset.set_stage(DatasetStage.VALIDATING)
         self.session.commit()
@@ -360,6 +442,19 @@ class DatasetService:
         return changed
 
     def _settle(self, dataset: Dataset, run: DagRun | None, now: datetime) -> int:
+        settled = self._settle_stage(dataset, run, now)
+        if settled and dataset.stage == DatasetStage.FAILED.value:
+            # a dataset in error keeps no extracted files, however its run ended (the DAG deletes
+            # them too; this covers runs killed midway). S3 down: the dataset stays validating
+            # (its changes are dropped) and the next pass settles it
+            try:
+                self.s3.delete_prefix(s3_layout.dataset_files_prefix(dataset.id))
+            except S3Unavailable:
+                self.session.refresh(dataset)
+                raise
+        return settled
+
+    def _settle_stage(self, dataset: Dataset, run: DagRun | None, now: datetime) -> int:
         if run is None:
             completed = dataset.upload_completed_at or dataset.created_at
             if completed is not None and now - completed > LOST_RUN_GRACE:

@@ -19,3 +19,9 @@ class NotFound(ServiceError):
 
 class Conflict(ServiceError):
     status_code = 409
+
+
+class TooLarge(ServiceError):
+    """Past a size limit of the user's (the storage quota): 413."""
+
+    status_code = 413

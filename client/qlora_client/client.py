@@ -123,10 +123,13 @@ class Client:
         self.request("DELETE", f"/datasets/{_segment(dataset_id)}")
 
     def upload_initiate(self, file_name: str, dataset_name: str, description: str = "",
-                        file_type: str = "application/zip") -> dict[str, str]:
-        return cast(dict[str, str], self.request("POST", "/datasets/upload-initiate", json={
-            "file_name": file_name, "file_type": file_type, "dataset_name": dataset_name,
-            "dataset_description": description}))
+                        file_type: str = "application/zip", file_size_bytes: int | None = None) -> dict[str, str]:
+        """`file_size_bytes`: the archive's size, bound into the pre-signed URL (S3 refuses any other)."""
+        body: dict[str, Any] = {"file_name": file_name, "file_type": file_type, "dataset_name": dataset_name,
+                                "dataset_description": description}
+        if file_size_bytes is not None:
+            body["file_size_bytes"] = file_size_bytes
+        return cast(dict[str, str], self.request("POST", "/datasets/upload-initiate", json=body))
 
     def upload_complete(self, dataset_id: str, s3_key: str) -> dict[str, str]:
         return cast(dict[str, str], self.request("POST", "/datasets/upload-complete",

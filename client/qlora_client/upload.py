@@ -101,7 +101,7 @@ def upload_dataset(client: Client, path: Path, name: str, description: str = "",
 # --- one PUT ---------------------------------------------------------------------------------
 def _single_put(client: Client, path: Path, size: int, name: str, description: str, advance: Advance,
                 retries: int) -> UploadResult:
-    started = client.upload_initiate(path.name, name, description)
+    started = client.upload_initiate(path.name, name, description, file_size_bytes=size)
     dataset_id = started["dataset_id"]
     try:
         with httpx.Client(timeout=httpx.Timeout(60.0, connect=10.0)) as s3:

@@ -53,12 +53,15 @@ def test_presigned_put_then_complete_triggers_validation(client, auth, initiate,
     resp = complete(client, auth, started)
     assert resp.status_code == 200
     assert resp.json() == {"message": "Dataset processing initiated", "dataset_id": dataset_id}
-    assert airflow.triggers == [
-        ("dataset_validation", f"validate-{dataset_id}", {"dataset_id": dataset_id, "s3_key": started["s3_key"]})
+    etag = s3.client().head_object(Bucket=s3.bucket, Key=started["s3_key"])["ETag"]
+    assert airflow.triggers == [  # the run is told exactly which object to process
+        ("dataset_validation", f"validate-{dataset_id}",
+         {"dataset_id": dataset_id, "s3_key": started["s3_key"], "size_bytes": len(ZIP_BYTES), "etag": etag})
     ]
     detail = client.get(f"/v1/datasets/{dataset_id}", headers=auth).json()
     assert (detail["status"], detail["stage"]) == ("processing", "validating")
     assert detail["upload_size_bytes"] == len(ZIP_BYTES)
+    assert detail["upload_etag"] == etag
     assert detail["s3_path"] == f"s3://{s3.bucket}/{started['s3_key']}"
 
     # idempotent: a second call answers 200 and triggers nothing

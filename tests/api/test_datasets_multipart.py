@@ -78,8 +78,10 @@ def test_parts_up_then_complete_assembles_the_archive_and_validates(client, auth
     body = s3.client().get_object(Bucket=s3.bucket, Key=started["s3_key"])["Body"].read()
     assert hashlib.sha256(body).digest() == hashlib.sha256(archive).digest()
     assert pending(s3, dataset_id) == []
+    etag = s3.client().head_object(Bucket=s3.bucket, Key=started["s3_key"])["ETag"]
     assert airflow.triggers == [("dataset_validation", f"validate-{dataset_id}",
-                                 {"dataset_id": dataset_id, "s3_key": started["s3_key"]})]
+                                 {"dataset_id": dataset_id, "s3_key": started["s3_key"],
+                                  "size_bytes": len(archive), "etag": etag})]
     detail = client.get(f"/v1/datasets/{dataset_id}", headers=auth).json()
     assert (detail["stage"], detail["upload_size_bytes"]) == ("validating", len(archive))
     # completing again is idempotent: no second run

@@ -137,10 +137,17 @@ def dag_runs(airflow_env, s3, tmp_path_factory):
         dataset_id = str(uuid.uuid4())
         key = dataset_upload_key(dataset_id, archive.name)
         client.upload_file(str(archive), s3.bucket, key)
-        cases[name] = {"conf": {"dataset_id": dataset_id, "s3_key": key}, **extra}
+        head = client.head_object(Bucket=s3.bucket, Key=key)  # what upload-complete records and passes on
+        cases[name] = {"conf": {"dataset_id": dataset_id, "s3_key": key, "size_bytes": head["ContentLength"],
+                                "etag": head["ETag"]}, **extra}
 
     good_folder, good_zip = _zip_dataset(tmp, "good", count=6)
     upload("valid", good_zip, folder=good_folder)
+
+    # completed with one archive, then overwritten (same name, other bytes) before the run read it
+    _, first_zip = _zip_dataset(tmp, "first", count=4)
+    upload("changed", first_zip)
+    client.upload_file(str(good_zip), s3.bucket, cases["changed"]["conf"]["s3_key"])
 
     def drop_a_clip(folder: Path) -> None:
         (folder / "clips" / "clip_0002.mp4").unlink()
@@ -153,7 +160,8 @@ def dag_runs(airflow_env, s3, tmp_path_factory):
 
     never_uploaded = str(uuid.uuid4())
     cases["no_archive"] = {"conf": {"dataset_id": never_uploaded,
-                                    "s3_key": dataset_upload_key(never_uploaded, "gone.zip")}}
+                                    "s3_key": dataset_upload_key(never_uploaded, "gone.zip"),
+                                    "size_bytes": None, "etag": None}}
 
     env = {**airflow_env, **s3.env(), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db"}
     confs = json.dumps({name: case["conf"] for name, case in cases.items()})
@@ -191,6 +199,16 @@ def test_valid_dataset_run(dag_runs):
     assert case["mlflow"]["artifacts"] == ["validation/report.json"]
 
 
+def test_an_archive_changed_after_upload_complete_is_not_processed(dag_runs):
+    case = dag_runs["changed"]
+    assert case["state"] == "failed"
+    assert case["tis"]["extract"] == ["failed", 1]  # no retry: the object will not change back
+    assert case["report"]["valid"] is False
+    [error] = case["report"]["errors"]
+    assert error.startswith("first.zip: the archive changed after upload-complete (its ETag is no longer ")
+    assert case["files"] == {}  # nothing of the other archive was extracted
+
+
 def test_missing_clip_fails_the_run_with_a_precise_report(dag_runs):
     case = dag_runs["missing_clip"]
     assert case["state"] == "failed"
@@ -218,3 +236,4 @@ def test_unsafe_or_corrupt_archive_fails_with_a_report(dag_runs, name, expected)
     assert case["report"]["valid"] is False
     assert case["report"]["errors"] == [expected.format(id=case["conf"]["dataset_id"], bucket=case["bucket"])]
     assert case["files"] == {}  # nothing unsafe was published
+

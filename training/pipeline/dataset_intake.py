@@ -47,8 +47,52 @@ def work_folder(dataset_id: str) -> Path:
     return get_settings().cache_dir / "dataset-validation" / dataset_id
 
 
-def extract(dataset_id: str, s3_key: str) -> dict[str, Any]:
-    """Downloads the archive at `s3_key`, extracts it safely (zip slip, absolute paths,
+#: the end of the detail when the object is not the one `upload-complete` recorded
+CHANGED = "changed after upload-complete"
+
+
+def download_exact(client, bucket: str, key: str, dest: Path, size_bytes: int | None, etag: str | None) -> None:
+    """Downloads `key` to `dest`; with `etag` only that version of the object (`If-Match`: S3
+    answers 412 for any other), and with `size_bytes` only that many bytes. An object that is
+    not the one recorded raises `ObjectChanged`; a plain-MD5 ETag is also checked against the
+    bytes received."""
+    import hashlib
+
+    from botocore.exceptions import ClientError
+
+    args: dict[str, Any] = {"Bucket": bucket, "Key": key}
+    if etag:
+        args["IfMatch"] = etag
+    try:
+        resp = client.get_object(**args)
+    except ClientError as exc:
+        code = str(exc.response.get("Error", {}).get("Code"))
+        if code in ("PreconditionFailed", "412"):
+            raise ObjectChanged(f"its ETag is no longer {etag}") from exc
+        raise
+    if size_bytes is not None and int(resp["ContentLength"]) != size_bytes:
+        raise ObjectChanged(f"it is {resp['ContentLength']} bytes, not {size_bytes}")
+    digest = hashlib.md5(usedforsecurity=False)
+    received = 0
+    with dest.open("wb") as out:
+        for chunk in resp["Body"].iter_chunks(1024 * 1024):
+            out.write(chunk)
+            digest.update(chunk)
+            received += len(chunk)
+    if size_bytes is not None and received != size_bytes:
+        raise ObjectChanged(f"{received} bytes arrived, not {size_bytes}")
+    plain = (etag or "").strip('"')
+    if len(plain) == 32 and "-" not in plain and digest.hexdigest() != plain.lower():
+        raise ObjectChanged("its bytes do not match the recorded ETag")
+
+
+class ObjectChanged(Exception):
+    """The uploaded object is not the one `upload-complete` recorded."""
+
+
+def extract(dataset_id: str, s3_key: str, size_bytes: int | None = None, etag: str | None = None) -> dict[str, Any]:
+    """Downloads the archive at `s3_key` (exactly the object `upload-complete` recorded:
+    `size_bytes` and `etag`, when given), extracts it safely (zip slip, absolute paths,
     symlinks, zip bombs, too many files are refused) and uploads the dataset folder (the one
     holding the table or the class sub-folders) under `datasets/{dataset_id}/files/`, replacing
     what was there. Returns `{dataset_id, s3_key, folder, file_count}`."""
@@ -67,11 +111,18 @@ def extract(dataset_id: str, s3_key: str) -> dict[str, Any]:
     archive.parent.mkdir(parents=True, exist_ok=True)
     client = s3.client()
     try:
-        client.download_file(bucket, s3_key, str(archive))
+        if size_bytes is None and etag is None:  # a run triggered without the recorded object
+            client.download_file(bucket, s3_key, str(archive))
+        else:
+            download_exact(client, bucket, s3_key, archive, size_bytes, etag)
     except ClientError as exc:
         if s3.is_missing(exc):
             raise rejected(dataset_id, f"{archive.name}: no uploaded archive at {s3.s3_uri(bucket, s3_key)}") from exc
         raise
+    except ObjectChanged as exc:
+        clear_folder(work)
+        raise rejected(dataset_id, f"{archive.name}: the archive {CHANGED} ({exc}); upload it again as a new "
+                                   "dataset") from exc
     log.info("downloaded %s (%d bytes)", s3_key, archive.stat().st_size)
 
     try:
@@ -117,6 +168,11 @@ def validate(extracted: dict[str, Any]) -> dict[str, Any]:
         log.info("dataset rejected: removed its %d extracted files from S3", removed)
         raise DatasetRejected(report)
     return report
+
+
+def discard_files(dataset_id: str) -> int:
+    """Deletes the dataset's extracted files from S3 (a dataset that ends in error keeps none)."""
+    return s3.delete_prefix(s3.client(), get_settings().s3_bucket, s3.dataset_files_prefix(dataset_id))
 
 
 def publish_report(report: dict[str, Any], s3_key: str) -> None:

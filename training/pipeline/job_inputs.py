@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,33 @@ def fill_worker_cache(model_id: str, dataset_id: str) -> CachedInputs:
     for entry, size in evicted:
         log.info("evicted %s from the worker cache (%.1f MB) to stay under QLORA_CACHE_MAX_GB", entry, size / 1e6)
     client = s3.client()
-    model_downloads = _mirror(client, s3.model_prefix(model_id), model_entry, f"model {model_id}")
-    data_downloads = _mirror(client, s3.dataset_files_prefix(dataset_id), data_entry / "files", f"dataset {dataset_id}")
-    return CachedInputs(model_entry, data_entry / "files", model_downloads, data_downloads, evicted)
+    files = data_entry / "files"
+    # the model, the dataset and its validation report (beside `files/`, as in the bucket: the
+    # engine trusts the clips it vouches for) at once; files already here and unchanged are kept
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(3, thread_name_prefix="prepare") as pool:
+        model = pool.submit(_mirror, client, s3.model_prefix(model_id), model_entry, f"model {model_id}")
+        data = pool.submit(_mirror, client, s3.dataset_files_prefix(dataset_id), files, f"dataset {dataset_id}")
+        report = pool.submit(_fetch_report, client, dataset_id, s3.dataset_report_beside(files))
+        model_downloads, data_downloads = model.result(), data.result()
+        report.result()
+    return CachedInputs(model_entry, files, model_downloads, data_downloads, evicted)
+
+
+def _fetch_report(client, dataset_id: str, target: Path) -> None:
+    """The dataset's validation report into the cache (a missing one is left missing: the
+    engine then checks clips as it reads them; `validate_inputs` already required one)."""
+    bucket, key = get_settings().s3_bucket, s3.dataset_report_key(dataset_id)
+    with s3_errors("downloading the dataset's validation report"):
+        try:
+            body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        except Exception as exc:
+            if s3.is_missing(exc):
+                log.warning("dataset %s has no validation report at %s", dataset_id, s3.s3_uri(bucket, key))
+                return
+            raise
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.{os.getpid()}.part")
+    partial.write_bytes(body)
+    os.replace(partial, target)

@@ -45,6 +45,9 @@ def test_the_worker_cache_is_filled_once_and_kept_under_its_limit(s3_env, tmp_pa
     model_id, dataset_id = f"m-{uuid.uuid4().hex[:8]}", f"ds-{uuid.uuid4().hex[:8]}"
     client.put_object(Bucket=bucket, Key=s3_io.model_prefix(model_id) + "config.json", Body=b"{}")
     client.put_object(Bucket=bucket, Key=s3_io.dataset_files_prefix(dataset_id) + "metadata.csv", Body=b"file_name\n")
+    for i in range(20):  # fetched several at once
+        client.put_object(Bucket=bucket, Key=s3_io.dataset_files_prefix(dataset_id) + f"clips/{i}.mp4", Body=b"%d" % i)
+    _report(client, bucket, dataset_id, {"valid": True, "clips": []})
     stale, _ = worker_paths.cache_entries("old-model", "unused")  # 2 MB, used two days ago
     cache.touch(stale)
     (stale / "blob").write_bytes(b"\0" * 2 * 1024 * 1024)
@@ -52,9 +55,13 @@ def test_the_worker_cache_is_filled_once_and_kept_under_its_limit(s3_env, tmp_pa
     monkeypatch.setenv("QLORA_CACHE_MAX_GB", str(1 / 1024))  # 1 MB
 
     first = job_inputs.fill_worker_cache(model_id, dataset_id)
-    assert (first.model_downloads, first.data_downloads) == (1, 1)
+    assert (first.model_downloads, first.data_downloads) == (1, 21)
     assert (first.model_dir / "config.json").read_bytes() == b"{}"
     assert (first.data_dir / "metadata.csv").is_file()
+    assert [(first.data_dir / f"clips/{i}.mp4").read_bytes() for i in range(20)] == [b"%d" % i for i in range(20)]
+    assert not list(first.data_dir.rglob("*.part"))
+    # the report beside files/, where the engine looks for it (it trusts the clips it lists)
+    assert json.loads(s3_io.dataset_report_beside(first.data_dir).read_text()) == {"valid": True, "clips": []}
     assert [entry for entry, _ in first.evicted] == [stale] and not stale.exists()
     again = job_inputs.fill_worker_cache(model_id, dataset_id)
     assert (again.model_downloads, again.data_downloads, again.evicted) == (0, 0, [])
