@@ -236,4 +236,3 @@ def test_unsafe_or_corrupt_archive_fails_with_a_report(dag_runs, name, expected)
     assert case["report"]["valid"] is False
     assert case["report"]["errors"] == [expected.format(id=case["conf"]["dataset_id"], bucket=case["bucket"])]
     assert case["files"] == {}  # nothing unsafe was published
-
