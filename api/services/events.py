@@ -135,7 +135,8 @@ def job_settled(ctx: TrainingContext, job: TrainingJob) -> None:
 
 
 def checkpoints(ctx: TrainingContext, job: TrainingJob) -> int:
-    """Checkpoint events from the engine's final result (published to S3 once it exited)."""
+    """Checkpoint events from the engine's final result (published to S3 once it exited), and
+    a warning naming the clips it skipped because they did not decode."""
     if ctx.s3 is None or job.status not in (TrainingStatus.COMPLETED, TrainingStatus.STOPPED, TrainingStatus.FAILED):
         return 0
     try:
@@ -156,6 +157,13 @@ def checkpoints(ctx: TrainingContext, job: TrainingJob) -> int:
                         key=f"checkpoint:{name}",
                         data={"step": checkpoint["step"], "epoch": checkpoint.get("epoch"), "name": name,
                               "location": location})
+    skipped = result.get("skipped_clips") if isinstance(result, dict) else None
+    if isinstance(skipped, dict) and skipped:  # clips that did not decode during training (issue 16)
+        shown = "; ".join(f"{name} ({reason})" for name, reason in list(skipped.items())[:5])
+        added += record(ctx.session, job.id, EventType.WARNING,
+                        f"{len(skipped)} clip(s) could not be decoded during training and were skipped: {shown}"
+                        f"{' ...' if len(skipped) > 5 else ''}", key="warning:skipped-clips",
+                        level=EventLevel.WARNING, data={"count": len(skipped), "skipped_clips": skipped})
     return added
 
 

@@ -375,3 +375,18 @@ def test_metadata_is_checked_before_anything_starts(client, auth, airflow, metad
         "model_id": CLS, "dataset_id": make_dataset(client, auth), "output_name": "m", "metadata": metadata})
     assert resp.status_code == 400 and resp.json()["detail"].startswith(detail), resp.text
     assert airflow.triggers == []
+
+
+def test_clips_skipped_by_the_training_are_a_warning(client, auth, airflow, mlflow, s3) -> None:
+    job_id, run = running_job(client, auth, airflow)
+    assert client.post(f"/v1/trainings/{job_id}/stop", headers=auth).status_code == 202
+    upload_partial_adapter(s3, job_id)
+    s3.client().put_object(Bucket=s3.bucket, Key=s3_layout.training_result_key(job_id), Body=json.dumps({
+        "status": "stopped", "checkpoints": [],
+        "skipped_clips": {"clips/a.mp4": "a.mp4: cannot be decoded", "clips/b.mp4": "b.mp4: no frames"}}).encode())
+    assert client.get(f"/v1/trainings/{job_id}", headers=auth).json()["status"] == "stopped"
+    warnings = [e for e in events(client, auth, job_id) if e["type"] == "warning"]
+    assert [(w["level"], w["message"]) for w in warnings] == [
+        ("warning", "2 clip(s) could not be decoded during training and were skipped: clips/a.mp4 (a.mp4: cannot be "
+                    "decoded); clips/b.mp4 (b.mp4: no frames)")]
+    assert warnings[0]["data"]["count"] == 2
