@@ -3,7 +3,8 @@
 # .whl/ (wheels) and .site/ (an unpacked, trimmed bitsandbytes), for an offline CUDA machine
 # whose python3 already holds torch, transformers' deps, numpy and pandas (a lent GPU box, an
 # air-gapped worker). The versions are the lock file's. bitsandbytes ships one library per CUDA
-# runtime (~130 MB together); only those of CUDA 13.x and the CPU are kept.
+# runtime (~130 MB together); only CUDA 13.0's (PyTorch's cu130 builds) and the CPU's are kept
+# (KEEP_CUDA=132 keeps another). pydantic & co: the engine's parameters and settings.
 #
 #   bash bench/offline_gpu_kit.sh            # here, with network or a local index
 #   # there, from the repository root:
@@ -21,16 +22,17 @@ for p in manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_24_x86_64 manyl
          manylinux2014_x86_64 any; do platforms+=(--platform "$p"); done
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$PY_VERSION" --implementation cp \
   "${platforms[@]}" -d .whl "$(lock av)" "$(lock transformers)" "$(lock peft)" "$(lock nltk)" \
-  "$(lock bitsandbytes)" 2>&1 | grep -v "is ignored" || true
+  "$(lock bitsandbytes)" "$(lock pydantic)" "$(lock pydantic-core)" "$(lock pydantic-settings)" \
+  "$(lock annotated-types)" "$(lock typing-inspection)" "$(lock python-dotenv)" 2>&1 | grep -v "is ignored" || true
 # rouge_score is published as an sdist only: build its (pure Python) wheel here
 python3 -m pip wheel -q --no-deps -w .whl "$(lock rouge_score)" 2>&1 | grep -v "is ignored" || true
 python3 - <<'PY'
-import pathlib, re, zipfile
+import os, pathlib, re, zipfile
 wheel = next(pathlib.Path(".whl").glob("bitsandbytes-*.whl"))
 with zipfile.ZipFile(wheel) as zf:
     for name in zf.namelist():
         lib = re.search(r"libbitsandbytes_(\w+)\.so$", name)
-        if lib and not (lib.group(1).startswith("cuda13") or lib.group(1) == "cpu"):
+        if lib and not (lib.group(1) == "cuda" + os.environ.get("KEEP_CUDA", "130") or lib.group(1) == "cpu"):
             continue
         if name.startswith("bitsandbytes/") or ".dist-info/" in name:  # the metadata: transformers checks the version
             zf.extract(name, ".site")

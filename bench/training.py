@@ -103,6 +103,13 @@ def bare_loop(model: Path, data: Path, marks: list[float]) -> None:
             optimizer.zero_grad(set_to_none=True)
 
 
+def _now() -> float:
+    """A step-start mark: on CUDA, after the queued work of the previous step is done."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
 def anon_rss_gib() -> float:
     """Resident anonymous memory of this process (Linux): what it really holds, without the
     pages of memory-mapped files such as a safetensors checkpoint being read."""
@@ -113,7 +120,8 @@ def anon_rss_gib() -> float:
 
 
 def engine_loop(model: Path, data: Path, out: Path, mlflow_uri: str, marks: list[float], *,
-                stop_at: int | None = None, rss: list[float] | None = None, **extra) -> int:
+                stop_at: int | None = None, rss: list[float] | None = None, tokens: list[int] | None = None,
+                **extra) -> int:
     """`python -m training run` in this process, with a mark at the start of every step. With
     `stop_at`, the process sends itself SIGTERM as step `stop_at` starts: the engine finishes
     that step, saves its checkpoint and adapter and returns 75 (its stop path). With `rss`, the anonymous RSS is read at every mark too."""
@@ -124,12 +132,15 @@ def engine_loop(model: Path, data: Path, out: Path, mlflow_uri: str, marks: list
     collate = trainer.collate
 
     def marked_collate(items, pad_id):
-        marks.append(time.perf_counter())
+        marks.append(_now())
         if rss is not None:
             rss.append(anon_rss_gib())
         if len(marks) == stop_at:
             os.kill(os.getpid(), signal.SIGTERM)
-        return collate(items, pad_id)
+        batch = collate(items, pad_id)
+        if tokens is not None:
+            tokens.append(int(batch["input_ids"].numel()))
+        return batch
 
     trainer.collate = marked_collate  # the loop's first call of a step; evaluation has its own import
     options = dict(model=str(model), data=str(data), task=TASK, output=str(out), mlflow_uri=mlflow_uri,
@@ -272,31 +283,53 @@ CPU_7B_STEPS, CPU_7B_WARMUP = 3, 1
 GiB = 2**30
 
 
-def big_config(size: str, tokenizer):
+#: IDEFICS 9B (HuggingFaceM4/idefics-9b, the open Flamingo): LLaMA-7B text, gated cross-attention
+#: every 4th layer, CLIP ViT-H/14 vision, a 6-layer perceiver resampler with 64 latents
+#: (IdeficsConfig's defaults are the 9B's text values; vision, interval and resampler as published)
+IDEFICS_9B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                  cross_layer_interval=4, use_resampler=True, qk_layer_norms=False, rms_norm_eps=1e-6,
+                  max_position_embeddings=2048, vocab_size=32000, additional_vocab_size=0,
+                  vision_config=dict(embed_dim=1280, image_size=224, intermediate_size=5120, patch_size=14,
+                                     num_hidden_layers=32, num_attention_heads=16, hidden_act="gelu"),
+                  perceiver_config=dict(use_resampler=True, resampler_n_latents=64, resampler_depth=6,
+                                        resampler_n_heads=16, resampler_head_dim=96))
+BIG_MODELS = {"video_llama": "VideoLLaMA 3 7B", "flamingo": "IDEFICS 9B"}
+
+
+def big_config(arch: str, size: str, tokenizer, family):
+    ids = dict(pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+               eos_token_id=tokenizer.eos_token_id)
+    if arch == "flamingo":
+        from transformers import IdeficsConfig
+
+        if size != "7b":
+            return family.tiny_config(tokenizer, family.tiny_preprocessing())
+        values = {**IDEFICS_9B, "vocab_size": max(IDEFICS_9B["vocab_size"], len(tokenizer))}
+        return IdeficsConfig(**values, freeze_text_layers=False, freeze_vision_layers=False, freeze_lm_head=False,
+                             tie_word_embeddings=False, **ids)
     from transformers import VideoLlama3Config
 
     text, vision = (TEXT_7B, VISION_7B) if size == "7b" else (TEXT_TINY, VISION_TINY)
-    ids = dict(pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-               eos_token_id=tokenizer.eos_token_id)
     # token ids of our offline tokenizer (the published ones index Qwen's vocabulary)
     return VideoLlama3Config(text_config={"model_type": "qwen2", **text, **ids}, vision_config=dict(vision),
                              video_token_id=tokenizer.convert_tokens_to_ids("<|video_pad|>"),
                              image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"), **ids)
 
 
-def write_random_model(size: str, folder: Path) -> tuple[Path, int]:
+def write_random_model(size: str, folder: Path, arch: str = "video_llama") -> tuple[Path, int]:
     """A loadable model folder with random weights, written tensor by tensor in <= 2 GiB shards
     (the model itself is only built on the meta device), with the engine's tokenizer and
-    preprocessing (8 frames). Returns (folder, parameter count)."""
+    preprocessing (8 frames). `size` "7b" is the published size of `arch` (VideoLLaMA 3 7B or
+    IDEFICS 9B), "tiny" the same code on tiny dimensions. Returns (folder, parameter count)."""
     from safetensors.torch import save_file
 
     from training.model_info import ModelInfo
     from training.models import get_family
     from training.models.tokenizer import build_tokenizer
 
-    family = get_family("video_llama")
+    family = get_family(arch)
     tokenizer = build_tokenizer(family.special_tokens())
-    config = big_config(size, tokenizer)
+    config = big_config(arch, size, tokenizer, family)
     with torch.device("meta"):
         shapes = {name: t.shape for name, t in family.model_class()(config).state_dict().items()}
     gen_dev = "cuda" if torch.cuda.is_available() else "cpu"
@@ -313,7 +346,7 @@ def write_random_model(size: str, folder: Path) -> tuple[Path, int]:
             shard, shard_bytes = {}, 0
 
     for name, shape in shapes.items():
-        if len(shape) == 1:  # norm scales 1, biases 0
+        if len(shape) <= 1:  # norm scales 1, biases (and IDEFICS' cross-attention gates) 0
             value = torch.ones(shape) if name.endswith("weight") else torch.zeros(shape)
         else:
             value = torch.empty(shape, device=gen_dev).normal_(0, 0.02, generator=generator)
@@ -331,23 +364,90 @@ def write_random_model(size: str, folder: Path) -> tuple[Path, int]:
     tokenizer.save_pretrained(folder)
     prep = family.default_preprocessing(config)
     prep.frames = BIG_FRAMES
-    if size != "7b":
+    if size != "7b" and arch == "video_llama":
         prep.image_size = config.vision_config.patch_size * 2 * 2  # 4 patches a side, 1 token a frame
     prep.save_pretrained(folder)
-    ModelInfo(architecture="video_llama", task="video_captioning", catalog_id=None, tiny=size != "7b",
+    ModelInfo(architecture=arch, task="video_captioning", catalog_id=None, tiny=size != "7b",
               labels=[]).save(folder)
     return folder, n_params
 
 
+def random_model(size: str, work: Path, arch: str) -> tuple[Path, int, bool]:
+    """The random model of `arch` in `work`, written unless a complete one is there already
+    (`--work DIR`: written once, e.g. while something else runs). -> (folder, parameters, written)"""
+    folder = work / f"{arch}-{size}"
+    index = folder / "model.safetensors.index.json"
+    if index.is_file() and (folder / "qlora_model.json").is_file():  # written last
+        return folder, json.loads(index.read_text())["metadata"]["total_size"] // 2, False  # bf16
+    return (*write_random_model(size, folder, arch), True)
+
+
+BIG_PARAMS = dict(epochs=1, batch_size=1, max_steps=BIG_STEPS, frames=BIG_FRAMES, learning_rate=2e-4)
+
+
+def bare_big_loop(model: Path, data: Path, marks: list[float], tokens: list[int]) -> None:
+    """The big model's training without the engine, for the engine/bare ratio: plain
+    transformers + peft + bitsandbytes with the LoRA settings, optimizer (paged 8-bit AdamW on
+    CUDA), schedule, clipping and data the engine resolves for the same parameters."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import get_linear_schedule_with_warmup
+
+    from training import params
+    from training.architectures import get_architecture
+    from training.data.loader import ClipDataset, collate, epoch_batches, read_examples, split_examples
+    from training.loading import read_base_model
+    from training.modeling import batch_loss
+    from training.quantization import compute_dtype, device, load_base_model
+    from training.trainer import _model_limits
+
+    task = "video_captioning"
+    base = read_base_model(model)
+    arch = get_architecture(base.family.name)
+    p = params.resolve(_model_limits(base), params.TrainingParams(**BIG_PARAMS))
+    splits = split_examples(read_examples(data, task), task, p.seed, 0.2)
+    train = ClipDataset(splits.train, task=task, family=base.family, prep=base.prep, tokenizer=base.tokenizer,
+                        frames=BIG_FRAMES, label2id=None)
+    torch.manual_seed(p.seed)
+    dev, dtype = device(), compute_dtype(device())
+    net = prepare_model_for_kbit_training(load_base_model(base.folder, base.family, "nf4", dev),
+                                          use_gradient_checkpointing=True)
+    net = get_peft_model(net, LoraConfig(
+        r=p.lora_rank, lora_alpha=p.lora_alpha, lora_dropout=p.lora_dropout,
+        modules_to_save=list(base.family.trainable_modules) or None,
+        target_modules=arch.target_regex.format(targets="|".join(p.target_modules))))
+    trainable = [t for t in net.parameters() if t.requires_grad]
+    if dev.type == "cuda":
+        import bitsandbytes as bnb
+
+        optimizer = bnb.optim.PagedAdamW8bit(trainable, lr=p.learning_rate, weight_decay=p.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(trainable, lr=p.learning_rate, weight_decay=p.weight_decay)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(p.warmup_ratio * BIG_STEPS), BIG_STEPS)
+    net.train()
+    for indices in epoch_batches(len(train), 1, p.seed, 0)[:BIG_STEPS]:
+        marks.append(_now())
+        batch = collate([train[j] for j in indices], base.tokenizer.pad_token_id)
+        tokens.append(int(batch["input_ids"].numel()))
+        loss, _ = batch_loss(net, base.family, task, base.prep, batch, dev, dtype)
+        loss.backward()
+        float(loss.detach())  # the loss a loop logs (the engine does too)
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+    marks.append(_now())  # the end of the last step
+
+
 def _child_big(quantization: str, model: Path, data: Path, out: Path, size: str) -> dict:
-    """The engine trains the big model for BIG_STEPS steps (batch 1, 8 frames, captioning);
-    the 7B model on the CPU for CPU_7B_STEPS steps, stopped before the evaluation."""
+    """The engine (or, with quantization "bare", the bare loop in NF4) trains the big model for
+    BIG_STEPS steps (batch 1, 8 frames, captioning); the 7B model on the CPU for CPU_7B_STEPS
+    steps, stopped before the evaluation."""
     from training.loading import read_base_model
 
     cuda = torch.cuda.is_available()
     cpu_7b = size == "7b" and not cuda
     missing = None
-    if not cuda and not cpu_7b:  # self-check: every tensor written is one the model expects, none missing
+    if not cuda and not cpu_7b and quantization != "bare":  # self-check: every tensor written is expected
         base = read_base_model(model)
         _, info = base.family.model_class().from_pretrained(str(model), output_loading_info=True)
         missing = sorted(set(info["missing_keys"]) | set(info["unexpected_keys"]))
@@ -356,13 +456,22 @@ def _child_big(quantization: str, model: Path, data: Path, out: Path, size: str)
     steps, warmup = (CPU_7B_STEPS, CPU_7B_WARMUP) if cpu_7b else (BIG_STEPS, BIG_WARMUP)
     marks: list[float] = []
     rss: list[float] = []
+    tokens: list[int] = []
     t0 = time.perf_counter()
-    code = engine_loop(model, data, out, "", marks, stop_at=steps if cpu_7b else None, rss=rss,
-                       task="video_captioning", epochs=1, batch_size=1, max_steps=steps, frames=BIG_FRAMES,
-                       quantization=quantization, learning_rate=2e-4)
-    times = [marks[k + 1] - marks[k] for k in range(warmup, len(marks) - 1)]
+    if quantization == "bare":
+        bare_big_loop(model, data, marks, tokens)
+        code, train_end = 0, len(marks) - 2  # the same steps as the engine's (its last one is not timed)
+    else:
+        code = engine_loop(model, data, out, "", marks, stop_at=steps if cpu_7b else None, rss=rss, tokens=tokens,
+                           task="video_captioning", quantization=quantization, **BIG_PARAMS)
+        train_end = len(marks) - 1  # the last step's end is not marked (evaluation follows it)
+    times = [marks[k + 1] - marks[k] for k in range(warmup, train_end)]
+    timed_tokens = tokens[warmup:warmup + len(times)]
     result = {"exit": code, "wall_s": time.perf_counter() - t0, "s_per_step": statistics.fmean(times),
-              "timed": len(times), "load_s": marks[0] - t0 if marks else None, "missing_or_unexpected": missing}
+              "s_per_step_median": statistics.median(times), "timed": len(times),
+              "tokens_per_step": statistics.fmean(timed_tokens) if timed_tokens else None,
+              "tokens_per_s": sum(timed_tokens) / sum(times) if times else None,
+              "load_s": marks[0] - t0 if marks else None, "missing_or_unexpected": missing}
     if cuda:
         result.update(peak_allocated_gib=torch.cuda.max_memory_allocated() / GiB,
                       peak_reserved_gib=torch.cuda.max_memory_reserved() / GiB,
@@ -375,30 +484,42 @@ def _child_big(quantization: str, model: Path, data: Path, out: Path, size: str)
     return result
 
 
-def big_model_rows(size: str, work: Path, on_cpu: bool = False) -> list[tuple[str, str]]:
+def big_model_rows(size: str, work: Path, on_cpu: bool = False, arch: str = "video_llama",
+                   variants: tuple[str, ...] = ("nf4", "none", "bare")) -> list[tuple[str, str]]:
+    """Rows for one big model: NF4 and bf16 LoRA through the engine, the bare NF4 loop, and the
+    engine/bare ratio (variants choose which run)."""
     cuda = torch.cuda.is_available()
+    label = f"{BIG_MODELS[arch]}" if size == "7b" else f"tiny {arch} self-check"
     if size == "7b" and not cuda and not on_cpu:
-        return [("7B video_llama (NF4 vs bf16)",
+        return [(f"{label} (NF4 vs bf16)",
                  "skipped: needs CUDA (--big-on-cpu: NF4 on the CPU, ~30 min; --size tiny: the self-check)")]
-    data = make_dataset(work / "big-data", 12, size=64, frames=16)
+    data = make_dataset(work / f"big-data-{arch}", 12, size=64, frames=16)
     t = time.perf_counter()
-    folder, n_params = write_random_model(size, work / f"videollama3-{size}")
-    label = "7B" if size == "7b" else "tiny self-check"
+    folder, n_params, written = random_model(size, work, arch)
     count = f"{n_params / 1e9:.2f} B" if n_params >= 1e8 else f"{n_params / 1e6:.2f} M"
-    rows = [(f"{label} video_llama parameters, random checkpoint written in",
+    rows = [(f"{label} parameters, random checkpoint " + ("written in" if written else "reused"),
              f"{count}, {time.perf_counter() - t:.0f} s")]
+    if variants == ("write",):
+        return rows
     cpu_7b = size == "7b" and not cuda
-    for quantization in ("nf4",) if cpu_7b else ("nf4", "none"):
-        name = "NF4" if quantization == "nf4" else ("bf16" if cuda else "fp32")
-        r = _run_child("big", quantization, str(folder), str(data), str(work / f"big-{quantization}"), size,
-                       timeout=4 * 3600 if cpu_7b else 1800)
+    results: dict[str, dict] = {}
+    for quantization in ("nf4",) if cpu_7b else variants:
+        name = {"nf4": "NF4", "bare": "NF4 bare transformers+peft loop"}.get(quantization, "bf16" if cuda else "fp32")
+        try:
+            r = _run_child("big", quantization, str(folder), str(data), str(work / f"big-{arch}-{quantization}"),
+                           size, timeout=4 * 3600 if cpu_7b else 1800)
+        except RuntimeError as exc:  # e.g. out of memory: a figure, not the end of the benchmark
+            rows.append((f"{label} {name}", f"failed: {str(exc).strip().splitlines()[-1][:200]}"))
+            continue
         if r["exit"] != (75 if cpu_7b else 0):  # the CPU 7B run is stopped on purpose (exit 75)
             rows.append((f"{label} {name}", f"engine exit code {r['exit']}"))
             continue
+        results[quantization] = r
         where = f"{os.cpu_count()} CPU threads, fp32 compute" if cpu_7b else ("CUDA" if cuda else "1 CPU thread")
         rows += [(f"{label} {name} start to first step s (load, quantize, data)", f"{r['load_s']:.0f}"),
-                 (f"{label} {name} LoRA s/step ({r['timed']} timed, batch 1, {BIG_FRAMES} frames, {where})",
-                  f"{r['s_per_step']:.3f}")]
+                 (f"{label} {name} LoRA s/step mean / median ({r['timed']} timed, batch 1, {BIG_FRAMES} frames, "
+                  f"{where})", f"{r['s_per_step']:.3f} / {r['s_per_step_median']:.3f}"),
+                 (f"{label} {name} tokens/step, tokens/s", f"{r['tokens_per_step']:.0f}, {r['tokens_per_s']:.0f}")]
         if "peak_reserved_gib" in r:
             fits = "fits" if r["peak_reserved_gib"] + 0.5 <= 24 else "does NOT fit"  # + CUDA context
             rows += [(f"{label} {name} peak GPU memory allocated / reserved GiB",
@@ -406,9 +527,14 @@ def big_model_rows(size: str, work: Path, on_cpu: bool = False) -> list[tuple[st
                      (f"{label} {name} device", r["device"])]
         else:
             rows += [(f"{label} {name} RSS GiB: training (anonymous) / peak (with the mapped checkpoint)",
-                      f"{r['training_anon_rss_gib']:.2f} / {r['peak_rss_gib']:.2f}"),
-                     (f"{label} {name} checkpoint keys missing/unexpected",
-                      f"{r['missing_or_unexpected'] or ('not checked' if cpu_7b else 'none')}")]
+                      f"{r['training_anon_rss_gib']:.2f} / {r['peak_rss_gib']:.2f}")]
+            if r["missing_or_unexpected"] is not None:
+                rows.append((f"{label} {name} checkpoint keys missing/unexpected",
+                             f"{r['missing_or_unexpected'] or 'none'}"))
+    if "nf4" in results and "bare" in results:
+        e, b = results["nf4"], results["bare"]
+        rows.append((f"{label} ratio engine/bare s/step NF4 (mean, median)",
+                     f"{e['s_per_step'] / b['s_per_step']:.3f}, {e['s_per_step_median'] / b['s_per_step_median']:.3f}"))
     if cpu_7b:
         rows.append((f"{label} fp32 (--quantization none on the CPU)", "skipped: ~31 GiB of weights"))
     return rows
@@ -422,6 +548,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", choices=("7b", "tiny"), default="7b", help="size of the big-model section")
     parser.add_argument("--big-on-cpu", action="store_true",
                         help="without CUDA, still train the 7B model (NF4 only, a few steps; ~30 min on 2 cores)")
+    parser.add_argument("--archs", default="video_llama",
+                        help="big-model section: architectures, comma-separated (video_llama = VideoLLaMA 3 7B, "
+                             "flamingo = IDEFICS 9B)")
+    parser.add_argument("--variants", default="nf4,none,bare",
+                        help="big-model section: nf4 and none (bf16) through the engine, bare = the NF4 bare loop; "
+                             "write = only write the random checkpoints (into --work)")
+    parser.add_argument("--work", type=Path, help="folder for the big-model section's checkpoints, kept and "
+                                                  "reused (default: a temporary folder)")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args, _ = parser.parse_known_args(argv)  # `python -m bench training` passes its own argv
     if args.child:
@@ -448,7 +582,12 @@ def main(argv: list[str] | None = None) -> None:
         if "decode" in sections:
             rows += decode_rows(data)
         if "big" in sections:
-            rows += big_model_rows(args.size, work, on_cpu=args.big_on_cpu)
+            for arch in args.archs.split(","):
+                found = big_model_rows(args.size, args.work or work, on_cpu=args.big_on_cpu, arch=arch,
+                                       variants=tuple(args.variants.split(",")))
+                for name, value in found:  # as they come: a long run cut short still reports
+                    print(f"# {name}: {value}", flush=True)
+                rows += found
     width = max(len(r[0]) for r in rows)
     print(f"{'measure'.ljust(width)}  value")
     for name, value in rows:
