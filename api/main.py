@@ -24,6 +24,8 @@ from api.clients.airflow import AirflowApi, AirflowClient, AirflowError
 from api.clients.mlflow import MlflowApi, MlflowReader
 from api.clients.s3 import S3Storage, S3Unavailable
 from api.core.config import Settings, get_settings
+from api.core.limits import AuthRateLimit, BodySizeLimit
+from api.core.security import hash_slots
 from api.db import exclusive_pass, make_engine, make_sessionmaker, upgrade_to_head
 from api.routers import auth, datasets, models, training_follow, training_results, trainings, webhooks
 from api.schemas.common import ValidationErrorResponse
@@ -135,6 +137,11 @@ def create_app(
         generate_unique_id_function=operation_id,
     )
     app.state.settings = settings
+    # abuse limits outside every route (api/core/limits.py): the body size first, then login/signup rates
+    app.add_middleware(AuthRateLimit, prefix=API_PREFIX, per_address=settings.auth_rate_limit_per_address,
+                       per_username=settings.auth_rate_limit_per_username, window_s=settings.auth_rate_limit_window_s)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_body_bytes)
+    hash_slots.configure(settings.password_hash_concurrency, settings.password_hash_wait_s)
     for router in (auth.router, datasets.router, models.router, trainings.router, training_follow.router,
                    training_results.router,
                    webhooks.router):
@@ -346,7 +353,13 @@ def _install_error_handlers(app: FastAPI) -> None:
 def __getattr__(name: str) -> Any:
     """`api.main:app` for uvicorn, built on first access from the environment's settings."""
     if name == "app":
+        from pydantic import ValidationError
+
         global app
-        app = create_app()
+        try:
+            app = create_app()
+        except ValidationError as exc:  # e.g. no QLORA_JWT_SECRET in production: one clear line, no traceback
+            problems = "; ".join(str(e.get("msg", "")).removeprefix("Value error, ") for e in exc.errors())
+            raise SystemExit(f"cannot start the API: {problems}") from None
         return app
     raise AttributeError(name)

@@ -46,6 +46,18 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=5 * 1024**3, ge=1)
     #: a dataset whose upload is not completed within this time is expired and its objects deleted
     upload_expiry_s: int = Field(default=24 * 3600, ge=1)
+    #: request bodies larger than this are answered 413 (archives go to S3 directly); 0: no limit
+    max_request_body_bytes: int = Field(default=1024**2, ge=0)
+    #: login and signup attempts per client address, and failed logins or signup attempts per
+    #: username, within `auth_rate_limit_window_s`; past either, 429 with Retry-After (0: no limit).
+    #: Counted in this process: per replica when several API processes run
+    auth_rate_limit_per_address: int = Field(default=60, ge=0)
+    auth_rate_limit_per_username: int = Field(default=10, ge=0)
+    auth_rate_limit_window_s: float = Field(default=60.0, gt=0)
+    #: password hashes (Argon2, 64 MiB each) computed at once; a request waits at most
+    #: `password_hash_wait_s` for a slot, then gets 503 with Retry-After
+    password_hash_concurrency: int = Field(default=2, ge=1)
+    password_hash_wait_s: float = Field(default=10.0, gt=0)
     #: bytes one user's datasets may hold in S3 (archives, declared sizes of uploads under way, extracted
     #: files of ready datasets); an upload past it is refused with 413. 0: no quota
     user_storage_quota_bytes: int = Field(default=50 * 1024**3, ge=0)
@@ -102,7 +114,13 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _refuse_dev_secret_in_production(self) -> Settings:
-        if self.env == "production":
+        if self.env != "development":
+            if "jwt_secret" not in self.model_fields_set:
+                raise ValueError(
+                    f"QLORA_JWT_SECRET is not set: outside development (QLORA_ENV={self.env}) the API does not "
+                    "start without an explicit secret; set one of at least 32 characters "
+                    "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`)"
+                )
             if self.jwt_secret == DEV_JWT_SECRET:
                 raise ValueError(
                     "QLORA_JWT_SECRET is the development secret; production needs its own secret "

@@ -15,6 +15,9 @@ from api.routers.openapi_doc import UNAUTHORIZED, body_example, error, ok_exampl
 router = APIRouter(prefix="/auth", tags=["auth"])
 
 _EXISTS = "A user with this username or email already exists"
+#: login and signup are rate-limited per client address and per username (api/core/limits.py)
+_RATE_LIMITED = {429: error("Too many attempts from this address or for this username; `Retry-After` says when "
+                            "to try again", "Too many failed logins for this username (10 per 60 s); retry in 42 s")}
 
 
 @router.post(
@@ -23,7 +26,8 @@ _EXISTS = "A user with this username or email already exists"
     response_model=SignupResponse,
     responses={201: ok_example({"message": "User registered successfully"}),
                400: error("The username or email is taken, or a field is invalid (`detail` names it)",
-                          "A user with this username or email already exists")},
+                          "A user with this username or email already exists"),
+               **_RATE_LIMITED},
     openapi_extra=body_example(SignupRequest, **{"x-validation-status": 400}),
     summary="Register a new user account",
     description="Creates an account. Usernames are 3 to 64 letters, digits, `_`, `.` or `-` and compared "
@@ -50,7 +54,8 @@ def signup(body: SignupRequest, session: SessionDep) -> SignupResponse:
     response_model=Token,
     responses={200: ok_example({"access_token": "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIwYzlkOGU3ZiJ9.c2lnbmF0dXJl",
                                 "token_type": "bearer"}),
-               401: error("Unknown username or wrong password", "Incorrect username or password")},
+               401: error("Unknown username or wrong password", "Incorrect username or password"),
+               **_RATE_LIMITED},
     openapi_extra=body_example(LoginRequest),
     summary="Log in and get a bearer access token",
     description="Send the token as `Authorization: Bearer <access_token>` on every other call. It expires after "

@@ -129,7 +129,7 @@ def test_every_bad_token_is_401_with_detail(client: TestClient, settings: Settin
 def test_production_refuses_the_development_secret(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("QLORA_ENV", "production")
     monkeypatch.delenv("QLORA_JWT_SECRET", raising=False)
-    with pytest.raises(ValidationError, match="development secret"):
+    with pytest.raises(ValidationError, match="QLORA_JWT_SECRET is not set"):
         Settings()
     monkeypatch.setenv("QLORA_JWT_SECRET", DEV_JWT_SECRET)
     with pytest.raises(ValidationError, match="development secret"):
