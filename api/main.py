@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.clients.airflow import AirflowApi, AirflowClient, AirflowError
 from api.clients.mlflow import MlflowApi, MlflowReader
+from api.clients.mlflow_accounts import MlflowAccounts
 from api.clients.s3 import S3Storage, S3Unavailable
 from api.core.config import Settings, get_settings
 from api.core.limits import AuthRateLimit, BodySizeLimit
@@ -96,6 +97,8 @@ def create_app(
         app.state.airflow = airflow or AirflowClient.from_settings(settings)
         # importing mlflow takes a second or two: done once here, off the event loop
         app.state.mlflow = mlflow or await asyncio.to_thread(MlflowReader.from_settings, settings)
+        # users' MLflow accounts (signup, login); None when the server runs without auth
+        app.state.mlflow_accounts = MlflowAccounts.from_settings(settings)
         app.state.training_live = LiveState.create(settings.live_state_ttl_s)
         try:
             await asyncio.to_thread(app.state.s3.ensure_bucket)
@@ -123,6 +126,8 @@ def create_app(
                     await loop_task
             if owned_airflow:
                 app.state.airflow.close()
+            if app.state.mlflow_accounts is not None:
+                app.state.mlflow_accounts.close()
             engine.dispose()
 
     app = FastAPI(

@@ -12,6 +12,11 @@ GENERATORS = {
     "AIRFLOW_API_SECRET_KEY": lambda: secrets.token_urlsafe(32),
     "S3_ACCESS_KEY": lambda: "qlora" + secrets.token_hex(8),
     "S3_SECRET_KEY": lambda: secrets.token_urlsafe(30),
+    # MLflow's basic-auth app: the operators' admin, the API's and the workers' accounts, the Flask secret
+    "MLFLOW_ADMIN_PASSWORD": lambda: secrets.token_urlsafe(18),
+    "MLFLOW_API_PASSWORD": lambda: secrets.token_urlsafe(18),
+    "MLFLOW_WORKER_PASSWORD": lambda: secrets.token_urlsafe(18),
+    "MLFLOW_FLASK_SECRET_KEY": lambda: secrets.token_urlsafe(32),
 }
 
 

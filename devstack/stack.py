@@ -18,7 +18,7 @@ from pathlib import Path
 
 from devstack.airflow import Airflow
 from devstack.api_server import APIServer
-from devstack.mlflow_server import MLflowServer
+from devstack.mlflow_server import API_ACCOUNT, WORKER_ACCOUNT, MlflowAuth, MLflowServer
 from devstack.ports import HOST, port_open
 from devstack.postgres import Postgres
 from devstack.processes import ServiceError
@@ -78,7 +78,8 @@ class Stack:
         self.s3 = SeaweedFS(self.folder / "seaweedfs", s3_port=p.s3, master_port=p.s3_master, volume_port=p.s3_volume,
                             filer_port=p.s3_filer, admin_port=p.s3_admin, access_key=s["S3_ACCESS_KEY"],
                             secret_key=s["S3_SECRET_KEY"], bucket=self.bucket)
-        self.mlflow = MLflowServer(self.folder / "mlflow", p.mlflow, self.s3.settings)
+        self.mlflow_auth = MlflowAuth.from_secrets(s)
+        self.mlflow = MLflowServer(self.folder / "mlflow", p.mlflow, self.s3.settings, auth=self.mlflow_auth)
         #: the celery mode's own servers (started first, stopped last)
         self.postgres = self.redis = None
         if self.executor == "celery":
@@ -86,6 +87,7 @@ class Stack:
             self.redis = RedisServer(self.folder / "redis", p.redis)
         self.env = self._client_env()
         task_env = {k: v for k, v in self.env.items() if k not in ("QLORA_JWT_SECRET", "QLORA_AIRFLOW_PASSWORD")}
+        task_env |= self.mlflow_auth.client_env(WORKER_ACCOUNT)  # the workers' own MLflow account
         airflow_db = os.environ.get("QLORA_AIRFLOW_DATABASE_URL") or (self.postgres and self.postgres.url("airflow"))
         self.airflow = Airflow(self.folder / "airflow", p.airflow, password=s["AIRFLOW_ADMIN_PASSWORD"],
                                jwt_secret=s["AIRFLOW_JWT_SECRET"], secret_key=s["AIRFLOW_API_SECRET_KEY"],
@@ -93,7 +95,8 @@ class Stack:
                                celery_broker_url=self.redis and self.redis.url)
         # webhooks to receivers on this machine are allowed on the local stack (off by default)
         self.api = APIServer(self.folder / "api", p.api, {
-            **self.env, "QLORA_WEBHOOK_ALLOW_PRIVATE": os.environ.get("QLORA_WEBHOOK_ALLOW_PRIVATE", "true")})
+            **self.env, **self.mlflow_auth.client_env(API_ACCOUNT),
+            "QLORA_WEBHOOK_ALLOW_PRIVATE": os.environ.get("QLORA_WEBHOOK_ALLOW_PRIVATE", "true")})
         self.celery_servers = [s for s in (self.postgres, self.redis) if s is not None]
         self.services = [*self.celery_servers, self.s3, self.mlflow, self.airflow, self.api]
 
@@ -102,6 +105,7 @@ class Stack:
         return {
             **self.s3.settings.env(),
             "MLFLOW_TRACKING_URI": self.mlflow.url,
+            **self.mlflow_auth.client_env(),  # a shell's (an operator's): the MLflow admin
             "QLORA_ENV": os.environ.get("QLORA_ENV", "development"),
             "QLORA_DATABASE_URL": os.environ.get("QLORA_DATABASE_URL") or (
                 self.postgres.url("qlora") if self.postgres else f"sqlite:///{self.folder / 'api.db'}"),
@@ -219,7 +223,8 @@ class Stack:
         return "\n".join([
             f"API          {e['QLORA_API_URL']}/v1   (docs: {e['QLORA_API_URL']}/v1/docs)",
             f"Airflow UI   {e['QLORA_AIRFLOW_URL']}   user admin / {self.secrets['AIRFLOW_ADMIN_PASSWORD']}",
-            f"MLflow UI    {e['MLFLOW_TRACKING_URI']}",
+            f"MLflow UI    {e['MLFLOW_TRACKING_URI']}   users: their own username and password; "
+            f"admin {self.mlflow_auth.admin_username} / {self.mlflow_auth.admin_password}",
             f"S3           {e['AWS_ENDPOINT_URL_S3']}   bucket {self.bucket}   "
             f"key {e['AWS_ACCESS_KEY_ID']} / secret {e['AWS_SECRET_ACCESS_KEY']}",
             f"state, logs  {self.folder}   (secrets: secrets.env; shell: source {self.folder / 'stack.env'})",

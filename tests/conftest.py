@@ -25,7 +25,7 @@ import pytest
 
 from devstack.airflow import Airflow
 from devstack.api_server import APIServer
-from devstack.mlflow_server import MLflowServer
+from devstack.mlflow_server import API_ACCOUNT, WORKER_ACCOUNT, MlflowAuth, MLflowServer
 from devstack import processes
 from devstack.ports import free_ports
 from devstack.postgres import Postgres
@@ -39,7 +39,8 @@ processes.DIE_WITH_PARENT = True  # a killed test session leaves no services beh
 #: A test whose fixture closure holds one is marked `stack`; fixtures built on them (postgres_url,
 #: s3_env, mlflow_uri, the real `airflow`, api_server...) are in that closure. `airflow` is not
 #: named: tests/api/conftest.py reuses the name for its fake (the real one needs `s3` anyway).
-REAL_SERVICE_FIXTURES = ("postgres_server", "s3", "mlflow_uri", "api_server", "stack_cli", "airflow_env")
+REAL_SERVICE_FIXTURES = ("postgres_server", "s3", "mlflow_server", "mlflow_uri", "api_server", "stack_cli",
+                         "airflow_env")
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects
@@ -119,25 +120,54 @@ def s3_env(s3: S3Settings, monkeypatch: pytest.MonkeyPatch) -> S3Settings:
 
 
 # -- MLflow ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MlflowHandle:
+    """The test MLflow server (`basic-auth` app, as `make up` runs it): `.url`, `.auth` (admin,
+    service accounts), `.env(account)` (MLflow's client variables, default: the admin's)."""
+
+    url: str
+    auth: MlflowAuth
+
+    def env(self, account: str | None = None) -> dict[str, str]:
+        return {"MLFLOW_TRACKING_URI": self.url, **self.auth.client_env(account)}
+
+
 @pytest.fixture(scope="session")
-def mlflow_uri(s3: S3Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Tracking URI of a real MLflow server whose artifacts go to the test S3 bucket."""
-    server = MLflowServer(tmp_path_factory.mktemp("mlflow"), free_ports(1)[0], s3)
+def mlflow_server(s3: S3Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowHandle]:
+    """A real MLflow server with authentication whose artifacts go to the test S3 bucket. MLflow
+    clients of the test process sign in as its admin (MLFLOW_TRACKING_USERNAME/PASSWORD are set
+    for the session); the API and Airflow started here use their own service accounts."""
+    auth = MlflowAuth(admin_password=secrets.token_urlsafe(16), secret_key=secrets.token_urlsafe(24),
+                      accounts={API_ACCOUNT: secrets.token_urlsafe(16), WORKER_ACCOUNT: secrets.token_urlsafe(16)})
+    server = MLflowServer(tmp_path_factory.mktemp("mlflow"), free_ports(1)[0], s3, auth=auth)
     server.start()
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
     try:
         server.wait_ready()
-        yield server.url
+        os.environ.update(auth.client_env())
+        yield MlflowHandle(server.url, auth)
     finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def mlflow_uri(mlflow_server: MlflowHandle) -> str:
+    """Tracking URI of the test MLflow server (the test process signs in as its admin)."""
+    return mlflow_server.url
 
 
 # -- Airflow ---------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
-def airflow(s3: S3Settings, mlflow_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Airflow]:
+def airflow(s3: S3Settings, mlflow_server: MlflowHandle, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Airflow]:
     """Airflow (api-server, scheduler, dag-processor) running the repo's dags/ with the S3 and
     MLflow environment: `.url` (= `.base_url`), `.username`, `.password`, `.token()`."""
     folder = tmp_path_factory.mktemp("airflow")
-    env = {**s3.env(), "MLFLOW_TRACKING_URI": mlflow_uri, "QLORA_CACHE_DIR": str(folder / "cache"),
+    env = {**s3.env(), **mlflow_server.env(WORKER_ACCOUNT), "QLORA_CACHE_DIR": str(folder / "cache"),
            "QLORA_GPU_POOL_SLOTS": "1"}
     server = Airflow(folder, free_ports(1)[0], password=secrets.token_urlsafe(12),
                      jwt_secret=secrets.token_urlsafe(32), secret_key=secrets.token_urlsafe(32), extra_env=env)
@@ -158,15 +188,16 @@ class ApiHandle:
     airflow: Airflow
     mlflow_uri: str
     s3: S3Settings
+    mlflow: MlflowHandle | None = None
 
 
 @pytest.fixture(scope="session")
-def api_server(postgres_server: Postgres, s3: S3Settings, airflow: Airflow, mlflow_uri: str,
+def api_server(postgres_server: Postgres, s3: S3Settings, airflow: Airflow, mlflow_server: MlflowHandle,
                tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiHandle]:
     """`uvicorn api.main:app` on PostgreSQL, the test S3, Airflow and MLflow: `.base_url`."""
     database_url = postgres_server.create_database("qlora_api")
     jwt_secret = secrets.token_urlsafe(48)
-    env = {**s3.env(), "MLFLOW_TRACKING_URI": mlflow_uri, "QLORA_ENV": "development",
+    env = {**s3.env(), **mlflow_server.env(API_ACCOUNT), "QLORA_ENV": "development",
            "QLORA_DATABASE_URL": database_url, "QLORA_JWT_SECRET": jwt_secret,
            "QLORA_AIRFLOW_URL": airflow.url, "QLORA_AIRFLOW_USERNAME": airflow.username,
            "QLORA_AIRFLOW_PASSWORD": airflow.password, "QLORA_RECONCILE_INTERVAL_S": "2"}
@@ -174,7 +205,7 @@ def api_server(postgres_server: Postgres, s3: S3Settings, airflow: Airflow, mlfl
     server.start()
     try:
         server.wait_ready()
-        yield ApiHandle(server.url, database_url, jwt_secret, airflow, mlflow_uri, s3)
+        yield ApiHandle(server.url, database_url, jwt_secret, airflow, mlflow_server.url, s3, mlflow_server)
     finally:
         server.stop()
 

@@ -3,8 +3,8 @@ their validation, the Airflow names, and the job's states and stages.
 
 Light: standard library, pydantic (through `training.params`) and the catalog; no torch, no
 airflow. A job request is ``{model_id, dataset_id, training_params, output_name}``; the DAG run
-conf is flat: ``job_id``, ``user``, ``model_id``, ``dataset_id``, ``output_name`` and one field
-per training parameter, resolved (`job_conf()`). Checks:
+conf is flat: ``job_id``, ``user``, ``model_id``, ``dataset_id``, ``output_name``,
+``max_runtime_minutes`` and one field per training parameter, resolved (`job_conf()`). Checks:
 
 * the parameters' own types and bounds: `training.params.TrainingParams` (the one definition);
 * model-dependent rules (LoRA rank range, allowed target modules, the dataset fits the model
@@ -164,6 +164,12 @@ SAFE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 SAFE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 
 
+#: a job's training time limit when nothing sets one, and the most any job may have (the API's
+#: settings choose its own default and ceiling within it: QLORA_MAX_RUNTIME_MINUTES_DEFAULT/_MAX)
+DEFAULT_MAX_RUNTIME_MINUTES = 24 * 60
+MAX_RUNTIME_MINUTES_LIMIT = 7 * 24 * 60
+
+
 def job_field_schemas() -> dict[str, dict[str, Any]]:
     """JSON schema of each field of a run's conf that is not a training parameter. The conf is
     flat: these fields beside one field per training parameter (`params.PARAM_NAMES`), so the
@@ -179,17 +185,28 @@ def job_field_schemas() -> dict[str, dict[str, Any]]:
                        "description": "id of a validated dataset"},
         "output_name": {"type": "string", "pattern": SAFE_NAME_PATTERN, "title": "Output name",
                         "description": "name of the adapter (the MLflow run and registered model name)"},
+        "max_runtime_minutes": {"type": "integer", "minimum": 1, "maximum": MAX_RUNTIME_MINUTES_LIMIT,
+                                "default": DEFAULT_MAX_RUNTIME_MINUTES, "title": "Max runtime (minutes)",
+                                "description": "deadline of the train task: past it the training is stopped, "
+                                "its partial adapter kept, and the job fails"},
     }
 
 
-JOB_FIELDS: tuple[str, ...] = ("job_id", "user", "model_id", "dataset_id", "output_name")
+JOB_FIELDS: tuple[str, ...] = ("job_id", "user", "model_id", "dataset_id", "output_name", "max_runtime_minutes")
 
 
 def job_conf(job_id: str, user: str, model_id: str, dataset_id: str, output_name: str,
-             resolved: params.TrainingParams) -> dict[str, Any]:
+             resolved: params.TrainingParams, max_runtime_minutes: int = DEFAULT_MAX_RUNTIME_MINUTES) -> dict[str, Any]:
     """The conf of a job's DAG run: the job's fields and every resolved training parameter."""
     return {"job_id": job_id, "user": user, "model_id": model_id, "dataset_id": dataset_id,
-            "output_name": output_name, **resolved.model_dump()}
+            "output_name": output_name, "max_runtime_minutes": max_runtime_minutes, **resolved.model_dump()}
+
+
+def max_runtime_problems(value: Any, ceiling: int = MAX_RUNTIME_MINUTES_LIMIT) -> list[str]:
+    """`max_runtime_minutes` must be a whole number of minutes from 1 to `ceiling`."""
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= ceiling:
+        return []
+    return [f"max_runtime_minutes must be a whole number of minutes from 1 to {ceiling}; got {value!r}"]
 
 
 def conf_params(conf: Mapping[str, Any]) -> dict[str, Any]:
@@ -233,6 +250,7 @@ def validate_job_conf(conf: Mapping[str, Any], dataset_tasks: Sequence[str] | No
     problems: list[str] = []
     for field in ("job_id", "user", "dataset_id"):
         problems.extend(check_name(field, conf.get(field), SAFE_ID_PATTERN))
+    problems.extend(max_runtime_problems(conf.get("max_runtime_minutes", DEFAULT_MAX_RUNTIME_MINUTES)))
     model = load_catalog().get(conf.get("model_id")) if isinstance(conf.get("model_id"), str) else None
     if model is None:
         known = ", ".join(m.id for m in load_catalog().models)

@@ -28,6 +28,17 @@ class AirflowUnavailable(AirflowError):
     """Airflow could not be reached (connection refused, timeout, 5xx, authentication)."""
 
 
+class DagNotFound(AirflowUnavailable):
+    """Airflow does not know the DAG itself (not parsed yet, renamed, a fresh metadata
+    database): a state of Airflow to wait out, never evidence that a run is gone."""
+
+    def __init__(self, dag_id: str, why: str = "") -> None:
+        self.dag_id = dag_id
+        self.detail = (f"The pipeline (Airflow DAG {dag_id}) is not loaded in Airflow yet (not parsed, or "
+                       "renamed); retry in a minute")
+        super().__init__(f"{self.detail}{': ' + why if why else ''}")
+
+
 @dataclass(frozen=True)
 class DagRun:
     dag_id: str
@@ -70,6 +81,8 @@ class TrainingAirflowApi(AirflowApi, Protocol):
     def get_xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value") -> Any: ...
 
     def set_dag_run_state(self, dag_id: str, run_id: str, state: str) -> DagRun | None: ...
+
+    def list_active_runs(self, dag_id: str, limit: int = 500) -> list[DagRun]: ...
 
 
 class AirflowClient:
@@ -148,6 +161,8 @@ class AirflowClient:
         )
         if resp.status_code == 409:
             return False
+        if resp.status_code == 404:
+            raise DagNotFound(dag_id, _detail(resp))
         if resp.status_code >= 400:
             raise AirflowError(f"Airflow refused to trigger {dag_id} ({resp.status_code}): {_detail(resp)}")
         return True
@@ -155,6 +170,7 @@ class AirflowClient:
     def get_dag_run(self, dag_id: str, run_id: str) -> DagRun | None:
         resp = self._request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")
         if resp.status_code == 404:
+            _raise_unless_run_missing(resp, dag_id)
             return None
         if resp.status_code >= 400:
             raise AirflowError(f"Airflow refused to read run {run_id} ({resp.status_code}): {_detail(resp)}")
@@ -172,8 +188,8 @@ class AirflowClient:
                 f"/api/v2/dags/{dag_id}/dagRuns",
                 params={"run_id_pattern": "|".join(chunk), "limit": LIST_CHUNK},
             )
-            if resp.status_code == 404:
-                continue
+            if resp.status_code == 404:  # the DAG itself: its runs are not known to be gone
+                raise DagNotFound(dag_id, _detail(resp))
             if resp.status_code >= 400:
                 raise AirflowError(f"Airflow refused to list runs of {dag_id} ({resp.status_code}): {_detail(resp)}")
             for item in resp.json().get("dag_runs", []):
@@ -182,6 +198,24 @@ class AirflowClient:
                     found[run.run_id] = run
         return found
 
+    def list_active_runs(self, dag_id: str, limit: int = 500) -> list[DagRun]:
+        """The queued and running runs of a DAG (at most `limit`, oldest first)."""
+        out: list[DagRun] = []
+        while len(out) < limit:
+            resp = self._request(
+                "GET", f"/api/v2/dags/{dag_id}/dagRuns",
+                params={"state": ["queued", "running"], "limit": LIST_CHUNK, "offset": len(out),
+                        "order_by": "id"},
+            )
+            if resp.status_code == 404:
+                raise DagNotFound(dag_id, _detail(resp))
+            if resp.status_code >= 400:
+                raise AirflowError(f"Airflow refused to list runs of {dag_id} ({resp.status_code}): {_detail(resp)}")
+            page = [_dag_run(item, dag_id) for item in resp.json().get("dag_runs", [])]
+            out += page
+            if len(page) < LIST_CHUNK:
+                break
+        return out[:limit]
 
     def list_task_instances(self, dag_id: str, run_id: str) -> dict[str, TaskInstance]:
         """Task instances of one run by task id (empty if the run is unknown)."""
@@ -235,6 +269,7 @@ class AirflowClient:
         """Marks a run `failed`/`success` (Airflow then kills its running tasks); None if unknown."""
         resp = self._request("PATCH", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}", json={"state": state})
         if resp.status_code == 404:
+            _raise_unless_run_missing(resp, dag_id)
             return None
         if resp.status_code >= 400:
             raise AirflowError(f"Airflow refused to set run {run_id} {state} ({resp.status_code}): {_detail(resp)}")
@@ -276,6 +311,13 @@ def _time(value: Any) -> datetime | None:
     except ValueError:
         return None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _raise_unless_run_missing(resp: httpx.Response, dag_id: str) -> None:
+    """A 404 on a run's path means the run is missing only when Airflow says so (`The DagRun
+    with ... was not found`); any other 404 is about the DAG: `DagNotFound`."""
+    if "dagrun" not in _detail(resp).lower().replace(" ", ""):
+        raise DagNotFound(dag_id, _detail(resp))
 
 
 def _detail(resp: httpx.Response) -> str:

@@ -62,7 +62,13 @@ class MlflowApi(Protocol):
 class MlflowReader:
     """Reads runs from the tracking server at `tracking_uri`."""
 
-    def __init__(self, tracking_uri: str, timeout_s: float = 5.0) -> None:
+    def __init__(self, tracking_uri: str, timeout_s: float = 5.0, username: str | None = None,
+                 password: str | None = None) -> None:
+        # the API's MLflow account (a server with the basic-auth app): MLflow's client reads
+        # its credentials from these variables on every request
+        if username and password:
+            os.environ["MLFLOW_TRACKING_USERNAME"] = username
+            os.environ["MLFLOW_TRACKING_PASSWORD"] = password
         # MLflow reads these per request; bound them unless the operator chose otherwise
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(max(timeout_s, 1))))
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
@@ -75,7 +81,8 @@ class MlflowReader:
     @classmethod
     def from_settings(cls, settings: Settings) -> MlflowReader | None:
         uri = settings.mlflow_tracking_uri
-        return cls(uri, settings.mlflow_timeout_s) if uri else None
+        return cls(uri, settings.mlflow_timeout_s, settings.mlflow_tracking_username,
+                   settings.mlflow_tracking_password) if uri else None
 
     def get_run(self, run_id: str) -> RunSummary | None:
         from mlflow.exceptions import MlflowException

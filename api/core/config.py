@@ -82,6 +82,13 @@ class Settings(BaseSettings):
     mlflow_timeout_s: float = 5.0
 
     #: live job state (the bulk Airflow and MLflow reads of the list) is shared by all requests of
+    #: the API's own MLflow account (MLflow's client variables) on a server that runs the
+    #: `basic-auth` app; an MLflow admin, since it creates each user's account at signup
+    #: (`api/clients/mlflow_accounts.py`). Unset: the server has no auth, users get no accounts
+    mlflow_tracking_username: str | None = Field(
+        default=None, validation_alias=AliasChoices("MLFLOW_TRACKING_USERNAME"))
+    mlflow_tracking_password: str | None = Field(
+        default=None, validation_alias=AliasChoices("MLFLOW_TRACKING_PASSWORD"))
     #: the process for this long; 0 reads it on every list request
     live_state_ttl_s: float = Field(default=2.0, ge=0)
 

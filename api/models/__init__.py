@@ -3,6 +3,7 @@
 from api.models.base import Base
 from api.models.catalog_model import CatalogModelRow
 from api.models.event import EventLevel, EventType, TrainingEvent
+from api.models.idempotency import IDEMPOTENCY_WINDOW, IdempotencyKey
 from api.models.dataset import Dataset, DatasetStage, DatasetStatus
 from api.models.training_job import (
     ACTIVE_TRAINING_STATUSES,
@@ -24,6 +25,8 @@ __all__ = [
     "DeliveryStatus",
     "EventLevel",
     "EventType",
+    "IDEMPOTENCY_WINDOW",
+    "IdempotencyKey",
     "TrainingEvent",
     "TrainingJob",
     "TrainingStatus",

@@ -54,6 +54,9 @@ class TrainingJob(Base):
     request: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     output_name: Mapped[str | None] = mapped_column(String(64), default=None)
     airflow_run_id: Mapped[str | None] = mapped_column(String(250), default=None)
+    #: when Airflow accepted the trigger of the run (None: the job is committed but its run not
+    #: yet triggered; the reconcile loop triggers it)
+    run_triggered_at: Mapped[datetime | None] = mapped_column(default=None)
     mlflow_run_id: Mapped[str | None] = mapped_column(String(64), default=None)
     mlflow_experiment_id: Mapped[str | None] = mapped_column(String(64), default=None)
     stage: Mapped[str | None] = mapped_column(String(32), default=None)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, BackgroundTasks, HTTPException, Request, status
 from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 
@@ -10,6 +10,7 @@ from api.core.security import create_access_token, hash_password, verify_passwor
 from api.deps import CurrentUser, SessionDep, SettingsDep
 from api.models import User
 from api.schemas.auth import LoginRequest, SignupRequest, SignupResponse, Token, UserPublic
+from api.services import mlflow_users
 from api.routers.openapi_doc import UNAUTHORIZED, body_example, error, ok_example
 
 router = APIRouter(prefix="/auth", tags=["auth"])
@@ -31,21 +32,26 @@ _RATE_LIMITED = {429: error("Too many attempts from this address or for this use
     openapi_extra=body_example(SignupRequest, **{"x-validation-status": 400}),
     summary="Register a new user account",
     description="Creates an account. Usernames are 3 to 64 letters, digits, `_`, `.` or `-` and compared "
-    "without case; passwords have at least 8 characters. Then log in for a token.",
+    "without case; passwords have at least 12 characters (the same password signs you in to the MLflow UI). "
+    "Then log in for a token.",
 )
-def signup(body: SignupRequest, session: SessionDep) -> SignupResponse:
+def signup(body: SignupRequest, session: SessionDep, request: Request) -> SignupResponse:
     email = body.email.lower()
     taken = session.scalar(
         select(User.id).where(or_(func.lower(User.username) == body.username.lower(), User.email == email))
     )
     if taken:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, detail=_EXISTS)
+    mlflow_accounts = mlflow_users.accounts(request)
+    mlflow_users.refuse_reserved(mlflow_accounts, body.username)  # a service's MLflow account
     session.add(User(username=body.username, email=email, hashed_password=hash_password(body.password)))
     try:
         session.commit()
     except IntegrityError:  # a concurrent signup won the race
         session.rollback()
         raise HTTPException(status.HTTP_400_BAD_REQUEST, detail=_EXISTS) from None
+    # the user's MLflow account (same username and password), READ on their own experiment
+    mlflow_users.after_signup(mlflow_accounts, body.username, body.password)
     return SignupResponse(message="User registered successfully")
 
 
@@ -61,7 +67,8 @@ def signup(body: SignupRequest, session: SessionDep) -> SignupResponse:
     description="Send the token as `Authorization: Bearer <access_token>` on every other call. It expires after "
     "`QLORA_ACCESS_TOKEN_EXPIRE_MINUTES` (a day by default); then log in again.",
 )
-def login(body: LoginRequest, session: SessionDep, settings: SettingsDep) -> Token:
+def login(body: LoginRequest, session: SessionDep, settings: SettingsDep, request: Request,
+          background: BackgroundTasks) -> Token:
     user = session.scalar(select(User).where(func.lower(User.username) == body.username.lower()))
     if not verify_password(body.password, user.hashed_password if user else None) or user is None:
         raise HTTPException(
@@ -69,6 +76,8 @@ def login(body: LoginRequest, session: SessionDep, settings: SettingsDep) -> Tok
             detail="Incorrect username or password",
             headers={"WWW-Authenticate": "Bearer"},
         )
+    # after the answer: the MLflow account repaired if it drifted (signup while MLflow was down...)
+    background.add_task(mlflow_users.after_login, mlflow_users.accounts(request), user.username, body.password)
     return Token(access_token=create_access_token(user.id, settings), token_type="bearer")
 
 

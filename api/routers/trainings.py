@@ -6,7 +6,7 @@ import re
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 
 from api.deps import CurrentUser, PAGED_LIST_ROUTE, PageDep, TrainingsDep
 from api.routers.openapi_doc import (
@@ -45,16 +45,36 @@ _NOT_FOUND = {404: error("No such job of yours", "Training job not found")}
                400: error("Invalid parameters, or the model or dataset is unknown, not ready or does not fit "
                           "(`detail` names every problem)",
                           "lora_rank must be between 1 and 16 for model flamingo-tiny-classification, got 32"),
-               **_UNAVAILABLE},
+               409: error("The `Idempotency-Key` was used with another request body",
+                          "Idempotency-Key 'k-1' was already used at 2026-11-30T17:00:00Z for another request body "
+                          "(POST /v1/trainings); retry with the same body to get that answer, or use a new key for "
+                          "a new request"),
+               429: error("You have as many queued or running jobs as allowed; retry after `Retry-After` seconds",
+                          "You have 4 queued or running training jobs, the most allowed at once (4); wait for one "
+                          "to end (or stop one with POST /v1/trainings/{job_id}/stop), then retry"),
+               503: error("Airflow cannot be reached, or the training DAG is not loaded yet; retry after "
+                          "`Retry-After` seconds",
+                          "The pipeline (Airflow DAG qlora_training) is not loaded in Airflow yet (not parsed, or "
+                          "renamed); retry in a minute")},
     openapi_extra=body_example(TRAINING_REQUEST, **{"x-validation-status": 400}),
     summary="Start a QLoRA fine-tuning job",
     description="Validates everything before any compute is spent (model, your ready dataset and its fit to the "
     "model type, parameter bounds, LoRA rank in the model's range, target modules, output name), then runs the "
-    "`qlora_training` Airflow DAG (run id `train-{job_id}`).",
+    "`qlora_training` Airflow DAG (run id `train-{job_id}`). At most `QLORA_MAX_ACTIVE_JOBS_PER_USER` of your jobs "
+    "may be queued or running at once (429 beyond). Send an `Idempotency-Key` to retry safely: the same key with "
+    "the same body within 24 h answers the first answer again (the same `job_id`, header `Idempotent-Replayed: "
+    "true`), with another body 409.",
 )
-def start_training(body: TrainingRequest, user: CurrentUser, trainings: TrainingsDep) -> TrainingStartResponse:
-    job = start_stop.start_job(trainings, user, body)
-    return TrainingStartResponse(job_id=job.id)
+def start_training(
+    body: TrainingRequest, user: CurrentUser, trainings: TrainingsDep, response: Response,
+    idempotency_key: Annotated[str | None, Header(
+        alias="Idempotency-Key", description="Any unique string of yours (a UUID) naming this request; "
+        "retries of the request send the same one.")] = None,
+) -> TrainingStartResponse:
+    answer, replayed = start_stop.start_job(trainings, user, body, idempotency_key)
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return answer
 
 
 def job_filters(

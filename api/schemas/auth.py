@@ -5,7 +5,8 @@ from datetime import datetime
 from pydantic import BaseModel, ConfigDict, EmailStr, Field
 
 USERNAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{2,63}$"
-PASSWORD_MIN_LENGTH = 8
+#: 12: MLflow's minimum, so that the user's MLflow account shares the password (api/clients/mlflow_accounts.py)
+PASSWORD_MIN_LENGTH = 12
 
 
 class SignupRequest(BaseModel):
@@ -18,7 +19,7 @@ class SignupRequest(BaseModel):
         description="3 to 64 characters: letters, digits, `_`, `.`, `-`; starts with a letter or digit.",
     )
     email: EmailStr
-    password: str = Field(min_length=PASSWORD_MIN_LENGTH, max_length=256, description="At least 8 characters.")
+    password: str = Field(min_length=PASSWORD_MIN_LENGTH, max_length=256, description=f"At least {PASSWORD_MIN_LENGTH} characters.")
 
 
 class LoginRequest(BaseModel):

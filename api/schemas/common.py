@@ -18,7 +18,7 @@ class FieldError(BaseModel):
 class ValidationErrorResponse(BaseModel):
     """A request that does not match the schema (422, or 400 where a route documents it)."""
 
-    detail: str = Field(examples=["username: is required; password: String should have at least 8 characters"])
+    detail: str = Field(examples=["username: is required; password: String should have at least 12 characters"])
     errors: list[FieldError] = Field(description="Each problem on its own, as FastAPI reports it.")
 
 

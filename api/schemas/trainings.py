@@ -56,6 +56,12 @@ class TrainingRequest(BaseModel):
         max_length=200,
         description="Name of the adapter (MLflow run and registered model): 1-64 letters, digits, '.', '_', '-'.",
     )
+    max_runtime_minutes: int | None = Field(
+        default=None,
+        description="Deadline of the training itself, in minutes (default and ceiling: the service's "
+        "`QLORA_MAX_RUNTIME_MINUTES_DEFAULT` and `QLORA_MAX_RUNTIME_MINUTES_MAX`, 1440 and 4320 unless set). Past it "
+        "the training is stopped, its partial adapter kept (`output_path`), and the job ends `failed` saying so.",
+    )
     metadata: dict[str, str] | None = Field(
         default=None,
         description=f"Your own labels: at most {MAX_METADATA_PAIRS} pairs, keys of 1-64 letters, digits, '_', '-', "

@@ -104,7 +104,7 @@ def _log_in(ctx: click.Context, username: str, password: str) -> None:
 @cli.command()
 @click.option("--username", help="3-64 letters, digits, '_', '.', '-'.")
 @click.option("--email")
-@click.option("--password", help="At least 8 characters (prompted for on a terminal when omitted).")
+@click.option("--password", help="At least 12 characters, also your MLflow UI password (prompted for on a terminal when omitted).")
 @click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
 @click.pass_context
 def signup(ctx: click.Context, username: str | None, email: str | None, password: str | None,

@@ -49,6 +49,10 @@ class FakeAirflow:
         self.list_calls += 1
         return {r: DagRun(dag_id, r, self.states[r]) for r in run_ids if r in self.states}
 
+    def list_active_runs(self, dag_id: str, limit: int = 500) -> list[DagRun]:
+        self._check()
+        return [DagRun(dag_id, r, s) for r, s in self.states.items() if s in ("queued", "running")][:limit]
+
 
 def make_settings(postgres_url: str, s3: S3Settings, **overrides: Any) -> Settings:
     values: dict[str, Any] = dict(

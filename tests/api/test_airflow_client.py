@@ -9,7 +9,7 @@ import json
 import httpx
 import pytest
 
-from api.clients.airflow import AirflowClient, AirflowError, AirflowUnavailable
+from api.clients.airflow import AirflowClient, AirflowError, AirflowUnavailable, DagNotFound
 from devstack.ports import free_ports
 
 
@@ -42,11 +42,12 @@ class Recorder:
             return httpx.Response(200, json={"dag_runs": runs, "total_entries": len(runs)})
         if request.method == "GET" and request.url.path.startswith("/api/v2/dags/dv/dagRuns/"):
             run_id = request.url.path.rsplit("/", 1)[1]
-            if run_id not in self.runs:
-                return httpx.Response(404, json={"detail": "not found"})
+            if run_id not in self.runs:  # Airflow's own words for a missing run
+                return httpx.Response(404, json={"detail": f"The DagRun with dag_id: `dv` and run_id: `{run_id}` "
+                                                           "was not found"})
             return httpx.Response(200, json={"dag_run_id": run_id, "dag_id": "dv", "state": self.runs[run_id]})
-        if request.url.path == "/api/v2/dags/missing/dagRuns":
-            return httpx.Response(404, json={"detail": "DAG missing not found"})
+        if request.url.path.startswith("/api/v2/dags/missing/dagRuns"):
+            return httpx.Response(404, json={"detail": "The Dag with ID: `missing` was not found"})
         return httpx.Response(500)
 
 
@@ -88,7 +89,7 @@ def test_list_runs_in_one_request() -> None:
 def test_errors_are_typed() -> None:
     rec = Recorder()
     client = make(rec)
-    with pytest.raises(AirflowError, match="DAG missing not found"):
+    with pytest.raises(DagNotFound, match="`missing` was not found"):
         client.trigger_dag_run("missing", "r", {})
     with pytest.raises(AirflowUnavailable, match="500"):
         client.get_dag_run("other", "r")
@@ -96,3 +97,19 @@ def test_errors_are_typed() -> None:
     down = AirflowClient(f"http://127.0.0.1:{port}", "admin", "pw", timeout_s=2)
     with pytest.raises(AirflowUnavailable, match="cannot reach Airflow"):
         down.trigger_dag_run("dv", "r", {})
+
+
+def test_a_missing_dag_is_never_read_as_missing_runs() -> None:
+    """A DAG Airflow does not know (not parsed yet, renamed) says nothing about its runs: every
+    read raises `DagNotFound` (an `AirflowUnavailable`, so callers wait) instead of "no run"."""
+    client = make(Recorder())
+    for read in (lambda: client.list_dag_runs("missing", ["train-1"]),
+                 lambda: client.get_dag_run("missing", "train-1"),
+                 lambda: client.set_dag_run_state("missing", "train-1", "failed"),
+                 lambda: client.list_active_runs("missing"),
+                 lambda: client.trigger_dag_run("missing", "train-1", {})):
+        with pytest.raises(DagNotFound) as caught:
+            read()
+        assert isinstance(caught.value, AirflowUnavailable)
+        assert "not loaded in Airflow yet" in caught.value.detail
+    assert client.get_dag_run("dv", "train-404") is None  # a missing run of a known DAG stays None

@@ -67,7 +67,7 @@ def test_sqlite_default_migrates_at_start_up(tmp_path, settings, airflow) -> Non
     # a second start on the same database is a no-op
     with TestClient(create_app(settings.model_copy(update={"database_url": f"sqlite:///{db}"}))) as client:
         assert client.post("/v1/auth/signup", json={"username": "bob", "email": "b@example.com",
-                                                     "password": "long-enough"}).status_code == 201
+                                                     "password": "long-enough-pw"}).status_code == 201
 
 
 def test_timestamps_carry_their_zone_on_sqlite(tmp_path, settings, airflow) -> None:

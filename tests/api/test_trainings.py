@@ -96,8 +96,9 @@ class FakeMlflow:
 
 @pytest.fixture
 def settings(postgres_url, s3):
-    """Live state read on every list (a test of the shared cache sets its own TTL)."""
-    return make_settings(postgres_url, s3, live_state_ttl_s=0)
+    """Live state read on every list (a test of the shared cache sets its own TTL); no quota in
+    the way of tests that start many jobs (`test_trainings_robust.py` tests it)."""
+    return make_settings(postgres_url, s3, live_state_ttl_s=0, max_active_jobs_per_user=100)
 
 
 @pytest.fixture
@@ -160,7 +161,7 @@ def test_start_creates_the_job_and_triggers_one_run(client, auth, airflow, mlflo
                 "frames": 4, "eval_every_epochs": 1, "checkpoint_every_steps": None, "seed": 42}
     assert airflow.triggers == [("qlora_training", f"train-{job_id}", {
         "job_id": job_id, "user": client.get("/v1/auth/me", headers=auth).json()["username"], "model_id": CLS,
-        "dataset_id": dataset_id, "output_name": "squares-v1", **resolved})]
+        "dataset_id": dataset_id, "output_name": "squares-v1", "max_runtime_minutes": 24 * 60, **resolved})]
     assert job_spec.validate_job_conf(airflow.triggers[0][2], ["video_classification"]) == []
     detail = client.get(f"/v1/trainings/{job_id}", headers=auth).json()
     assert (detail["status"], detail["progress"], detail["started_at"], detail["output_path"]) == (

@@ -29,7 +29,7 @@ def good_params(**changes):
 
 def good_conf(**changes):
     conf = {"job_id": "0f1e2d3c-job", "user": "user-1", "model_id": CAPTIONING.id,
-            "dataset_id": "ds-1", "output_name": "my-adapter_v1.0", **good_params()}
+            "dataset_id": "ds-1", "output_name": "my-adapter_v1.0", "max_runtime_minutes": 90, **good_params()}
     conf.update(changes)
     return conf
 
@@ -187,7 +187,8 @@ def test_the_conf_schema_covers_the_conf():
     conf = good_conf()
     for field, field_schema in schema.items():
         jsonschema.validate(conf[field], field_schema)
-    for bad in ({"output_name": "bad name"}, {"model_id": "gpt-5"}, {"job_id": "../x"}):
+    for bad in ({"output_name": "bad name"}, {"model_id": "gpt-5"}, {"job_id": "../x"}, {"max_runtime_minutes": 0},
+                {"max_runtime_minutes": job_spec.MAX_RUNTIME_MINUTES_LIMIT + 1}, {"max_runtime_minutes": 1.5}):
         ((field, value),) = bad.items()
         assert not jsonschema.Draft202012Validator(schema[field]).is_valid(value)
         assert validate_job_conf(good_conf(**bad))
@@ -304,3 +305,14 @@ def test_combinations_of_good_values_pass():
     for epochs, rank, dropout in itertools.product((1, 100), (1, 16), (0, 0.99)):
         assert validate_job_request(CAPTIONING, None, {"epochs": epochs, "lora_rank": rank,
                                                        "lora_dropout": dropout}) == []
+
+
+def test_max_runtime_minutes_is_a_job_field_not_a_training_parameter():
+    conf = good_conf()
+    assert "max_runtime_minutes" not in job_spec.conf_params(conf)
+    assert "max_runtime_minutes" not in params.PARAM_NAMES
+    without = {k: v for k, v in conf.items() if k != "max_runtime_minutes"}  # a trigger from the UI: the default
+    assert validate_job_conf(without, ["video_captioning"]) == []
+    assert job_spec.job_field_schemas()["max_runtime_minutes"]["default"] == job_spec.DEFAULT_MAX_RUNTIME_MINUTES
+    (problem,) = validate_job_conf(good_conf(max_runtime_minutes=True), ["video_captioning"])
+    assert problem.startswith("max_runtime_minutes must be a whole number of minutes from 1 to")

@@ -15,21 +15,30 @@ from api.clients.s3 import S3Storage
 from api.core.config import Settings
 from api.models import ACTIVE_TRAINING_STATUSES, TERMINAL_TRAINING_STATUSES, TrainingJob, TrainingStatus
 from api.models.base import utcnow
-from api.services import events
+from api.services import events, idempotency
 from api.services.trainings.context import TrainingContext, run_id
+from api.services.trainings.start_stop import end_orphan_runs, trigger_pending
 from api.services.trainings.sync import find_mlflow_run, refresh_active, refresh_one, settle
 
 log = logging.getLogger(__name__)
 
 
 def reconcile(ctx: TrainingContext, batch: int = 500, settle_batch: int = 20) -> int:
-    """One background pass: refresh every unsettled job in bulk, find the MLflow runs of
-    running jobs, and settle (error, metrics, output path) jobs whose run ended."""
+    """One background pass: trigger the runs of jobs left without one and end runs left
+    without a job, refresh every unsettled job in bulk, find the MLflow runs of running jobs,
+    and settle (error, metrics, output path) jobs whose run ended."""
+    changed = 0
+    try:
+        changed += trigger_pending(ctx, settle_batch)
+        changed += end_orphan_runs(ctx)
+    except AirflowError as exc:  # e.g. the DAG not parsed yet: no verdict, the next pass retries
+        log.warning("cannot trigger or end runs now: %s", exc)
+    idempotency.purge_expired(ctx.session)
     active = ctx.session.scalars(
         select(TrainingJob).where(TrainingJob.status.in_(ACTIVE_TRAINING_STATUSES))
         .order_by(TrainingJob.updated_at).limit(batch)
     ).all()
-    changed = refresh_active(ctx, active, with_tasks=settle_batch)  # the stages too: events are recorded unwatched
+    changed += refresh_active(ctx, active, with_tasks=settle_batch)  # the stages too: events are recorded unwatched
     # jobs being stopped: the bulk read cannot tell whether their training process is gone
     for job in [j for j in active if j.stop_requested_at is not None
                 and j.status in ACTIVE_TRAINING_STATUSES][:settle_batch]:

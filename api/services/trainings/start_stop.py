@@ -1,8 +1,21 @@
 """Creating and stopping jobs: `start_job` validates a request, records the job and triggers
 its `qlora_training` run (one per job, run id `train-{job_id}`); `stop_job` asks Airflow to end
-the run (the job then settles `stopped` in `sync`)."""
+the run (the job then settles `stopped` in `sync`).
+
+A start is crash-safe and idempotent: under the user's row lock it answers a known
+`Idempotency-Key` with its first answer, checks the active jobs quota, and commits the job (with
+the key) BEFORE it triggers the run. A process that dies between the two leaves a job without a
+run, which the reconcile pass triggers (`trigger_pending`); a trigger Airflow refuses undoes the
+job (503), and a run whose job is gone is ended by the reconcile pass (`end_orphan_runs`)."""
 
 from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 
 from api.clients.airflow import AirflowError
 from api.models import (
@@ -15,20 +28,93 @@ from api.models import (
     User,
 )
 from api.models.base import new_id, utcnow
-from api.schemas.trainings import TrainingRequest
-from api.services import events
-from api.services.errors import InvalidInput
+from api.schemas.trainings import TrainingRequest, TrainingStartResponse
+from api.services import events, idempotency
+from api.services.errors import InvalidInput, TooManyRequests
 from api.services.trainings.context import TrainingContext, run_id
+from api.services.trainings.live_state import refresh_live
 from api.services.trainings.reads import owned_job
 from api.services.trainings.sync import apply_run
-from training import job_spec
+from training import job_spec, params
 from training.catalog import load_catalog
 
+log = logging.getLogger(__name__)
 
-def start_job(ctx: TrainingContext, owner: User, request: TrainingRequest) -> TrainingJob:
-    """The whole start of a job: validates everything (400 with every problem), builds the
-    run's conf, creates the job and triggers its run. An unreachable Airflow raises
-    `AirflowError` (503) and leaves no job behind."""
+#: the `Idempotency-Key` scope of job starts
+START_SCOPE = "POST /v1/trainings"
+
+
+def start_job(ctx: TrainingContext, owner: User, request: TrainingRequest,
+              idempotency_key: str | None = None) -> tuple[TrainingStartResponse, bool]:
+    """The whole start of a job: answers a known `idempotency_key` with its first answer,
+    validates everything (400 with every problem), checks the user's active jobs (429), commits
+    the job, then triggers its run. Returns the answer and whether it is a replay. An Airflow
+    that refuses the trigger (unreachable, the DAG not loaded) raises `AirflowError` (503) and
+    leaves no job behind."""
+    key = idempotency.check_key(idempotency_key)
+    digest = idempotency.body_hash(request.model_dump(mode="json", exclude_unset=True)) if key else ""
+    if _active_jobs(ctx, owner) >= ctx.settings.max_active_jobs_per_user:
+        # the database may lag behind Airflow: read the user's active jobs once before refusing
+        refresh_live(ctx, ctx.session.scalars(select(TrainingJob).where(
+            TrainingJob.owner_id == owner.id, TrainingJob.status.in_(ACTIVE_TRAINING_STATUSES))).all())
+    idempotency.lock_user(ctx.session, owner)  # until the commit: keys and the quota see every earlier start
+    if key and (first := idempotency.replay(ctx.session, owner, START_SCOPE, key, digest)) is not None:
+        ctx.session.rollback()
+        return TrainingStartResponse.model_validate(first.response_body), True
+    job, conf = _new_job(ctx, owner, request)
+    active = _active_jobs(ctx, owner)
+    if active >= ctx.settings.max_active_jobs_per_user:
+        ctx.session.rollback()
+        raise TooManyRequests(
+            f"You have {active} queued or running training jobs, the most allowed at once "
+            f"({ctx.settings.max_active_jobs_per_user}); wait for one to end (or stop one with POST "
+            "/v1/trainings/{job_id}/stop), then retry", ctx.settings.active_jobs_retry_after_s)
+    answer = TrainingStartResponse(job_id=job.id)
+    ctx.session.add(job)
+    ctx.session.flush()
+    events.job_created(ctx.session, job)
+    if key:
+        idempotency.remember(ctx.session, owner, START_SCOPE, key, digest, 202, answer.model_dump(mode="json"),
+                             job.id)
+    try:
+        ctx.session.commit()  # the job exists before its run: a crash from here on is the reconcile's to mend
+    except IntegrityError:  # the same key committed by a parallel request (SQLite: no row lock)
+        ctx.session.rollback()
+        if key and (first := idempotency.replay(ctx.session, owner, START_SCOPE, key, digest)) is not None:
+            return TrainingStartResponse.model_validate(first.response_body), True
+        raise
+    try:
+        ctx.airflow.trigger_dag_run(ctx.dag_id, run_id(job), conf)
+    except AirflowError:
+        _undo(ctx, job)
+        raise
+    job.run_triggered_at = utcnow()
+    ctx.session.commit()
+    return answer, False
+
+
+def _active_jobs(ctx: TrainingContext, owner: User) -> int:
+    return ctx.session.scalar(select(func.count()).select_from(TrainingJob).where(
+        TrainingJob.owner_id == owner.id, TrainingJob.status.in_(ACTIVE_TRAINING_STATUSES))) or 0
+
+
+def _undo(ctx: TrainingContext, job: TrainingJob) -> None:
+    """Deletes a job whose trigger Airflow refused (and the key that answered with it). If the
+    database fails now, the job stays and the reconcile pass triggers its run later."""
+    try:
+        ctx.session.rollback()
+        idempotency.forget_resource(ctx.session, job.id)
+        ctx.session.delete(ctx.session.merge(job))
+        ctx.session.commit()
+    except Exception:  # noqa: BLE001 - the trigger's error is the one the caller must see
+        log.exception("job %s could not be undone after its trigger failed; the reconcile pass will trigger it",
+                      job.id)
+        ctx.session.rollback()
+
+
+def _new_job(ctx: TrainingContext, owner: User, request: TrainingRequest) -> tuple[TrainingJob, dict[str, Any]]:
+    """The job of a valid request (not added to the session) and its run's conf; 400 with every
+    problem otherwise."""
     model = load_catalog().get(request.model_id)
     row = ctx.session.get(CatalogModelRow, request.model_id)
     if model is None or row is None or not row.active:
@@ -46,6 +132,10 @@ def start_job(ctx: TrainingContext, owner: User, request: TrainingRequest) -> Tr
     problems = job_spec.validate_job_request(
         model, tasks if isinstance(tasks, list) else None, request.training_params, request.output_name
     )
+    max_runtime = request.max_runtime_minutes
+    if max_runtime is None:
+        max_runtime = ctx.settings.max_runtime_minutes_default
+    problems += job_spec.max_runtime_problems(max_runtime, ctx.settings.max_runtime_minutes_max)
     if problems:
         raise InvalidInput("; ".join(problems))
 
@@ -54,7 +144,8 @@ def start_job(ctx: TrainingContext, owner: User, request: TrainingRequest) -> Tr
     # frames); the run gets exactly these, and the detail echoes them
     resolved = job_spec.resolve_job_params(model, request.training_params)
     # user: readable in MLflow (experiment qlora/{username})
-    conf = job_spec.job_conf(job_id, owner.username, model.id, dataset.id, request.output_name, resolved)
+    conf = job_spec.job_conf(job_id, owner.username, model.id, dataset.id, request.output_name, resolved,
+                             max_runtime)
     dag_run_id = job_spec.dag_run_id(job_id)
     job = TrainingJob(
         id=job_id,
@@ -65,22 +156,68 @@ def start_job(ctx: TrainingContext, owner: User, request: TrainingRequest) -> Tr
         request={"model_id": model.id, "dataset_id": dataset.id, "output_name": request.output_name,
                  # as resolved, and the fields the user set (the rest took their defaults)
                  "training_params": resolved.model_dump(),
-                 "requested_params": request.training_params.model_dump(exclude_unset=True)},
+                 "requested_params": request.training_params.model_dump(exclude_unset=True),
+                 "max_runtime_minutes": max_runtime},
         output_name=request.output_name,
         job_metadata=request.metadata,
         airflow_run_id=dag_run_id,
         progress=0.0,
     )
-    ctx.session.add(job)
-    ctx.session.flush()
-    events.job_created(ctx.session, job)
-    try:
-        ctx.airflow.trigger_dag_run(ctx.dag_id, dag_run_id, conf)
-    except AirflowError:
-        ctx.session.rollback()  # no job without a run
-        raise
-    ctx.session.commit()
-    return job
+    return job, conf
+
+
+def job_run_conf(ctx: TrainingContext, job: TrainingJob) -> dict[str, Any]:
+    """The conf of the job's run, rebuilt from what the job recorded (the reconcile pass's
+    trigger of a job the API committed but never triggered)."""
+    request = job.request or {}
+    owner = ctx.session.get(User, job.owner_id)
+    resolved = params.TrainingParams.model_validate(request.get("training_params") or {})
+    return job_spec.job_conf(job.id, owner.username if owner else "", job.model_id, job.dataset_id,
+                             job.output_name or request.get("output_name") or "", resolved,
+                             request.get("max_runtime_minutes") or ctx.settings.max_runtime_minutes_default)
+
+
+def trigger_pending(ctx: TrainingContext, limit: int = 20) -> int:
+    """Triggers the runs of active jobs committed more than `trigger_grace_s` ago whose run was
+    never triggered (the API died between its commit and its trigger); once each (a run id that
+    exists already counts as triggered). Stops at the first Airflow failure (no verdict on the
+    jobs: the next pass tries again). Returns how many were triggered."""
+    cutoff = utcnow() - timedelta(seconds=ctx.settings.trigger_grace_s)
+    jobs = ctx.session.scalars(select(TrainingJob).where(
+        TrainingJob.status.in_(ACTIVE_TRAINING_STATUSES), TrainingJob.run_triggered_at.is_(None),
+        TrainingJob.stop_requested_at.is_(None), TrainingJob.created_at <= cutoff,
+    ).order_by(TrainingJob.created_at).limit(limit)).all()
+    done = 0
+    for job in jobs:
+        try:
+            created = ctx.airflow.trigger_dag_run(ctx.dag_id, run_id(job), job_run_conf(ctx, job))
+        except AirflowError as exc:
+            log.warning("cannot trigger the run of job %s yet: %s", job.id, exc)
+            break
+        job.run_triggered_at = utcnow()
+        ctx.session.commit()
+        log.info("job %s: %s its run %s, left untriggered by its request", job.id,
+                 "triggered" if created else "found", run_id(job))
+        done += 1
+    return done
+
+
+def end_orphan_runs(ctx: TrainingContext) -> int:
+    """Ends (marks failed) the queued or running `qlora_training` runs whose job does not exist
+    (its request undid it after a trigger that Airflow did perform, e.g. a timeout). Only runs
+    named after a job (`train-{job_id}...`) are considered. Raises `AirflowError`."""
+    prefix = job_spec.dag_run_id("")
+    runs = [r for r in ctx.airflow.list_active_runs(ctx.dag_id) if r.run_id.startswith(prefix)]
+    job_ids = {r.run_id: r.run_id[len(prefix):len(prefix) + 36] for r in runs}
+    known = set(ctx.session.scalars(select(TrainingJob.id).where(TrainingJob.id.in_(set(job_ids.values())))).all()) \
+        if job_ids else set()
+    ended = 0
+    for run in runs:
+        if job_ids[run.run_id] not in known:
+            log.warning("ending Airflow run %s: no job %s exists", run.run_id, job_ids[run.run_id])
+            ctx.airflow.set_dag_run_state(ctx.dag_id, run.run_id, "failed")
+            ended += 1
+    return ended
 
 
 def stop_job(ctx: TrainingContext, owner: User, job_id: str) -> TrainingJob:

@@ -107,6 +107,8 @@ def _apply_run(
         created = job.created_at
         if job.stop_requested_at is not None:
             job.status, job.completed_at = TrainingStatus.STOPPED.value, now
+        elif job.run_triggered_at is None:
+            pass  # committed, not triggered yet (or its request died first): the reconcile pass triggers it
         elif created is not None and now - created > LOST_RUN_GRACE:
             job.status, job.completed_at = TrainingStatus.FAILED.value, now
             job.error = f"The Airflow run {run_id(job)} of this job no longer exists"
