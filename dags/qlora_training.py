@@ -24,16 +24,23 @@ triggers one run per job with run id `train-{job_id}`; its conf is flat: `job_id
    engine exited (`exited: true`). The task
    reads the engine's result manifest (`result.json`), never its log: as soon as it names the
    MLflow run (before the first step) the run id goes to XCom `mlflow_run_id` and the run is
-   tagged with `job_id`, `user`, `dataset_id`, `model_id`. Stopping the run (mark it failed)
-   sends SIGTERM: the engine finishes its step and uploads the adapter so far. Never retried (a
-   retry would redo the compute); a killed engine fails the run with the signal's name. If the
-   task's Airflow supervisor dies (a crashed worker), the engine is stopped too.
+   tagged with `job_id`, `user`, `dataset_id`, `model_id`, `mlflow.user`, and the dataset is
+   logged as its input. Stopping the run (mark it failed) sends SIGTERM: the engine finishes its
+   step and uploads the adapter so far; a stop or a bad input is never retried. An engine that
+   dies unasked (SIGKILL, the OOM killer) or a lost worker (the task's Airflow supervisor died:
+   the engine is stopped too) is retried (`TRAIN_RETRIES`), and every try starts by restoring
+   the job's last uploaded checkpoint (`training/pipeline/resume.py`): the engine runs with
+   `--resume` and continues the same MLflow run from that step, so no step before it is redone.
+   The new run of `POST /v1/trainings/{id}/resume` (run id `train-{job_id}-resume-N`) goes the
+   same way.
 4. **evaluate** (*evaluating*, queue `gpu`): runs `python -m training evaluate`: the adapter
    and the base model on the held-out split; the metrics go to the MLflow run (`final_*`,
    `base_*`) and `metrics.json` beside the adapter. Retried on a crash. The job's folders on
    the worker are deleted afterwards (or as soon as the job ends stopped/failed).
-5. **register** (*registering*): a version of the registered model `{user}.{output_name}` in
-   the MLflow Model Registry from the run's `adapter` artifact.
+5. **register** (*registering*): a version of the registered model `{user}~{output_name}` in
+   the MLflow Model Registry: the adapter as an MLflow pyfunc model (the run's `model` artifact,
+   `training/mlflow_model.py`) that `mlflow.pyfunc.load_model("models:/NAME/VERSION")` loads
+   and that predicts clip paths (labels or captions).
 6. **finalize**: returns `{output_path, metrics, mlflow_run_id, registered_model}` (XCom
    `return_value`).
 
@@ -57,7 +64,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from training import cache, job_spec, params, s3
 from training.catalog import load_catalog
-from training.pipeline import engine_jobs, job_inputs, mlflow_runs, worker_paths
+from training.pipeline import engine_jobs, job_inputs, mlflow_runs, resume, worker_paths
 from training.pipeline.engine_process import run_engine
 from training.pipeline.errors import JobFailed
 from training.result import ADAPTER_MARKER, METRICS_FILE
@@ -73,6 +80,9 @@ log = logging.getLogger(__name__)
 TRANSIENT = dict(retries=3, retry_delay=timedelta(seconds=5), retry_exponential_backoff=2.0,
                  max_retry_delay=timedelta(minutes=2))
 PARAMS_SECTION = "Training parameters"
+#: tries of `train` after the engine died unasked or its worker was lost; each resumes from the
+#: last uploaded checkpoint (a stop or a bad input fails at once)
+TRAIN_RETRIES = dict(retries=2, retry_delay=timedelta(seconds=5))
 
 
 def _dag_params() -> dict[str, Param]:
@@ -114,7 +124,9 @@ def _announce_run(conf: dict[str, Any], run_id: str, experiment_id: str | None) 
         if MLflowRunLink is not None and (url := mlflow_runs.run_ui_url(experiment_id, run_id)):
             # the link works while the run trains (Airflow itself stores it only at the end)
             ti.xcom_push(key=MLflowRunLink().xcom_key, value=url)
-    mlflow_runs.tag_run(run_id, mlflow_runs.job_tags(conf, context["run_id"]))
+    mlflow_runs.tag_run(run_id, mlflow_runs.job_tags(conf, context["run_id"]))  # mlflow.user: the service user
+    bucket = get_settings().s3_bucket
+    mlflow_runs.log_dataset_input(run_id, conf["dataset_id"], s3.s3_uri(bucket, s3.dataset_files_prefix(conf["dataset_id"])))
     log.info("MLflow run %s (experiment %s) tracks job %s", run_id, experiment_id, conf["job_id"])
 
 
@@ -158,11 +170,12 @@ def qlora_training():
                  cached.model_dir, cached.data_dir)
         return {"model_dir": str(cached.model_dir), "data_dir": str(cached.data_dir)}
 
-    @task(queue="gpu", pool="gpu", retries=0)
+    @task(queue="gpu", pool="gpu", **TRAIN_RETRIES)
     def train(resolved: dict[str, Any], paths: dict[str, str]) -> dict[str, Any]:
         conf, settings = _conf(), get_settings()
         job_id, tracking = conf["job_id"], settings.mlflow_tracking_uri
-        output = worker_paths.fresh_folder(worker_paths.output_dir(job_id))  # a stopped job stays stopped
+        output = worker_paths.fresh_folder(worker_paths.output_dir(job_id))  # what this worker left is not trusted
+        restored = resume.restore_checkpoint(job_id, output)  # a retry or a resumed job: its last upload
         adapter_uri = s3.s3_uri(settings.s3_bucket, s3.adapter_prefix(job_id))
         experiment = job_spec.mlflow_experiment_name(conf["user"])
         model_src, data_src = _sources(conf, paths)
@@ -170,7 +183,7 @@ def qlora_training():
             model=model_src, data=data_src, task=load_catalog().get(conf["model_id"]).model_type, output=output,
             params=params.TrainingParams(**resolved), run_name=conf["output_name"], job_id=job_id,
             output_uri=adapter_uri, checkpoint_uri=s3.s3_uri(settings.s3_bucket, s3.checkpoints_prefix(job_id)),
-            mlflow_uri=tracking, experiment=experiment)
+            mlflow_uri=tracking, experiment=experiment, resume=restored is not None)
         watcher = engine_jobs.ResultWatcher(  # publishes result.json as it changes: checkpoints listed live
             output, on_run=lambda r: _announce_run(conf, r.mlflow_run_id, r.mlflow_experiment_id),
             publish_key=s3.training_result_key(job_id))
@@ -211,6 +224,12 @@ def qlora_training():
         metrics_file = worker_paths.fresh_folder(worker_paths.evaluation_dir(job_id)) / METRICS_FILE
         command = engine_jobs.evaluate_command(
             model=model_src, adapter=worker_paths.engine_input(trained["output_dir"], trained["output_uri"],
+        except engine_jobs.EngineLost as exc:  # retried; the retry resumes the same MLflow run
+            if run_id:
+                mlflow_runs.end_run(run_id, exc.mlflow_status, str(exc))
+            worker_paths.discard_job(job_id)
+            log.warning("%s: Airflow retries this task, which resumes from the last uploaded checkpoint", exc)
+            raise
                                                                marker=ADAPTER_MARKER),
             data=data_src, metrics_file=metrics_file, mlflow_uri=tracking, mlflow_run_id=trained["mlflow_run_id"],
             output_uri=trained["output_uri"])
@@ -233,7 +252,8 @@ def qlora_training():
         if trained.get("mlflow_run_id") and mlflow_runs.tracking_uri():
             registered = mlflow_runs.register_adapter(
                 trained["mlflow_run_id"], job_spec.registered_model_name(conf["user"], conf["output_name"]),
-                conf["job_id"])
+                conf["job_id"], adapter_uri=trained["output_uri"],
+                base_model_uri=s3.s3_uri(get_settings().s3_bucket, s3.model_prefix(conf["model_id"])))
         return {"output_path": trained["output_uri"], "registered_model": registered}
 
     @task

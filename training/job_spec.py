@@ -33,10 +33,12 @@ TASK_IDS = ("validate_inputs", "prepare", "train", "evaluate", "register", "fina
 TRAIN_TASK_ID = "train"
 
 
-def dag_run_id(job_id: str) -> str:
+def dag_run_id(job_id: str, resumption: int = 0) -> str:
     """The Airflow run id of a job: derived from the job id, so a retried trigger never starts
-    a second run (Airflow answers 409 for a duplicate run id)."""
-    return f"train-{job_id}"
+    a second run (Airflow answers 409 for a duplicate run id). `resumption` N > 0: the run of
+    the job's Nth `POST /v1/trainings/{id}/resume` (`train-{job_id}-resume-N`), which continues
+    from its last uploaded checkpoint."""
+    return f"train-{job_id}" if not resumption else f"train-{job_id}-resume-{resumption}"
 
 
 def mlflow_experiment_name(user: str) -> str:
@@ -45,9 +47,32 @@ def mlflow_experiment_name(user: str) -> str:
     return f"qlora/{user}"
 
 
+#: between the user and the output name in a registered model's name: in neither's alphabet
+#: (`SAFE_ID_PATTERN`, `SAFE_NAME_PATTERN`: letters, digits, '.', '_', '-'), and allowed by
+#: MLflow (which refuses '/' and ':' in model names)
+REGISTERED_MODEL_SEPARATOR = "~"
+
+
 def registered_model_name(user: str, output_name: str) -> str:
-    """The MLflow registered model of a job's adapter: per user, so names never collide."""
-    return f"{user}.{output_name}"
+    """The MLflow registered model of a job's adapter: `{user}~{output_name}`. The separator is
+    in neither part's alphabet, so the name splits back into exactly one (user, output name):
+    names of different users never collide (`a.b` + `c` is `a.b~c`, `a` + `b.c` is `a~b.c`)."""
+    for field, value, pattern in (("user", user, SAFE_ID_PATTERN), ("output_name", output_name, SAFE_NAME_PATTERN)):
+        if problems := check_name(field, value, pattern):
+            raise ValueError(problems[0])
+    return f"{user}{REGISTERED_MODEL_SEPARATOR}{output_name}"
+
+
+def registered_model_uri(name: str, version: str | int) -> str:
+    """What `mlflow.pyfunc.load_model` takes for a version of a registered model."""
+    return f"models:/{name}/{version}"
+
+
+def registered_model_ui_url(ui_base_url: str, name: str, version: str | int) -> str:
+    """The model version's page in the MLflow UI."""
+    from urllib.parse import quote
+
+    return f"{ui_base_url.rstrip('/')}/#/models/{quote(name, safe='')}/versions/{version}"
 
 
 def mlflow_run_ui_url(ui_base_url: str, experiment_id: str, run_id: str) -> str:

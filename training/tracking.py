@@ -52,10 +52,15 @@ class MlflowTracker(NullTracker):
               run_id: str | None = None, system_metrics: bool = True) -> None:
         from mlflow.entities import Param, RunTag
 
-        if run_id:
+        if run_id:  # a resumed training: the same run, its metrics continue from the checkpoint's step
             self.run_id = run_id
             self.experiment_id = self.client.get_run(run_id).info.experiment_id
             self.client.update_run(run_id, status="RUNNING")
+            for stale in ("failure_reason", "stop_reason", "stopped_at_step"):  # of the try that ended
+                try:
+                    self.client.delete_tag(run_id, stale)
+                except Exception:  # not set: nothing to delete
+                    pass
         else:
             exp = self.client.get_experiment_by_name(experiment)
             exp_id = exp.experiment_id if exp else self.client.create_experiment(experiment)

@@ -298,6 +298,8 @@ def _run(args: RunArgs, output: Path, result: EngineResult) -> int:
         "total_steps": total_steps}, tags=tags, run_id=run_id)
     result.mlflow_run_id, result.mlflow_experiment_id = tracker.run_id, tracker.experiment_id
     result.step = step
+    if checkpoint:
+        tracker.set_tags({"resumed_from_step": str(step)})
 
     def clip_skipped(name: str, reason: str, count: int) -> None:  # log line: BadClips; here MLflow + manifest
         tracker.log_metrics({"skipped_clips": count}, step)

@@ -71,3 +71,9 @@ class TrainingJob(Base):
     log_tail: Mapped[str | None] = mapped_column(Text, default=None)
     #: when the terminal details (error, metrics, output path) were read back and cached
     settled_at: Mapped[datetime | None] = mapped_column(default=None)
+    #: the job's earlier Airflow runs, oldest first, when it was resumed (`POST .../resume`):
+    #: `{"run_id", "status", "stage", "started_at", "completed_at", "error", "step"}` each; the
+    #: current run is `airflow_run_id` (migration 0007)
+    runs: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, default=None)
+    #: the MLflow model version the job registered: `{"name", "version"}` (the register task's)
+    registered_model: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)

@@ -41,6 +41,16 @@ class EngineFailed(RuntimeError):
     retries apply."""
 
 
+class EngineLost(EngineFailed):
+    """The training process died without being asked to stop (killed by a signal such as
+    SIGKILL, or its worker was lost): Airflow retries `train`, which resumes from the last
+    uploaded checkpoint (`training.pipeline.resume`). `mlflow_status` as for `TrainingEnded`."""
+
+    def __init__(self, reason: str, mlflow_status: str = "FAILED") -> None:
+        super().__init__(reason)
+        self.mlflow_status = mlflow_status
+
+
 # --------------------------------------------------------------------------------------------
 # Command lines
 
@@ -55,10 +65,10 @@ def engine_env(job_id: str, tracking: bool) -> dict[str, str]:
 
 def train_command(*, model: str, data: str, task: str, output: Path, params: TrainingParams, run_name: str,
                   job_id: str, output_uri: str, checkpoint_uri: str | None = None, mlflow_uri: str | None = None,
-                  experiment: str | None = None) -> list[str]:
+                  experiment: str | None = None, resume: bool = False) -> list[str]:
     """`python -m training run ...` for a job: the resolved training parameters as options;
     the engine uploads its adapter to `output_uri` and each checkpoint under `checkpoint_uri`
-    itself."""
+    itself; `resume`: continue from the checkpoint restored into `output`."""
     command = [*ENGINE, "run", "--model", model, "--data", data, "--task", task, "--output", str(output),
                *cli_args(params), "--run-name", run_name, "--job-id", job_id, "--output-uri", output_uri]
     if checkpoint_uri:
@@ -67,6 +77,8 @@ def train_command(*, model: str, data: str, task: str, output: Path, params: Tra
         command += ["--mlflow-uri", mlflow_uri]
         if experiment:
             command += ["--experiment", experiment]
+    if resume:
+        command.append("--resume")
     return command
 
 
@@ -168,15 +180,17 @@ def _put_result(key: str, result: EngineResult, *, exited: bool) -> None:
 
 def training_outcome(ended: EngineExit, result: EngineResult | None, output_uri: str | None = None) -> EngineResult:
     """The manifest of a training that completed with its adapter uploaded (to `output_uri`
-    when given); else raises `TrainingEnded` saying why (stopped by request, lost worker,
-    failed) and where the partial adapter is, if one was uploaded."""
+    when given); else raises `TrainingEnded` saying why (stopped by request, failed) and where
+    the partial adapter is, if one was uploaded, or `EngineLost` (retried: the retry resumes
+    from the last uploaded checkpoint) when the process died unasked or its worker was lost."""
     saved = f"partial adapter at {result.output_uri}" if result and result.output_uri else "no adapter was saved"
     if ended.orphaned:  # nobody asked: the worker process above this task died
-        raise TrainingEnded(f"the Airflow worker running this task was lost, so the training was stopped; {saved}",
-                            "FAILED")
+        raise EngineLost(f"the Airflow worker running this task was lost, so the training was stopped; {saved}")
     if ended.stop_at is not None or ended.code == EXIT_STOPPED or (result and result.status == RunStatus.STOPPED):
         raise TrainingEnded(f"training stopped by request; {saved}", "KILLED")
-    if ended.code < 0 or (ended.code != EXIT_OK and not (result and result.error)):
+    if ended.code < 0:  # killed by a signal nobody here sent (SIGKILL, the OOM killer)
+        raise EngineLost(describe_exit(ended.code, ended.tail))
+    if ended.code != EXIT_OK and not (result and result.error):
         raise TrainingEnded(describe_exit(ended.code, ended.tail), "FAILED")
     if ended.code != EXIT_OK or (result and result.status == RunStatus.FAILED):
         assert result is not None
