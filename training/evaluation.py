@@ -1,6 +1,7 @@
 """Held-out metrics. Captioning: eval loss (caption tokens only), BLEU (sacrebleu, 0..100) and
-ROUGE-L F1 (rouge-score, 0..1) of greedy generations. Classification: eval loss, accuracy and
-macro-F1 (over the labels present in the references or the predictions, as scikit-learn does)."""
+ROUGE-L F1 (rouge-score, 0..1) of greedy generations. Classification: eval loss, accuracy,
+macro-F1 (over the labels present in the references or the predictions, as scikit-learn does),
+per-class precision/recall/F1/support and the confusion matrix (over every label of the model)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,24 @@ def macro_f1(truth: list[int], pred: list[int]) -> float:
         fn = sum(t == label and p != label for t, p in zip(truth, pred))
         scores.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
     return sum(scores) / len(scores) if scores else 0.0
+
+
+def per_class_report(truth: list[int], pred: list[int], id2label: dict[int, str] | None) -> dict:
+    """Per-class precision, recall, F1 and support, and the confusion matrix (rows: the true
+    label, columns: the predicted one), over every label of the model in the order of its ids."""
+    ids = sorted(id2label) if id2label else sorted(set(truth) | set(pred))
+    names = [str((id2label or {}).get(i, i)) for i in ids]
+    matrix = [[sum(t == a and p == b for t, p in zip(truth, pred)) for b in ids] for a in ids]
+    rows = []
+    for k, name in enumerate(names):
+        tp = matrix[k][k]
+        predicted = sum(matrix[r][k] for r in range(len(ids)))
+        support = sum(matrix[k])
+        precision = tp / predicted if predicted else 0.0
+        recall = tp / support if support else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        rows.append({"label": name, "precision": precision, "recall": recall, "f1": f1, "support": support})
+    return {"per_class": rows, "confusion_matrix": {"labels": names, "matrix": matrix}}
 
 
 def caption_scores(predictions: list[str], references: list[str]) -> dict[str, float]:
@@ -82,6 +101,7 @@ def evaluate(model, family: Family, task: str, prep: Preprocessing, dataset: Cli
         if task == "video_classification":
             metrics["accuracy"] = sum(t == p for t, p in zip(truth, pred)) / max(len(truth), 1)
             metrics["macro_f1"] = macro_f1(truth, pred)
+            metrics.update(per_class_report(truth, pred, id2label))
             names = id2label or {}
             metrics["samples"] = [{"file_name": dataset.examples[i].file_name, "label": names.get(t, t),
                                    "predicted": names.get(p, p)} for i, t, p in zip(seen, truth, pred)][:samples]

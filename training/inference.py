@@ -52,7 +52,8 @@ def _setup(args: argparse.Namespace):
 
 def evaluate_command(args: argparse.Namespace) -> int:
     """The adapter and (unless --no-base) the base model on the held-out split: METRICS_FILE
-    `{"task", "split", "adapter", "base", "held_out_examples"}`, `final_*`/`base_*` metrics on
+    `{"task", "split", "adapter", "base", "held_out_examples"}` (+ `samples` for captioning),
+    `final_*`/`base_*` metrics and the `evaluation/` artifacts (`training.evaluation_report`) on
     the training's MLflow run (--mlflow-run-id), the file uploaded to --output-uri."""
     from training.data.loader import ClipDataset, read_examples, split_examples
     from training.evaluation import evaluate
@@ -83,13 +84,17 @@ def evaluate_command(args: argparse.Namespace) -> int:
                           frames=frames, label2id=label2id, bad_clips=bad_clips,
                           store=FrameStore.open(data_dir, frames, (base.prep.image_size, base.prep.image_size)))
     batch_size = (train_info.get("params") or {}).get("batch_size") or 8
+    from training.evaluation_report import SAMPLES, caption_samples
+
     report = {"task": task, "split": args.split, "held_out_examples": len(dataset),
               "adapter": evaluate(model, base.family, task, base.prep, dataset, dev=dev, dtype=dtype,
-                                  batch_size=batch_size, id2label=id2label)}
+                                  batch_size=batch_size, id2label=id2label, samples=SAMPLES)}
     if args.with_base:
         with model.disable_adapter():
             report["base"] = evaluate(model, base.family, task, base.prep, dataset, dev=dev, dtype=dtype,
-                                      batch_size=batch_size, id2label=id2label)
+                                      batch_size=batch_size, id2label=id2label, samples=SAMPLES)
+    if task != "video_classification":
+        report["samples"] = caption_samples(report)
     if bad_clips.failed:
         report["skipped_clips"] = dict(bad_clips.failed)
     text = json.dumps(report, indent=2)
@@ -98,6 +103,9 @@ def evaluate_command(args: argparse.Namespace) -> int:
     uri = args.mlflow_uri if args.mlflow_uri is not None else get_settings().mlflow_tracking_uri
     if uri and args.mlflow_run_id:
         _log_final_metrics(uri, args.mlflow_run_id, report, train_info.get("steps") or 0)
+        from training.evaluation_report import log_to_mlflow
+
+        log_to_mlflow(uri, args.mlflow_run_id, report)  # evaluation/: the report, tables, confusion matrix
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(text + "\n")
@@ -131,26 +139,48 @@ def _log_final_metrics(uri: str, run_id: str, report: dict, step: int) -> None:
     MlflowClient(tracking_uri=uri).log_batch(run_id, metrics=metrics)
 
 
-def predict_command(args: argparse.Namespace) -> int:
-    from training.data.loader import ClipDataset, Example
-    from training.evaluation import classify, generate_captions
+class Predictor:
+    """One adapter on its base model, labelling or captioning clips one at a time: what
+    `python -m training predict` prints and what the registered MLflow model returns
+    (`training.mlflow_model`), so both give the same predictions."""
 
-    base, model, id2label, frames, task, _, dev, dtype = _setup(args)
+    def __init__(self, args: argparse.Namespace) -> None:
+        (self.base, self.model, self.id2label, self.frames, self.task, _, self.dev,
+         self.dtype) = _setup(args)
+
+    @classmethod
+    def load(cls, model: str | Path, adapter: str | Path, *, quantization: str = "nf4",
+             frames: int | None = None) -> Predictor:
+        """`model`: the base model's folder or `s3://` URI; `adapter`: the adapter's."""
+        return cls(argparse.Namespace(model=str(model), adapter=str(adapter), quantization=quantization,
+                                      frames=frames))
+
+    def predict(self, clip: str | Path) -> dict:
+        """`{"clip", "label", "probabilities"}` (classification) or `{"clip", "caption"}`."""
+        from training.data.loader import ClipDataset, Example
+        from training.evaluation import classify, generate_captions
+
+        base, id2label = self.base, self.id2label
+        clip = Path(clip)
+        if not clip.is_file():
+            raise InputError(f"{clip} does not exist", field="clip")
+        example = Example(clip.name, clip, label=next(iter(id2label.values())) if id2label else None, caption="")
+        label2id = {l: i for i, l in id2label.items()} if id2label else None
+        dataset = ClipDataset([example], task=self.task, family=base.family, prep=base.prep,
+                              tokenizer=base.tokenizer, frames=self.frames, label2id=label2id)
+        dataset.check_clips()
+        if self.task == "video_classification":
+            probs = classify(self.model, base.family, base.prep, dataset, 0, self.dev, self.dtype)
+            best = int(probs.argmax())
+            return {"clip": str(clip), "label": id2label[best],
+                    "probabilities": {id2label[i]: round(float(p), 6) for i, p in enumerate(probs)}}
+        caption = generate_captions(self.model, base.family, base.prep, dataset, [0], self.dev, self.dtype)[0]
+        return {"clip": str(clip), "caption": caption}
+
+
+def predict_command(args: argparse.Namespace) -> int:
     clip = Path(args.clip)
     if not clip.is_file():
         raise InputError(f"{clip} does not exist", field="clip")
-    example = Example(clip.name, clip, label=next(iter(id2label.values())) if id2label else None, caption="")
-    label2id = {l: i for i, l in id2label.items()} if id2label else None
-    dataset = ClipDataset([example], task=task, family=base.family, prep=base.prep, tokenizer=base.tokenizer,
-                          frames=frames, label2id=label2id)
-    dataset.check_clips()
-    if task == "video_classification":
-        probs = classify(model, base.family, base.prep, dataset, 0, dev, dtype)
-        best = int(probs.argmax())
-        result = {"clip": str(clip), "label": id2label[best],
-                  "probabilities": {id2label[i]: round(float(p), 6) for i, p in enumerate(probs)}}
-    else:
-        caption = generate_captions(model, base.family, base.prep, dataset, [0], dev, dtype)[0]
-        result = {"clip": str(clip), "caption": caption}
-    print(json.dumps(result))
+    print(json.dumps(Predictor(args).predict(clip)))
     return 0

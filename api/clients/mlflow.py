@@ -58,6 +58,8 @@ class MlflowApi(Protocol):
 
     def get_metric_history(self, run_id: str, key: str) -> list[MetricPoint]: ...
 
+    def read_json_artifact(self, run_id: str, path: str) -> Any: ...
+
 
 class MlflowReader:
     """Reads runs from the tracking server at `tracking_uri`."""
@@ -131,6 +133,34 @@ class MlflowReader:
             raise MlflowUnavailable(str(exc)) from exc
         return sorted((MetricPoint(int(m.step), float(m.value), int(m.timestamp)) for m in points),
                       key=lambda p: (p.step, p.timestamp))
+
+    def read_json_artifact(self, run_id: str, path: str) -> Any:
+        """A JSON artifact of the run (the evaluation report), or None when it has none."""
+        return _read_json_artifact(self._client, run_id, path)
+
+
+def _read_json_artifact(client: Any, run_id: str, path: str) -> Any:
+    """The JSON artifact `path` of the run, or None when the run or the file does not exist."""
+    import json
+    import tempfile
+
+    from mlflow.exceptions import MlflowException
+
+    try:
+        if not any(f.path == path for f in client.list_artifacts(run_id, path.rsplit("/", 1)[0] if "/" in path else None)):
+            return None
+        with tempfile.TemporaryDirectory(prefix="qlora-api-") as folder:
+            local = client.download_artifacts(run_id, path, folder)
+            with open(local, encoding="utf-8") as fh:
+                return json.load(fh)
+    except MlflowException as exc:
+        if "RESOURCE_DOES_NOT_EXIST" in str(getattr(exc, "error_code", "")):
+            return None
+        raise MlflowUnavailable(str(exc)) from exc
+    except ValueError as exc:
+        raise MlflowUnavailable(f"the artifact {path} of run {run_id} is not JSON: {exc}") from exc
+    except Exception as exc:  # connection errors surface as various types
+        raise MlflowUnavailable(str(exc)) from exc
 
 
 def _summary(run: Any) -> RunSummary:

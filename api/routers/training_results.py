@@ -1,13 +1,16 @@
-"""`/v1/trainings/{job_id}/adapter|checkpoints`: what a user takes away from a job."""
+"""`/v1/trainings/{job_id}/adapter|checkpoints|evaluation|resume`: what a user takes away from a
+job, and continuing it."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, status
 
 from api.deps import CurrentUser, TrainingsDep
 from api.routers.openapi_doc import JOB_ID, UNAUTHORIZED, error, ok_example
-from api.schemas.results import AdapterDownload, CheckpointOut
+from api.schemas.results import AdapterDownload, CheckpointOut, EvaluationOut
+from api.schemas.trainings import ResumeResponse
 from api.services.trainings import reads, results
+from api.services.trainings import resume as resuming
 
 router = APIRouter(prefix="/trainings", tags=["trainings"], responses=UNAUTHORIZED)
 
@@ -75,3 +78,70 @@ def get_adapter(job_id: str, user: CurrentUser, trainings: TrainingsDep) -> Adap
 def list_checkpoints(job_id: str, user: CurrentUser, trainings: TrainingsDep) -> list[CheckpointOut]:
     job = reads.owned_job(trainings, user, job_id)
     return results.list_checkpoints(trainings, job)
+
+
+_PER_CLASS = [{"label": "blue", "precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 4},
+              {"label": "red", "precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 4}]
+EVALUATION_EXAMPLE = {
+    "job_id": JOB_ID, "task": "video_classification", "split": "validation", "held_out_examples": 8,
+    "adapter": {"metrics": {"eval_loss": 0.08, "eval_examples": 8, "accuracy": 1.0, "macro_f1": 1.0},
+                "per_class": _PER_CLASS,
+                "confusion_matrix": {"labels": ["blue", "red"], "matrix": [[4, 0], [0, 4]]}},
+    "base": {"metrics": {"eval_loss": 0.69, "eval_examples": 8, "accuracy": 0.5, "macro_f1": 0.33},
+             "per_class": [{"label": "blue", "precision": 0.5, "recall": 1.0, "f1": 0.67, "support": 4},
+                           {"label": "red", "precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 4}],
+             "confusion_matrix": {"labels": ["blue", "red"], "matrix": [[4, 0], [4, 0]]}},
+    "samples": [],
+    "mlflow_run_url": "http://127.0.0.1:5000/#/experiments/1/runs/5f0c8e2a9b7d4c1e8a6f3b2d1c0e9f8a",
+}
+
+
+@router.get(
+    "/{job_id}/evaluation",
+    response_model=EvaluationOut,
+    responses={200: ok_example(EVALUATION_EXAMPLE), **_NOT_FOUND,
+               409: error("No evaluation yet: the job has not reached (or failed before) its evaluation",
+                          f"Job {JOB_ID} has no evaluation yet (running, stage training): the adapter is evaluated "
+                          "against the base model once its training completed"),
+               503: error("MLflow cannot be read; retry later",
+                          "The tracking server (MLflow) cannot be read; retry later (connection refused)")},
+    summary="The held-out evaluation of the adapter against the base model",
+    description="Read from the job's MLflow run (the report its `evaluate` step logged as "
+    "`evaluation/evaluation.json`): the adapter and the base model on the same held-out clips. Classification: "
+    "accuracy, macro-F1, eval loss, per-class precision/recall/F1/support and the confusion matrix with its label "
+    "order. Captioning: BLEU, ROUGE-L, eval loss and, for up to 20 held-out clips, the reference, the base "
+    "model's and the adapter's caption. The run's `evaluation/` artifacts in the MLflow UI show the same as "
+    "tables and a confusion matrix picture.",
+)
+def get_evaluation(job_id: str, user: CurrentUser, trainings: TrainingsDep) -> EvaluationOut:
+    job = reads.owned_job(trainings, user, job_id)
+    return results.evaluation(trainings, job)
+
+
+@router.post(
+    "/{job_id}/resume",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=ResumeResponse,
+    responses={202: ok_example({"message": f"Job {JOB_ID} resumes from the checkpoint at step 12",
+                                "job_id": JOB_ID, "status": "queued", "resumed_from_step": 12,
+                                "airflow_run_id": f"train-{JOB_ID}-resume-1"}),
+               **_NOT_FOUND,
+               409: error("The job cannot be resumed: it is queued or running, it completed, it has no uploaded "
+                          "checkpoint, or its dataset or model is gone",
+                          f"Job {JOB_ID} cannot be resumed: it completed: there is nothing left to train. Only "
+                          "stopped or failed jobs with an uploaded checkpoint can be resumed"),
+               503: error("Airflow or S3 cannot be reached; retry later",
+                          "The pipeline service (Airflow) is unavailable; retry later")},
+    summary="Resume a stopped or failed job from its last checkpoint",
+    description="Continues a `stopped` or `failed` job from its newest uploaded checkpoint (`GET .../checkpoints`) "
+    "to its planned end, through a new Airflow run of the same job (`train-{job_id}-resume-N`): the trainable "
+    "weights, optimizer, scheduler, random states and step are restored, the same MLflow run continues from that "
+    "step, so the job ends with the metrics an uninterrupted run with the same seed reaches. The job goes back to "
+    "`queued`; its detail lists the earlier runs in `previous_runs` and its events record the resumption. "
+    "A job that dies mid-training (its process killed, its worker lost) is resumed the same way by Airflow's "
+    "retry of the train task, without a request.",
+)
+def resume_training(job_id: str, user: CurrentUser, trainings: TrainingsDep) -> ResumeResponse:
+    job, step = resuming.resume_job(trainings, user, job_id)
+    return ResumeResponse(message=f"Job {job.id} resumes from the checkpoint at step {step}", job_id=job.id,
+                          status=job.status, resumed_from_step=step, airflow_run_id=job.airflow_run_id or "")

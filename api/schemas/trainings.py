@@ -130,6 +130,25 @@ class TrainingSummary(BaseModel):
         return _SUMMARY_LIST.dump_json(_SUMMARY_LIST.validate_python(list(jobs)))
 
 
+class RegisteredModelOut(BaseModel):
+    name: str = Field(description="Registered model name in the MLflow Model Registry: `{username}~{output_name}` "
+                      "(`~` is in neither part's alphabet, so names of different users never collide).")
+    version: str = Field(description="The model version this job registered.")
+    uri: str = Field(description="`models:/{name}/{version}`: `mlflow.pyfunc.load_model(uri)` loads it (README: "
+                     "*Using your adapter*).")
+    ui_url: str | None = Field(default=None, description="The model version's page in the MLflow UI.")
+
+
+class RunOut(BaseModel):
+    run_id: str = Field(description="The Airflow run id.")
+    status: str = Field(description="How the job stood when this run ended.")
+    stage: str | None = None
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    error: str | None = None
+    resumed_from_step: int | None = Field(default=None, description="The checkpoint step the next run continued from.")
+
+
 class TrainingDetail(TrainingSummary):
     training_params: TrainingParams = Field(
         default_factory=TrainingParams,
@@ -144,6 +163,11 @@ class TrainingDetail(TrainingSummary):
     mlflow_run_id: str | None = None
     mlflow_run_url: str | None = Field(default=None, description="The run in the MLflow UI.")
     airflow_run_url: str | None = Field(default=None, description="The DAG run in the Airflow UI.")
+    registered_model: RegisteredModelOut | None = Field(
+        default=None, description="The MLflow model version a completed job registered (null before).")
+    previous_runs: list[RunOut] = Field(
+        default_factory=list, description="The job's earlier Airflow runs, oldest first, when it was resumed "
+        "(`POST /v1/trainings/{job_id}/resume`); the current one is `airflow_run_url`'s.")
     updated_at: datetime | None = None
 
     @classmethod
@@ -163,15 +187,33 @@ class TrainingDetail(TrainingSummary):
             metadata=job.job_metadata or {},
             mlflow_run_id=job.mlflow_run_id,
             **run_links(job, settings),
+            registered_model=registered_model(job, settings),
+            previous_runs=[RunOut.model_validate(r) for r in job.runs or []],
             updated_at=job.updated_at,
         )
 
 
-def run_links(job: TrainingJob, settings: Settings) -> dict[str, str | None]:
-    """`mlflow_run_url` (once the MLflow run is known and an MLflow UI is) and `airflow_run_url`."""
-    mlflow_ui = settings.mlflow_ui_url or (
+def _mlflow_ui(settings: Settings) -> str | None:
+    return settings.mlflow_ui_url or (
         settings.mlflow_tracking_uri if (settings.mlflow_tracking_uri or "").startswith("http") else None
     )
+
+
+def registered_model(job: TrainingJob, settings: Settings) -> RegisteredModelOut | None:
+    """The job's registered model version (`{"name", "version"}` cached when it settled), its
+    `models:/` URI and its page in the MLflow UI."""
+    found = job.registered_model or {}
+    if not found.get("name") or not found.get("version"):
+        return None
+    name, version = str(found["name"]), str(found["version"])
+    ui = _mlflow_ui(settings)
+    return RegisteredModelOut(name=name, version=version, uri=job_spec.registered_model_uri(name, version),
+                              ui_url=job_spec.registered_model_ui_url(ui, name, version) if ui else None)
+
+
+def run_links(job: TrainingJob, settings: Settings) -> dict[str, str | None]:
+    """`mlflow_run_url` (once the MLflow run is known and an MLflow UI is) and `airflow_run_url`."""
+    mlflow_ui = _mlflow_ui(settings)
     airflow_ui = (settings.airflow_ui_url or settings.airflow_url).rstrip("/")
     run_id = job.airflow_run_id or job_spec.dag_run_id(job.id)
     return {
@@ -187,3 +229,11 @@ _SUMMARY_LIST = TypeAdapter(list[TrainingSummary])
 
 class StopResponse(BaseModel):
     message: str
+
+
+class ResumeResponse(BaseModel):
+    message: str
+    job_id: str
+    status: TrainingStatusField = Field(description="`queued`: the new run waits for a worker.")
+    resumed_from_step: int = Field(description="The step of the checkpoint the training continues from.")
+    airflow_run_id: str = Field(description="The job's new Airflow run (`train-{job_id}-resume-N`).")

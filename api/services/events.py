@@ -80,6 +80,12 @@ def list_events(session: Session, job_id: str, after: int | None, limit: int) ->
 
 
 # --- status -----------------------------------------------------------------------------------
+def _in_run(job: TrainingJob, key: str) -> str:
+    """A job's fact as it happens in its current run: a resumed job (`POST .../resume`) goes
+    through its states again in a new run, whose changes are new events."""
+    return f"{job.airflow_run_id}:{key}" if job.runs else key
+
+
 def job_created(session: Session, job: TrainingJob) -> None:
     record(session, job.id, EventType.STATUS, f"Job created: {job.status}", key="status:created",
            data={"from_status": None, "to_status": job.status, "from_stage": None, "to_stage": job.stage})
@@ -95,7 +101,7 @@ def state_changed(session: Session, job: TrainingJob, status: str | None, stage:
     if stage != job.stage:
         parts.append(f"stage {stage or '(none)'} -> {job.stage or '(none)'}")
     record(session, job.id, EventType.STATUS, "; ".join(parts).capitalize(),
-           key=f"status:{status}/{stage}->{job.status}/{job.stage}",
+           key=_in_run(job, f"status:{status}/{stage}->{job.status}/{job.stage}"),
            data={"from_status": status, "to_status": job.status, "from_stage": stage, "to_stage": job.stage})
 
 
@@ -110,7 +116,7 @@ def _last_state(session: Session, job_id: str) -> tuple[str | None, str | None]:
 
 def stop_requested(session: Session, job: TrainingJob) -> None:
     record(session, job.id, EventType.STOP_REQUESTED, "Stop requested by the owner: the training saves its "
-           "partial adapter and exits", key="stop_requested",
+           "partial adapter and exits", key=_in_run(job, "stop_requested"),
            data={"requested_at": job.stop_requested_at.isoformat() if job.stop_requested_at else None})
 
 
@@ -123,12 +129,12 @@ def job_settled(ctx: TrainingContext, job: TrainingJob) -> None:
     status, stage = _last_state(ctx.session, job.id)
     state_changed(ctx.session, job, status, stage)
     if job.status == TrainingStatus.FAILED:
-        record(ctx.session, job.id, EventType.ERROR, job.error or "The job failed", key="error",
+        record(ctx.session, job.id, EventType.ERROR, job.error or "The job failed", key=_in_run(job, "error"),
                level=EventLevel.ERROR, data={"stage": job.stage})
     elif job.status == TrainingStatus.STOPPED and not job.output_path:
         record(ctx.session, job.id, EventType.WARNING,
                "The job was stopped before a partial adapter was saved: nothing of this training can be reused",
-               key="warning:stopped-without-adapter", level=EventLevel.WARNING)
+               key=_in_run(job, "warning:stopped-without-adapter"), level=EventLevel.WARNING)
     from api.services.webhooks.outbox import training_ended
 
     training_ended(ctx.session, job, ctx.settings)

@@ -76,6 +76,14 @@ def _complete(airflow, job_id: str) -> None:
         airflow.task(run, task, "success")
 
 
+def _stopped(airflow, run: str) -> None:
+    """What the train task does on a stop once its engine exited: it fails, and the run with it."""
+    airflow.task(run, "train", "failed")
+    for task in ("evaluate", "register", "finalize"):
+        airflow.task(run, task, "upstream_failed")
+    airflow.states[run] = "failed"
+
+
 def _fetch_all(files: list[dict], expected: dict[str, bytes]) -> None:
     """Every URL works without credentials and gives the bytes of the listed size and SHA-256."""
     assert [f["name"] for f in files] == sorted(expected)
@@ -156,6 +164,7 @@ def test_checkpoints_are_listed_while_the_job_runs_and_a_stop_gives_the_partial_
     # stop: the engine saved its partial adapter, the live manifest says stopped but the process
     # has not exited (exited: false): still stopping, nothing to download yet
     assert client.post(f"/v1/trainings/{job_id}/stop", headers=auth).status_code == 202
+    _stopped(airflow, run)
     result = _adapter_result(s3, job_id, "stopped")
     _publish(s3, job_id, **{**result, "exited": False}, checkpoints=[_checkpoint(s3, job_id, 6)])
     assert client.get(f"/v1/trainings/{job_id}", headers=auth).json()["stage"] == "stopping"
@@ -166,10 +175,145 @@ def test_checkpoints_are_listed_while_the_job_runs_and_a_stop_gives_the_partial_
     _fetch_all(body["files"], ADAPTER)
 
     # stopped before anything was saved
-    other, _ = running_job(client, auth, airflow)
+    other, other_run = running_job(client, auth, airflow)
     assert client.post(f"/v1/trainings/{other}/stop", headers=auth).status_code == 202
+    _stopped(airflow, other_run)
     _publish(s3, other, status="failed", exited=True)
     assert client.get(f"/v1/trainings/{other}", headers=auth).json()["status"] == "stopped"
     resp = client.get(f"/v1/trainings/{other}/adapter", headers=auth)
     assert resp.status_code == 409
     assert resp.json()["detail"] == f"Job {other} was stopped before it saved a partial adapter: nothing to download"
+
+
+# --- resume ------------------------------------------------------------------------------------
+
+def _events(client, auth, job_id: str) -> list[dict]:
+    body = client.get(f"/v1/trainings/{job_id}/events", headers=auth).json()
+    return body["data"]
+
+
+def test_a_stopped_job_resumes_from_its_last_checkpoint_in_a_new_run(client, auth, other_auth, airflow, mlflow,
+                                                                     s3) -> None:
+    job_id, run = running_job(client, auth, airflow)
+    resp = client.post(f"/v1/trainings/{job_id}/resume", headers=auth)
+    assert resp.status_code == 409
+    assert resp.json()["detail"] == (f"Job {job_id} cannot be resumed: it is still running; stop it first, or wait "
+                                     "for it to end. Only stopped or failed jobs with an uploaded checkpoint can be "
+                                     "resumed")
+
+    assert client.post(f"/v1/trainings/{job_id}/stop", headers=auth).status_code == 202
+    _stopped(airflow, run)
+    _publish(s3, job_id, **_adapter_result(s3, job_id, "stopped"),
+             checkpoints=[_checkpoint(s3, job_id, 6), _checkpoint(s3, job_id, 9)])
+    stopped = client.get(f"/v1/trainings/{job_id}", headers=auth).json()
+    assert stopped["status"] == "stopped" and stopped["previous_runs"] == []
+    # another user's job does not exist for them
+    assert client.post(f"/v1/trainings/{job_id}/resume", headers=other_auth).status_code == 404
+
+    triggers = len(airflow.triggers)
+    resp = client.post(f"/v1/trainings/{job_id}/resume", headers=auth)
+    assert resp.status_code == 202, resp.text
+    new_run = f"train-{job_id}-resume-1"
+    assert resp.json() == {"message": f"Job {job_id} resumes from the checkpoint at step 9", "job_id": job_id,
+                           "status": "queued", "resumed_from_step": 9, "airflow_run_id": new_run}
+    # one new run of the same job with the same conf (the same resolved parameters)
+    assert [(r, c) for _, r, c in airflow.triggers[triggers:]] == [(new_run, airflow.triggers[0][2])]
+    detail = client.get(f"/v1/trainings/{job_id}", headers=auth).json()
+    assert (detail["status"], detail["stop_requested"], detail["error"], detail["completed_at"],
+            detail["output_path"]) == ("queued", False, None, None, None)
+    assert detail["airflow_run_url"].endswith(f"/runs/{new_run}")
+    assert [(r["run_id"], r["status"], r["resumed_from_step"]) for r in detail["previous_runs"]] == [
+        (run, "stopped", 9)]
+    # a second request while it is queued is refused; nothing is triggered
+    resp = client.post(f"/v1/trainings/{job_id}/resume", headers=auth)
+    assert resp.status_code == 409 and "it is still queued" in resp.json()["detail"]
+    assert len(airflow.triggers) == triggers + 1
+
+    # the new run goes through the states again: new events, in order, after the stop's
+    airflow.states[new_run] = "running"
+    airflow.task(new_run, "train", "running")
+    assert client.get(f"/v1/trainings/{job_id}", headers=auth).json()["status"] == "running"
+    airflow.states[new_run] = "success"
+    for task in ("validate_inputs", "prepare", "train", "evaluate", "register", "finalize"):
+        airflow.task(new_run, task, "success")
+    airflow.xcoms[(new_run, "finalize", "return_value")] = {
+        "output_path": "s3://qlora/x/", "registered_model": {"name": "someone~squares-v1", "version": "3"}}
+    done = client.get(f"/v1/trainings/{job_id}", headers=auth).json()
+    assert done["status"] == "completed"
+    assert done["registered_model"]["name"] == "someone~squares-v1" and done["registered_model"]["version"] == "3"
+    assert done["registered_model"]["uri"] == "models:/someone~squares-v1/3"
+    statuses = [(e["data"].get("from_status"), e["data"].get("to_status")) for e in _events(client, auth, job_id)
+                if e["type"] == "status"]
+    # the first run's queued -> running is recorded again for the new run
+    assert statuses[:2] == [(None, "queued"), ("queued", "running")], statuses
+    assert statuses[-4:] == [("running", "stopped"), ("stopped", "queued"), ("queued", "running"),
+                             ("running", "completed")], statuses
+    resp = client.post(f"/v1/trainings/{job_id}/resume", headers=auth)
+    assert resp.status_code == 409 and "it completed: there is nothing left to train" in resp.json()["detail"]
+
+
+def test_a_job_without_an_uploaded_checkpoint_cannot_be_resumed(client, auth, airflow, mlflow, s3) -> None:
+    failed = start(client, auth, make_dataset(client, auth))
+    airflow.states[f"train-{failed}"] = "failed"
+    airflow.task(f"train-{failed}", "train", "failed")
+    _publish(s3, failed, status="failed", exited=True,
+             checkpoints=[_checkpoint(s3, failed, 4, upload=False)])  # never reached S3
+    triggers = len(airflow.triggers)
+    resp = client.post(f"/v1/trainings/{failed}/resume", headers=auth)
+    assert resp.status_code == 409
+    assert resp.json()["detail"] == (f"Job {failed} cannot be resumed: it has no uploaded checkpoint (it ended "
+                                     "before its first one); start a new job instead")
+    assert len(airflow.triggers) == triggers
+    # with one, a failed job resumes too; Airflow down: 503 and the job unchanged
+    _publish(s3, failed, status="failed", exited=True, checkpoints=[_checkpoint(s3, failed, 4)])
+    airflow.down = True
+    assert client.post(f"/v1/trainings/{failed}/resume", headers=auth).status_code == 503
+    airflow.down = False
+    assert client.get(f"/v1/trainings/{failed}", headers=auth).json()["status"] == "failed"
+    resp = client.post(f"/v1/trainings/{failed}/resume", headers=auth)
+    assert resp.status_code == 202 and resp.json()["resumed_from_step"] == 4
+
+
+# --- evaluation --------------------------------------------------------------------------------
+
+REPORT = {"task": "video_classification", "split": "validation", "held_out_examples": 8,
+          "adapter": {"eval_loss": 0.1, "eval_examples": 8, "accuracy": 1.0, "macro_f1": 1.0,
+                      "per_class": [{"label": "blue", "precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 4},
+                                    {"label": "red", "precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 4}],
+                      "confusion_matrix": {"labels": ["blue", "red"], "matrix": [[4, 0], [0, 4]]},
+                      "samples": [{"file_name": "a.mp4", "label": "blue", "predicted": "blue"}]},
+          "base": {"eval_loss": 0.7, "eval_examples": 8, "accuracy": 0.5, "macro_f1": 0.33,
+                   "per_class": [{"label": "blue", "precision": 0.5, "recall": 1.0, "f1": 0.67, "support": 4},
+                                 {"label": "red", "precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 4}],
+                   "confusion_matrix": {"labels": ["blue", "red"], "matrix": [[4, 0], [4, 0]]}}}
+
+
+def test_the_evaluation_is_read_from_the_mlflow_run_and_409_before(client, auth, other_auth, airflow, mlflow) -> None:
+    artifacts: dict[tuple[str, str], dict] = {}
+    mlflow.read_json_artifact = lambda run_id, path: artifacts.get((run_id, path))
+    job_id, run = running_job(client, auth, airflow)
+    resp = client.get(f"/v1/trainings/{job_id}/evaluation", headers=auth)
+    assert resp.status_code == 409
+    assert resp.json()["detail"] == (f"Job {job_id} has no evaluation yet (running, stage training): the adapter is "
+                                     "evaluated against the base model once its training completed")
+    mlflow_run = "e" * 32
+    airflow.xcoms[(run, "train", "mlflow_run_id")] = mlflow_run
+    _complete(airflow, job_id)
+    artifacts[(mlflow_run, "evaluation/evaluation.json")] = REPORT
+    resp = client.get(f"/v1/trainings/{job_id}/evaluation", headers=auth)
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert (body["job_id"], body["task"], body["held_out_examples"]) == (job_id, "video_classification", 8)
+    assert body["adapter"]["metrics"] == {"eval_loss": 0.1, "eval_examples": 8.0, "accuracy": 1.0, "macro_f1": 1.0}
+    assert body["base"]["confusion_matrix"] == {"labels": ["blue", "red"], "matrix": [[4, 0], [4, 0]]}
+    assert [c["label"] for c in body["adapter"]["per_class"]] == ["blue", "red"] and body["samples"] == []
+    assert client.get(f"/v1/trainings/{job_id}/evaluation", headers=other_auth).status_code == 404
+
+    from api.clients.mlflow import MlflowUnavailable
+
+    def down(run_id, path):
+        raise MlflowUnavailable("connection refused")
+
+    mlflow.read_json_artifact = down
+    resp = client.get(f"/v1/trainings/{job_id}/evaluation", headers=auth)
+    assert resp.status_code == 503 and "MLflow" in resp.json()["detail"]

@@ -2,7 +2,10 @@
 Airflow running `qlora_training`, MLflow): checkpoints listed while the job runs; once completed,
 every file of the adapter downloaded through its pre-signed URL (no credentials), checked against
 its SHA-256, loaded with `training.inference.load_adapter`, and its predictions equal the
-engine's own `predict` on the adapter in S3."""
+engine's own `predict` on the adapter in S3; the registered MLflow model version (named in the
+detail) loads with `mlflow.pyfunc.load_model` and predicts the same labels; the evaluation
+endpoint serves the report the evaluate step logged (confusion matrix, per-class table and
+picture in the run's artifacts); the run carries `mlflow.user` and its dataset input."""
 
 from __future__ import annotations
 
@@ -56,7 +59,38 @@ def test_checkpoints_live_then_download_and_load_the_adapter(api_server, tmp_pat
         assert {"train_loss", "eval_loss", "eval_accuracy"} <= set(checkpoints[-1]["metrics"])
 
         adapter = api.get(f"/trainings/{job_id}/adapter").json()
+        evaluation = api.get(f"/trainings/{job_id}/evaluation")
+        detail = api.get(f"/trainings/{job_id}").json()
     assert adapter["partial"] is False
+
+    # the evaluation endpoint serves what the evaluate step logged to the MLflow run
+    assert evaluation.status_code == 200, evaluation.text
+    report = evaluation.json()
+    assert (report["task"], report["split"]) == ("video_classification", "validation")
+    assert report["adapter"]["confusion_matrix"]["labels"] == ["blue", "red"]
+    for side in ("adapter", "base"):
+        matrix = report[side]["confusion_matrix"]["matrix"]
+        assert sum(map(sum, matrix)) == report["held_out_examples"] == sum(c["support"] for c in report[side]["per_class"])
+        assert report[side]["metrics"]["accuracy"] == pytest.approx(
+            sum(matrix[i][i] for i in range(len(matrix))) / report["held_out_examples"])
+    from mlflow.tracking import MlflowClient
+
+    mlflow = MlflowClient(tracking_uri=api_server.mlflow_uri)
+    run = mlflow.get_run(detail["mlflow_run_id"])
+    assert report["adapter"]["metrics"]["accuracy"] == run.data.metrics["final_accuracy"]
+    artifacts = {f.path for f in mlflow.list_artifacts(run.info.run_id, "evaluation")}
+    assert {"evaluation/evaluation.json", "evaluation/per_class.json", "evaluation/confusion_matrix.png"} <= artifacts
+    # the run carries the service user and its dataset as an MLflow input
+    assert run.data.tags["mlflow.user"] == run.data.tags["user"] and run.data.tags["user"].startswith("e2e_")
+    inputs = run.inputs.dataset_inputs
+    assert [i.dataset.name for i in inputs] == [dataset_id] and inputs[0].dataset.source_type == "s3"
+
+    # the registered model: named per user without collisions, linked from the detail
+    registered = detail["registered_model"]
+    assert registered["name"] == f"{run.data.tags['user']}~dirs" and registered["version"] == "1"
+    assert registered["uri"] == f"models:/{registered['name']}/1"
+    assert registered["ui_url"] == f"{api_server.mlflow_uri}/#/models/{registered['name']}/versions/1"
+    assert mlflow.get_model_version(registered["name"], "1").run_id == run.info.run_id
     folder = tmp_path / "my-adapter"
     folder.mkdir()
     for f in adapter["files"]:  # a plain HTTP client, no credentials
@@ -82,6 +116,7 @@ def test_checkpoints_live_then_download_and_load_the_adapter(api_server, tmp_pat
     assert type(model).__name__.startswith("Peft") and sorted(model.id2label.values()) == ["blue", "red"]
     base = read_base_model(base_dir)
     clips = sorted((tmp_path / "data" / "squares").rglob("*.mp4"))[:3]
+    labels = []
     label2id = {label: i for i, label in model.id2label.items()}
     frames = json.loads((folder / "training_info.json").read_text())["frames"]
     for clip in clips:
@@ -97,3 +132,14 @@ def test_checkpoints_live_then_download_and_load_the_adapter(api_server, tmp_pat
         mine = {model.id2label[i]: round(float(p), 6) for i, p in enumerate(probs)}
         assert engine["probabilities"] == pytest.approx(mine, abs=1e-5), clip
         assert engine["label"] == max(mine, key=mine.get)
+        labels.append(engine["label"])
+
+    # the registered version loads with MLflow alone and predicts what the engine predicts
+    import mlflow as mlflow_module
+    import pandas as pd
+
+    mlflow_module.set_tracking_uri(api_server.mlflow_uri)
+    loaded = mlflow_module.pyfunc.load_model(registered["uri"])
+    assert loaded.metadata.get_input_schema().input_names() == ["clip"]
+    predicted = loaded.predict(pd.DataFrame({"clip": [str(c) for c in clips]}))
+    assert list(predicted["prediction"]) == labels

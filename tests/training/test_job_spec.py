@@ -316,3 +316,18 @@ def test_max_runtime_minutes_is_a_job_field_not_a_training_parameter():
     assert job_spec.job_field_schemas()["max_runtime_minutes"]["default"] == job_spec.DEFAULT_MAX_RUNTIME_MINUTES
     (problem,) = validate_job_conf(good_conf(max_runtime_minutes=True), ["video_captioning"])
     assert problem.startswith("max_runtime_minutes must be a whole number of minutes from 1 to")
+
+
+def test_registered_model_names_never_collide_across_users():
+    """`{user}~{output_name}`: '~' is in neither alphabet, so one name has one (user, output name)."""
+    assert job_spec.registered_model_name("a.b", "c") == "a.b~c"
+    assert job_spec.registered_model_name("a", "b.c") == "a~b.c"
+    assert job_spec.registered_model_name("bob", "prod.v1") != job_spec.registered_model_name("bob.prod", "v1")
+    for user, name in (("a.b", "c"), ("a", "b.c"), ("e2e_1-x", "my-adapter_v1.0")):
+        assert job_spec.registered_model_name(user, name).split(job_spec.REGISTERED_MODEL_SEPARATOR) == [user, name]
+    with pytest.raises(ValueError, match="output_name must be"):
+        job_spec.registered_model_name("bob", "x~y")
+    assert job_spec.registered_model_uri("a~b", 3) == "models:/a~b/3"
+    assert job_spec.registered_model_ui_url("http://mlflow:5000/", "a~b.c", "2") == \
+        "http://mlflow:5000/#/models/a~b.c/versions/2"
+    assert job_spec.dag_run_id("j1") == "train-j1" and job_spec.dag_run_id("j1", 2) == "train-j1-resume-2"

@@ -1,4 +1,5 @@
-"""What a user takes away from a job: its adapter and its checkpoints, as pre-signed downloads.
+"""What a user takes away from a job: its adapter and its checkpoints, as pre-signed downloads,
+and its final evaluation (read from its MLflow run).
 
 Both are read from the engine's `result.json` the train task publishes to S3
 (`training.s3.training_result_key`: while the engine runs, and a last time once it exited).
@@ -15,8 +16,9 @@ from typing import Any
 
 from api.clients.airflow import AirflowError
 from api.models.training_job import TrainingJob, TrainingStatus
-from api.schemas.results import AdapterDownload, CheckpointOut, DownloadFile
-from api.services.errors import Conflict
+from api.clients.mlflow import MlflowUnavailable
+from api.schemas.results import AdapterDownload, CheckpointOut, DownloadFile, EvaluationOut, EvaluationSide
+from api.services.errors import Conflict, ServiceError
 from api.services.trainings import sync
 from api.services.trainings.context import TrainingContext
 from api.models.base import utcnow
@@ -71,7 +73,7 @@ def adapter_download(ctx: TrainingContext, job: TrainingJob) -> AdapterDownload:
     if job.status in _ACTIVE:
         raise Conflict(f"Job {job.id} is {job.status}: its adapter can be downloaded once the job completed "
                        "(or once stopped, when it saved a partial adapter)")
-    if job.status == TrainingStatus.FAILED:
+    if job.status == TrainingStatus.FAILED and not job.output_path:  # past its deadline: the partial adapter
         raise Conflict(f"Job {job.id} failed: it has no adapter to download ({job.error or 'see its logs'})")
     result = _published(ctx, job)
     expires_in = ctx.settings.presigned_url_expiry_s
@@ -83,7 +85,7 @@ def adapter_download(ctx: TrainingContext, job: TrainingJob) -> AdapterDownload:
             raise Conflict(f"Job {job.id} was stopped before it saved a partial adapter: nothing to download")
         raise Conflict(f"Job {job.id} is {job.status} but its adapter is not (yet) fully in storage; retry in a "
                        "moment")
-    return AdapterDownload(job_id=job.id, partial=job.status == TrainingStatus.STOPPED, expires_at=expires_at,
+    return AdapterDownload(job_id=job.id, partial=job.status != TrainingStatus.COMPLETED, expires_at=expires_at,
                            files=files)
 
 
@@ -110,3 +112,40 @@ def list_checkpoints(ctx: TrainingContext, job: TrainingJob) -> list[CheckpointO
                                  metrics={k: float(v) for k, v in metrics.items()
                                           if isinstance(v, (int, float)) and not isinstance(v, bool)}))
     return sorted(out, key=lambda c: c.step)
+
+
+class MlflowDown(ServiceError):
+    status_code = 503
+
+
+def _side(raw: Any) -> EvaluationSide | None:
+    if not isinstance(raw, dict):
+        return None
+    metrics = {k: float(v) for k, v in raw.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return EvaluationSide.model_validate({"metrics": metrics, "per_class": raw.get("per_class"),
+                                          "confusion_matrix": raw.get("confusion_matrix")})
+
+
+def evaluation(ctx: TrainingContext, job: TrainingJob) -> EvaluationOut:
+    """The held-out evaluation of the adapter and the base model the `evaluate` task logged to
+    the job's MLflow run (`training.evaluation_report.REPORT_FILE`); `Conflict` (409) until it
+    exists, 503 when MLflow cannot be read."""
+    from api.schemas.trainings import run_links
+    from training.evaluation_report import REPORT_FILE
+
+    _current(ctx, job)
+    report = None  # a running job may be past its evaluation already (registering): look
+    if ctx.mlflow is not None and job.mlflow_run_id:
+        try:
+            report = ctx.mlflow.read_json_artifact(job.mlflow_run_id, REPORT_FILE)
+        except MlflowUnavailable as exc:
+            raise MlflowDown(f"The tracking server (MLflow) cannot be read; retry later ({exc})") from None
+    if not isinstance(report, dict) or _side(report.get("adapter")) is None:
+        state = f"{job.status}, stage {job.stage}" if job.stage else job.status
+        raise Conflict(f"Job {job.id} has no evaluation yet ({state}): the adapter is evaluated against the base "
+                       "model once its training completed")
+    return EvaluationOut(job_id=job.id, task=str(report.get("task") or ""), split=str(report.get("split") or ""),
+                         held_out_examples=int(report.get("held_out_examples") or 0),
+                         adapter=_side(report["adapter"]), base=_side(report.get("base")),
+                         samples=report.get("samples") or [],
+                         mlflow_run_url=run_links(job, ctx.settings)["mlflow_run_url"])

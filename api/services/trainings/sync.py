@@ -243,6 +243,9 @@ def settle(ctx: TrainingContext, job: TrainingJob, run: DagRun, tis: dict[str, T
         if isinstance(result, dict):
             job.output_path = result.get("output_path") or job.output_path
         job.progress = 1.0
+            registered = result.get("registered_model")
+            if isinstance(registered, dict) and registered.get("name") and registered.get("version"):
+                job.registered_model = {"name": str(registered["name"]), "version": str(registered["version"])}
     elif job.status == TrainingStatus.STOPPED:
         job.output_path = partial_adapter(ctx, job)
     elif job.status == TrainingStatus.FAILED and not job.error:

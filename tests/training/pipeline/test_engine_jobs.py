@@ -143,10 +143,6 @@ def test_a_completed_training():
     (_exit(EXIT_STOPPED, stop=True), _result(RunStatus.RUNNING), "training stopped by request; no adapter was saved",
      "KILLED"),
     (_exit(-9, stop=True), None, "training stopped by request; no adapter was saved", "KILLED"),
-    (_exit(EXIT_STOPPED, orphaned=True), _result(RunStatus.STOPPED, output_uri=URI),
-     f"the Airflow worker running this task was lost, so the training was stopped; partial adapter at {URI}",
-     "FAILED"),
-    (_exit(-9, tail=["step 3"]), _result(RunStatus.RUNNING), "the training process was killed by SIGKILL", "FAILED"),
     (_exit(EXIT_BAD_INPUT, tail=["error: --data x: no clips"]), None,
      "the training rejected its input: error: --data x: no clips", "FAILED"),
     (_exit(EXIT_BAD_INPUT), _result(RunStatus.FAILED, error="the dataset has one label"),
@@ -165,6 +161,27 @@ def test_a_training_that_ended_without_an_adapter(ended, result, reason, status)
     assert str(raised.value) == reason
     assert raised.value.mlflow_status == status
     assert isinstance(raised.value, JobFailed)  # no retry
+
+
+@pytest.mark.parametrize(("ended", "result", "reason"), [
+    (_exit(EXIT_STOPPED, orphaned=True), _result(RunStatus.STOPPED, output_uri=URI),
+     f"the Airflow worker running this task was lost, so the training was stopped; partial adapter at {URI}"),
+    (_exit(-9, tail=["step 3"]), _result(RunStatus.RUNNING), "the training process was killed by SIGKILL"),
+])
+def test_an_engine_lost_without_a_stop_request_is_retried(ended, result, reason):
+    """Killed unasked or its worker lost: Airflow retries the task, which resumes from the last
+    uploaded checkpoint (`training.pipeline.resume`); a stop request never is (above)."""
+    with pytest.raises(engine_jobs.EngineLost) as raised:
+        training_outcome(ended, result, URI)
+    assert str(raised.value) == reason and raised.value.mlflow_status == "FAILED"
+    assert isinstance(raised.value, EngineFailed) and not isinstance(raised.value, JobFailed)
+
+
+def test_the_train_command_resumes_when_asked(tmp_path):
+    common = dict(model="m", data="d", task="video_classification", output=tmp_path, params=_resolved(),
+                  run_name="n", job_id="j", output_uri=URI)
+    assert "--resume" not in engine_jobs.train_command(**common)
+    assert engine_jobs.train_command(**common, resume=True)[-1] == "--resume"
 
 
 def test_the_outcome_of_an_evaluation(tmp_path):

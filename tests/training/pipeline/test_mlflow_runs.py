@@ -64,12 +64,12 @@ def test_a_run_left_running_is_ended_with_the_reason(mlflow):
 
 def test_the_adapter_is_registered_once_per_run(mlflow):
     run_id = _run(mlflow)
-    first = mlflow_runs.register_adapter(run_id, "ada.colours", "job-1")
-    assert first == {"name": "ada.colours", "version": "1"}
-    assert mlflow_runs.register_adapter(run_id, "ada.colours", "job-1") == first  # a retried task
-    second = mlflow_runs.register_adapter(_run(mlflow, "job-2"), "ada.colours", "job-2")
-    assert second == {"name": "ada.colours", "version": "2"}  # the registered model exists already
-    version = mlflow.get_model_version("ada.colours", "1")
+    first = mlflow_runs.register_adapter(run_id, "ada~colours", "job-1")
+    assert first == {"name": "ada~colours", "version": "1"}
+    assert mlflow_runs.register_adapter(run_id, "ada~colours", "job-1") == first  # a retried task
+    second = mlflow_runs.register_adapter(_run(mlflow, "job-2"), "ada~colours", "job-2")
+    assert second == {"name": "ada~colours", "version": "2"}  # the registered model exists already
+    version = mlflow.get_model_version("ada~colours", "1")
     assert version.source.endswith(f"{run_id}/artifacts/adapter") and version.tags == {"job_id": "job-1"}
     assert mlflow.get_run(run_id).data.tags["registered_model_version"] == "1"
 
@@ -80,3 +80,43 @@ def test_the_link_to_the_run(monkeypatch):
     assert mlflow_runs.run_ui_url("7", "abc") == "http://127.0.0.1:5000/#/experiments/7/runs/abc"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///x.db")
     assert mlflow_runs.run_ui_url("7", "abc") is None
+
+
+def test_the_registered_version_loads_with_pyfunc_and_predicts_like_the_engine(mlflow, tmp_path, tiny_models,
+                                                                              colour_dataset):
+    """`mlflow.pyfunc.load_model("models:/NAME/VERSION")` of a real (tiny) adapter: its input
+    schema is the clip column, its predictions are `python -m training predict`'s."""
+    import json
+    import io
+    from contextlib import redirect_stdout
+
+    import mlflow as mlflow_module
+    import pandas as pd
+
+    from training.cli import main
+
+    model = tiny_models("flamingo", "video_classification")
+    adapter = tmp_path / "adapter"
+    assert main(["run", "--model", str(model), "--data", str(colour_dataset), "--task", "video_classification",
+                 "--output", str(adapter), "--epochs", "1", "--batch-size", "8", "--frames", "4",
+                 "--mlflow-uri", ""]) == 0
+    run_id = _run(mlflow)
+    name = job_spec.registered_model_name("ada", "colours")
+    registered = mlflow_runs.register_adapter(run_id, name, "job-1", adapter_uri=str(adapter),
+                                              base_model_uri=str(model))
+    assert registered == {"name": "ada~colours", "version": "1"}
+    assert mlflow.get_model_version(name, "1").source.endswith(f"{run_id}/artifacts/model")
+
+    mlflow_module.set_tracking_uri(mlflow._tracking_client.tracking_uri)
+    loaded = mlflow_module.pyfunc.load_model(job_spec.registered_model_uri(name, "1"))
+    schema = loaded.metadata.get_input_schema()
+    assert schema.input_names() == ["clip"] and schema.input_types()[0].name == "string"
+    clips = sorted(str(p) for p in (colour_dataset / "clips").glob("*.mp4"))[:4]
+    got = loaded.predict(pd.DataFrame({"clip": clips}))
+    engine = []
+    for clip in clips:
+        out = io.StringIO()
+        with redirect_stdout(out):
+            assert main(["predict", "--model", str(model), "--adapter", str(adapter), "--clip", clip]) == 0
+        engine.append(json.loads(out.getvalue().strip().splitlines()[-1])["label"])
+    assert list(got["prediction"]) == engine and set(engine) <= {"blue", "red"}
