@@ -128,7 +128,8 @@ def _apply_run(
         job.stage = job_spec.Stage.STOPPING.value
         return int(before != (job.status, job.stage, job.started_at, job.completed_at))
     job.status = state.value
-    stopping = stop_requested and state not in job_spec.TERMINAL_STATES
+    trained = (states or {}).get(job_spec.TRAIN_TASK_ID) == "success"  # a stop that came too late changes nothing
+    stopping = stop_requested and state not in job_spec.TERMINAL_STATES and not trained
     if (stage := job_spec.job_stage(states, stopping=stopping)) is not None:
         job.stage = stage.value
     if state is not job_spec.JobState.QUEUED and job.started_at is None:
@@ -242,14 +243,16 @@ def settle(ctx: TrainingContext, job: TrainingJob, run: DagRun, tis: dict[str, T
         result = ctx.airflow.get_xcom(ctx.dag_id, run_id(job), "finalize")
         if isinstance(result, dict):
             job.output_path = result.get("output_path") or job.output_path
-        job.progress = 1.0
             registered = result.get("registered_model")
             if isinstance(registered, dict) and registered.get("name") and registered.get("version"):
                 job.registered_model = {"name": str(registered["name"]), "version": str(registered["version"])}
+        job.progress = 1.0
     elif job.status == TrainingStatus.STOPPED:
         job.output_path = partial_adapter(ctx, job)
-    elif job.status == TrainingStatus.FAILED and not job.error:
-        job.error = failure_reason(ctx, job, run, tis)
+    elif job.status == TrainingStatus.FAILED:
+        job.error = job.error or failure_reason(ctx, job, run, tis)
+        # e.g. past its max_runtime_minutes: the engine stopped and uploaded its partial adapter
+        job.output_path = job.output_path or partial_adapter(ctx, job)
     try:
         job.log_tail = log_tail(ctx, job, tis)
     except AirflowError as exc:
