@@ -10,7 +10,8 @@ import pytest
 from training.settings import SettingsError, get_settings
 
 VARIABLES = ("QLORA_S3_BUCKET", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "QLORA_CACHE_DIR", "QLORA_CACHE_MAX_GB",
-             "MLFLOW_TRACKING_URI", "QLORA_MLFLOW_UI_URL", "QLORA_JOB_ID")
+             "MLFLOW_TRACKING_URI", "QLORA_MLFLOW_UI_URL", "QLORA_JOB_ID", "QLORA_FRAME_STORE_MAX_GB",
+             "QLORA_MAX_BAD_CLIP_FRACTION")
 
 
 @pytest.fixture
@@ -66,3 +67,14 @@ def test_a_bad_value_names_its_variable(env):
     with pytest.raises(SettingsError, match="QLORA_CACHE_MAX_GB='lots'"):
         get_settings()
     assert issubclass(SettingsError, ValueError)
+
+
+def test_frame_store_and_bad_clip_settings(env):
+    settings = get_settings()
+    assert settings.frame_store_max_bytes == 20 * 1024**3 and settings.max_bad_clip_fraction == 0.01
+    env.setenv("QLORA_FRAME_STORE_MAX_GB", "0")
+    env.setenv("QLORA_MAX_BAD_CLIP_FRACTION", "0.05")
+    assert (get_settings().frame_store_max_bytes, get_settings().max_bad_clip_fraction) == (0, 0.05)
+    env.setenv("QLORA_MAX_BAD_CLIP_FRACTION", "5")  # a share, not a percentage
+    with pytest.raises(SettingsError, match="QLORA_MAX_BAD_CLIP_FRACTION='5'"):
+        get_settings()
