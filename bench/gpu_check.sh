@@ -9,7 +9,10 @@
 #   3. IDEFICS 9B in NF4 through the engine, if the deadline allows.
 # Dry run on a CPU: SIZE=tiny OUT=/tmp/gpu-out bash bench/gpu_check.sh
 set -uo pipefail
+# RUN_TESTS=0 skips 1; REPEATS runs 2 that many times; VL_VARIANTS / IDEFICS_VARIANTS choose the runs.
 OUT=${OUT:-/tmp/gpu-out}; SIZE=${SIZE:-7b}; DEADLINE=${DEADLINE:-480}; WORK=${WORK:-/tmp/bigwork}
+RUN_TESTS=${RUN_TESTS:-1}; REPEATS=${REPEATS:-1}; VL_VARIANTS=${VL_VARIANTS:-nf4,bare,none}
+IDEFICS_VARIANTS=${IDEFICS_VARIANTS:-nf4,bare}
 mkdir -p "$OUT" "$WORK"
 if [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -26,7 +29,7 @@ PY=${PY:-python3}
 $PY -m bench.training --sections big --size "$SIZE" --archs video_llama,flamingo --variants write --work "$WORK" \
   > "$OUT/write.log" 2>&1 &
 writer=$!
-timeout 300 $PY -m pytest -q -p no:cacheprovider --confcutdir=tests/training --basetemp=/tmp/pt -o timeout=280 \
+[ "$RUN_TESTS" = 1 ] && timeout 300 $PY -m pytest -q -p no:cacheprovider --confcutdir=tests/training --basetemp=/tmp/pt -o timeout=280 \
   tests/training/test_qlora_training.py tests/training/test_stop_resume.py > "$OUT/tests.log" 2>&1
 echo "tests exit $?" >> "$OUT/tests.log"
 echo "train.log files of the tests that ran on cuda: $(grep -l ' on cuda' -r /tmp/pt --include train.log | wc -l)" \
@@ -34,11 +37,13 @@ echo "train.log files of the tests that ran on cuda: $(grep -l ' on cuda' -r /tm
 wait $writer; echo "writer exit $?" >> "$OUT/write.log"
 
 left() { echo $(( DEADLINE - SECONDS )); }
-timeout $(( $(left) > 30 ? $(left) : 30 )) $PY -m bench.training --sections big --size "$SIZE" --archs video_llama \
-  --variants nf4,bare,none --work "$WORK" > "$OUT/bench.log" 2>&1
-echo "video_llama bench exit $? at ${SECONDS}s" >> "$OUT/bench.log"
+for r in $(seq "$REPEATS"); do
+  timeout $(( $(left) > 30 ? $(left) : 30 )) $PY -m bench.training --sections big --size "$SIZE" --archs video_llama \
+    --variants "$VL_VARIANTS" --work "$WORK" >> "$OUT/bench.log" 2>&1
+  echo "video_llama bench run $r exit $? at ${SECONDS}s" >> "$OUT/bench.log"
+done
 if [ "$(left)" -gt 90 ]; then
-  timeout "$(left)" $PY -m bench.training --sections big --size "$SIZE" --archs flamingo --variants nf4 \
+  timeout "$(left)" $PY -m bench.training --sections big --size "$SIZE" --archs flamingo --variants "$IDEFICS_VARIANTS" \
     --work "$WORK" > "$OUT/bench-idefics.log" 2>&1
   echo "idefics bench exit $? at ${SECONDS}s" >> "$OUT/bench-idefics.log"
 else
@@ -47,6 +52,6 @@ fi
 echo "== env"; cat "$OUT/env.txt"
 echo "== tests"; tail -n 15 "$OUT/tests.log"
 echo "== write"; grep -E "^# |exit" "$OUT/write.log"
-echo "== bench"; grep -E "^# |exit|Error|error" "$OUT/bench.log" | tail -n 40
-echo "== idefics"; grep -E "^# |exit|Error|error|skipped" "$OUT/bench-idefics.log" | tail -n 20
+echo "== bench"; grep -E "^# |exit|Error|error" "$OUT/bench.log" | grep -v "device: " | tail -n 60
+echo "== idefics"; grep -E "^# |exit|Error|error|skipped" "$OUT/bench-idefics.log" | grep -v "device: " | tail -n 20
 echo "total ${SECONDS}s"
