@@ -30,6 +30,7 @@ from api.core.security import hash_slots
 from api.db import exclusive_pass, make_engine, make_sessionmaker, upgrade_to_head
 from api.routers import auth, datasets, models, training_follow, training_results, trainings, webhooks
 from api.schemas.common import ValidationErrorResponse
+from api.schemas.health import HEALTH_DOWN_EXAMPLE, HEALTH_OK_EXAMPLE, HealthReport
 from api.services.catalog import seed_catalog
 from api.services.datasets import reconcile_all
 from api.services.trainings.live_state import LiveState
@@ -63,7 +64,8 @@ OPENAPI_TAGS = [
      "their status, progress, metrics and logs, stop them."},
     {"name": "webhooks", "description": "Signed HTTP notifications (Standard Webhooks) when a training or a dataset "
      "ends, with every delivery attempt recorded."},
-    {"name": "health", "description": "Liveness of the API process."},
+    {"name": "health", "description": "Health of the API and of each service it depends on (database, S3, Airflow's "
+     "scheduler, MLflow), and the liveness of the API process."},
 ]
 
 
@@ -152,12 +154,28 @@ def create_app(
                    webhooks.router):
         app.include_router(router, prefix=API_PREFIX)
 
-    @app.get(f"{API_PREFIX}/health", tags=["health"], operation_id="getHealth",
+    @app.get(f"{API_PREFIX}/health", tags=["health"], operation_id="getHealth", response_model=HealthReport,
+             summary="Health: the API and each dependency, checked now",
+             description="Checks, at once and each within 3 s: the database, S3 (the bucket), Airflow (its API and "
+             "metadata database), the Airflow scheduler's heartbeat and DAG processor (Airflow's "
+             "`/api/v2/monitor/health`), and the MLflow tracking server. 200 when all answer; 503 with a `detail` "
+             "naming what is down (jobs do not advance while the scheduler is down). Needs no token.",
+             responses={200: {"content": {"application/json": {"example": HEALTH_OK_EXAMPLE}}},
+                        503: {"model": HealthReport, "description": "A dependency is down: `detail` and `down` "
+                              "name it", "content": {"application/json": {"example": HEALTH_DOWN_EXAMPLE}}}})
+    async def health() -> JSONResponse:
+        from api.services.health import check_all, summary
+
+        code, body = summary(await check_all(app))
+        headers = {"Cache-Control": "no-store", **({"Retry-After": "30"} if code == 503 else {})}
+        return JSONResponse(body, status_code=code, headers=headers)
+
+    @app.get(f"{API_PREFIX}/health/live", tags=["health"], operation_id="getLiveness",
              summary="Liveness: the process answers",
-             description="Answers `{\"status\": \"ok\"}` while the process runs; needs no token and checks no "
-             "other service (`make status` checks them all).",
+             description="Answers `{\"status\": \"ok\"}` while the process runs; checks no other service (for "
+             "a process supervisor's liveness probe: `/v1/health` is the readiness of the whole service).",
              responses={200: {"content": {"application/json": {"example": {"status": "ok"}}}}})
-    def health() -> dict[str, str]:
+    def liveness() -> dict[str, str]:
         return {"status": "ok"}
 
     _install_error_handlers(app)

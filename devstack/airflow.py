@@ -117,6 +117,10 @@ class Airflow:
         """Migrates the metadata DB, creates the `gpu` pool and starts the processes."""
         if all(p.running() for p in self.processes):
             return
+        if self.processes[0].running():  # the api-server runs: the DB is migrated; restart what died
+            for process in self.processes:
+                process.start()
+            return
         self.folder.mkdir(parents=True, exist_ok=True)
         self.passwords_file.write_text(json.dumps({USERNAME: self.password}))
         self.passwords_file.chmod(0o600)
@@ -135,7 +139,10 @@ class Airflow:
         return httpx.get(f"{self.url}/api/v2/monitor/health", timeout=5).json()
 
     def healthy(self) -> bool:
-        """The metadata DB, the scheduler and the dag-processor report healthy, and a token is issued."""
+        """Every process runs, the metadata DB, the scheduler and the dag-processor report healthy,
+        and a token is issued."""
+        if not all(process.running() for process in self.processes):
+            return False  # a dead scheduler shows at once (Airflow's own report lags by its 30 s threshold)
         health = self.health()
         if not all((health.get(part) or {}).get("status") == "healthy"
                    for part in ("metadatabase", "scheduler", "dag_processor")):
@@ -143,6 +150,26 @@ class Airflow:
         if not all(worker.running() for worker in self.workers.values()):
             return False
         return bool(self.token())
+
+    def unhealthy_processes(self) -> list[tuple[Process, str]]:
+        """The processes to restart, with why: those that died, and those alive but reported
+        unhealthy by Airflow (a hung scheduler or dag-processor, an api-server that does not
+        answer)."""
+        found = [(p, "not running") for p in self.processes if not p.running()]
+        dead = {p.name for p, _ in found}
+        try:
+            health = self.health()
+        except Exception as exc:  # the api-server does not answer
+            api = self.processes[0]
+            if api.name not in dead:
+                found.append((api, f"its API does not answer ({type(exc).__name__})"))
+            return found
+        for part, name in (("scheduler", "airflow-scheduler"), ("dag_processor", "airflow-dag-processor")):
+            status = (health.get(part) or {}).get("status")
+            if status != "healthy" and name not in dead:
+                process = next(p for p in self.processes if p.name == name)
+                found.append((process, f"Airflow reports it {status or 'not running'}"))
+        return found
 
     def wait_ready(self, timeout: float = 180) -> float:
         return wait_until(self.healthy, timeout=timeout, what="Airflow", processes=self.processes, interval=0.5)

@@ -165,6 +165,7 @@ class Stack:
             if seed:
                 self._seed(log)
             return False
+        self._stop_unhealthy(log)
         self._check_ports_free()
         started = time.monotonic()
         for server in self.celery_servers:
@@ -201,6 +202,25 @@ class Stack:
         if seed:
             self._seed(log)
         return True
+
+    def _stop_unhealthy(self, log, grace_s: float = 15.0) -> None:
+        """Stops what runs but is unhealthy, so that the start below restarts it: the dead or
+        hung processes of Airflow (the rest of it keeps running), and any other service that
+        stays unhealthy for `grace_s` (it may still be starting)."""
+        for service in self.services:
+            if not service.pids() or self._healthy(service):
+                continue
+            if service is self.airflow:
+                for process, why in self.airflow.unhealthy_processes():
+                    log(f"  restarting {process.name}: {why}")
+                    process.stop()
+                continue
+            deadline = time.monotonic() + grace_s
+            while time.monotonic() < deadline and not self._healthy(service):
+                time.sleep(0.5)
+            if not self._healthy(service):
+                log(f"  restarting {service.name}: it runs but does not answer as healthy")
+                service.stop()
 
     def _seed(self, log) -> None:
         for line in seed_tiny_models(self.s3.settings, self.folder / "seed.log"):

@@ -86,6 +86,10 @@ class S3Storage:
         self.bucket = settings.s3_bucket
         self.presign_expiry_s = settings.presigned_url_expiry_s
         self._client = _client(settings, settings.s3_endpoint_url)
+        self._endpoint_url = settings.s3_endpoint_url
+        self._region = settings.aws_region
+        self._keys = (settings.aws_access_key_id, settings.aws_secret_access_key)
+        self._health_client = None
         public = settings.public_s3_endpoint_url
         self._presign_client = _client(settings, public) if public else self._client
 
@@ -98,6 +102,17 @@ class S3Storage:
             self._client.create_bucket(Bucket=self.bucket)
         except BotoCoreError as exc:
             raise S3Unavailable(f"cannot reach S3: {exc}") from exc
+
+    def check(self) -> None:
+        """Raises unless the bucket answers `HeadBucket` within a few seconds (the health check:
+        its own client, short timeouts, no retries)."""
+        if self._health_client is None:
+            self._health_client = boto3.client(
+                "s3", endpoint_url=self._endpoint_url, region_name=self._region,
+                aws_access_key_id=self._keys[0], aws_secret_access_key=self._keys[1],
+                config=Config(signature_version="s3v4", s3={"addressing_style": "path"} if self._endpoint_url else {},
+                              connect_timeout=2, read_timeout=3, retries={"max_attempts": 1, "mode": "standard"}))
+        self._health_client.head_bucket(Bucket=self.bucket)
 
     def presign_put(self, key: str, expires_in: int | None = None, content_length: int | None = None) -> str:
         """A pre-signed `PUT`; with `content_length`, `Content-Length` is a signed header, so S3

@@ -61,7 +61,7 @@ def test_sqlite_default_migrates_at_start_up(tmp_path, settings, airflow) -> Non
     db = tmp_path / "sub" / "api.db"
     app = create_app(settings.model_copy(update={"database_url": f"sqlite:///{db}"}))
     with TestClient(app) as client:
-        assert client.get("/v1/health").json() == {"status": "ok"}
+        assert client.get("/v1/health/live").json() == {"status": "ok"}
         tables = set(inspect(app.state.engine).get_table_names())
     assert {"users", "datasets", "base_models", "training_jobs", "alembic_version"} <= tables
     # a second start on the same database is a no-op

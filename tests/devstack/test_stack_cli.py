@@ -3,8 +3,11 @@ it starts everything, is idempotent, stops by pid, and state and secrets survive
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -20,6 +23,25 @@ def _shell(stack_env: Path, code: str) -> str:
     """Runs Python in a shell that sourced stack.env, as a user would."""
     script = f"source {stack_env} && {sys.executable} -c '{code}'"
     return subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True, timeout=60).stdout
+
+
+def _kill_scheduler(folder: Path) -> None:
+    """SIGKILL to the scheduler's process group, as if the machine's OOM killer took it."""
+    pid = int((folder / "airflow" / "run" / "airflow-scheduler.pid").read_text().split()[0])
+    os.killpg(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def _wait_for_health(api_url: str, status: int, timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        resp = httpx.get(f"{api_url}/v1/health", timeout=15)
+        if resp.status_code == status or time.monotonic() > deadline:
+            assert resp.status_code == status, resp.text
+            return resp.json()
+        time.sleep(2)
 
 
 def test_up_status_down_up_keeps_state_and_secrets(stack_cli):
@@ -41,6 +63,24 @@ def test_up_status_down_up_keeps_state_and_secrets(stack_cli):
     assert "already running" in stack_cli("up", "--no-seed")
     status = stack_cli("status")
     assert status.count("healthy") == 4, status
+    assert httpx.get(f"{env['QLORA_API_URL']}/v1/health", timeout=15).status_code == 200
+
+    # the scheduler dies: `status` says so at once, /v1/health names it (once Airflow's heartbeat
+    # threshold passed), and `up` restarts it alone
+    _kill_scheduler(folder)
+    killed = time.monotonic()
+    status = stack_cli("status")
+    assert [line.split()[2] for line in status.splitlines() if line.startswith("airflow ")] == ["UNHEALTHY"], status
+    health = _wait_for_health(env["QLORA_API_URL"], 503, timeout=90)
+    print(f"scheduler killed -> /v1/health 503: {time.monotonic() - killed:.1f} s")
+    restart = time.monotonic()
+    assert "airflow_scheduler" in health["down"] and "airflow_scheduler (the scheduler is" in health["detail"]
+    out = stack_cli("up", "--no-seed")
+    assert "restarting airflow-scheduler: not running" in out and "already running" not in out
+    assert stack_cli("status").count("healthy") == 4
+    print(f"devstack up (restart): {time.monotonic() - restart:.1f} s")
+    assert _wait_for_health(env["QLORA_API_URL"], 200, timeout=60)["status"] == "ok"
+    print(f"restart -> /v1/health 200: {time.monotonic() - restart:.1f} s")
 
     assert "stopped: api, airflow, mlflow, seaweedfs" in stack_cli("down")
     assert "healthy" not in stack_cli("status")
