@@ -36,16 +36,23 @@ class MlflowAuth:
     accounts: dict[str, str] = field(default_factory=dict)
     admin_username: str = "admin"
     database_uri: str | None = None
+    #: a successful sign-in is remembered this long per worker (MLflow's `auth_cache_ttl_seconds`):
+    #: without it every request pays a scrypt check (~0.1 s of CPU, 0.5 s on a busy 2-core
+    #: machine), the engine's metric logging included. Password changes and deletions through
+    #: MLflow's API take effect at once on the worker that handled them, on the others within this
+    cache_ttl_s: int = 60
 
     @classmethod
     def from_secrets(cls, secrets: dict[str, str]) -> MlflowAuth:
-        """The local stack's: passwords from `.stack/secrets.env`; the admin's name and the users'
-        database from `MLFLOW_AUTH_ADMIN_USERNAME` / `MLFLOW_AUTH_DATABASE_URI` when set."""
+        """The local stack's: passwords from `.stack/secrets.env`; the admin's name, the users'
+        database and the sign-in cache from `MLFLOW_AUTH_ADMIN_USERNAME` /
+        `MLFLOW_AUTH_DATABASE_URI` / `MLFLOW_AUTH_CACHE_TTL_SECONDS` when set."""
         return cls(admin_password=secrets["MLFLOW_ADMIN_PASSWORD"], secret_key=secrets["MLFLOW_FLASK_SECRET_KEY"],
                    accounts={API_ACCOUNT: secrets["MLFLOW_API_PASSWORD"],
                              WORKER_ACCOUNT: secrets["MLFLOW_WORKER_PASSWORD"]},
                    admin_username=os.environ.get("MLFLOW_AUTH_ADMIN_USERNAME") or "admin",
-                   database_uri=os.environ.get("MLFLOW_AUTH_DATABASE_URI") or None)
+                   database_uri=os.environ.get("MLFLOW_AUTH_DATABASE_URI") or None,
+                   cache_ttl_s=int(os.environ.get("MLFLOW_AUTH_CACHE_TTL_SECONDS") or 60))
 
     def client_env(self, account: str | None = None) -> dict[str, str]:
         """MLflow's client variables for `account` (default: the admin, i.e. an operator's shell)."""
@@ -95,7 +102,8 @@ class MLflowServer(ProcessService):
                 "# nobody reads anything unless granted: users READ their own experiment, services are admins\n"
                 "default_permission = NO_PERMISSIONS\n"
                 f"database_uri = {database}\n"
-                "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+                "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+                f"auth_cache_ttl_seconds = {self.auth.cache_ttl_s}\n")
             self.auth_config_path.chmod(0o600)
         self.process.start()
 

@@ -14,14 +14,19 @@ from training.data.synthetic import make_dataset, zip_folder
 TERMINAL = {"completed", "failed", "stopped"}
 
 
-def login(api: httpx.Client) -> None:
-    """Signs up a new user and puts its bearer token on `api`."""
+#: the password of every user `login` signs up (also their MLflow password)
+PASSWORD = "correct horse battery"
+
+
+def login(api: httpx.Client) -> str:
+    """Signs up a new user and puts its bearer token on `api`; returns the username."""
     user = f"e2e_{uuid.uuid4().hex[:8]}"
-    password = "correct horse battery"
+    password = PASSWORD
     assert api.post("/auth/signup", json={"username": user, "email": f"{user}@example.com",
                                           "password": password}).status_code == 201
     token = api.post("/auth/login", json={"username": user, "password": password}).json()["access_token"]
     api.headers["Authorization"] = f"Bearer {token}"
+    return user
 
 
 def ready_dataset(api: httpx.Client, tmp: Path, clips: int = 12) -> str:
