@@ -89,15 +89,19 @@ def test_past_the_threshold_the_run_fails_naming_the_clips(tmp_path, tiny_models
 
 
 def test_the_validation_report_vouches_for_its_clips(tmp_path, tiny_models):
-    data = make_dataset(tmp_path / "ds", 8, size=32, frames=4)
+    from training.s3 import dataset_report_beside
+
+    data = make_dataset(tmp_path / "ds" / "files", 8, size=32, frames=4)  # as in the worker cache
     names = [e.file_name for e, _ in read_examples(data, "video_classification")]
-    report = tmp_path / "report.json"
+    report = dataset_report_beside(data)  # where `prepare` puts it: ds/validation/report.json
+    report.parent.mkdir(parents=True)
     report.write_text(json.dumps({"valid": True, "clips": [{"file_name": n} for n in names[:7]]}))
     out = tmp_path / "out"
     model = tiny_models("flamingo", "video_classification")
-    assert _run(model, data, out, "--epochs", "1", "--mlflow-uri", "", "--clip-report", str(report)) == EXIT_OK
+    assert _run(model, data, out, "--epochs", "1", "--mlflow-uri", "") == EXIT_OK  # found beside the files
     assert "7 of 8 clips decoded by the dataset's validation (trusted, not decoded before training), " \
            "1 not in its report" in (out / "train.log").read_text()
+    report = tmp_path / "report.json"  # named with --clip-report
     report.write_text(json.dumps({"valid": False, "clips": []}))
     assert _run(model, data, tmp_path / "o2", "--epochs", "1", "--mlflow-uri", "",
                 "--clip-report", str(report)) == EXIT_BAD_INPUT
