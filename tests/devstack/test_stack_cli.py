@@ -59,6 +59,18 @@ def test_up_status_down_up_keeps_state_and_secrets(stack_cli):
     env = {line.split("=", 1)[0].removeprefix("export "): line.split("=", 1)[1].strip("'")
            for line in stack_env.read_text().splitlines() if line.startswith("export ")}
     assert httpx.get(f"{env['QLORA_API_URL']}/v1/openapi.json").status_code == 200
+    # MLflow signs everyone in (its admin's password is printed); a user of the API gets an account
+    assert secrets["MLFLOW_ADMIN_PASSWORD"] in out
+    mlflow_api = f"{env['MLFLOW_TRACKING_URI']}/api/2.0/mlflow"
+    assert httpx.get(f"{mlflow_api}/experiments/get-by-name", params={"experiment_name": "kept-experiment"}
+                     ).status_code == 401
+    ada = ("ada_mlflow", "correct horse battery")
+    assert httpx.post(f"{env['QLORA_API_URL']}/v1/auth/signup", timeout=30, json={
+        "username": ada[0], "email": "ada@example.com", "password": ada[1]}).status_code == 201
+    assert httpx.get(f"{mlflow_api}/experiments/get-by-name", params={"experiment_name": "qlora/ada_mlflow"},
+                     auth=ada).status_code == 200
+    assert httpx.get(f"{mlflow_api}/experiments/get-by-name", params={"experiment_name": "kept-experiment"},
+                     auth=ada).status_code == 403
 
     assert "already running" in stack_cli("up", "--no-seed")
     status = stack_cli("status")
@@ -94,3 +106,4 @@ def test_up_status_down_up_keeps_state_and_secrets(stack_cli):
                   ).strip() == "kept"
     assert _shell(stack_env, 'import mlflow; print(mlflow.MlflowClient().get_experiment_by_name('
                              '"kept-experiment") is not None)').strip() == "True"
+    assert httpx.get(f"{mlflow_api}/users/current", auth=ada).status_code == 200  # accounts kept too
