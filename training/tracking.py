@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 
 log = logging.getLogger("training")
+#: the MLflow UI opens an experiment with this tag in its model-training view (not GenAI's)
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 
 
 class NullTracker:
@@ -64,6 +66,11 @@ class MlflowTracker(NullTracker):
         else:
             exp = self.client.get_experiment_by_name(experiment)
             exp_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
+            if exp is None or EXPERIMENT_KIND_TAG not in exp.tags:  # else the UI opens it as GenAI runs
+                try:
+                    self.client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+                except Exception as exc:  # e.g. no permission on an experiment made by another account
+                    log.warning("experiment %s not marked as model training: %s", exp_id, exc)
             run = self.client.create_run(exp_id, run_name=run_name, tags={k: v for k, v in tags.items() if v})
             self.run_id, self.experiment_id = run.info.run_id, exp_id
             self.client.log_batch(self.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()],

@@ -27,6 +27,8 @@ def test_training_run_is_tracked_in_mlflow(tmp_path, tiny_models, colour_dataset
 
     client = MlflowClient(tracking_uri=mlflow_uri)
     experiment = client.get_experiment_by_name("engine-tests")
+    # the MLflow UI opens it in its model-training view
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     runs = client.search_runs([experiment.experiment_id])
     assert len(runs) == 1
     run = runs[0]
