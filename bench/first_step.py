@@ -44,6 +44,7 @@ MODEL = "flamingo-tiny-classification"
 PARAMS = {"epochs": 2, "batch_size": 8, "lora_rank": 4, "eval_every_epochs": 2}
 BASELINE = "d8fd274^"  # the engine before issue 16 (pre-pass over every clip, memory-only frames)
 STEP_RE = re.compile(r"step (\d+)/(\d+) epoch (\d+)")
+ENGINE_TIME_RE = re.compile(r"^\[engine\] (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
 TASKS = ("validate_inputs", "prepare", "train", "evaluate", "register", "finalize")
 
 
@@ -120,7 +121,8 @@ def engine_alone(code_root: Path, model: Path, data: Path, out: Path, env: dict[
         elif m := STEP_RE.search(line):
             marks.setdefault("first_step", now)
             epoch_end[int(m.group(3))] = now
-    proc.wait()
+    _, status, usage = os.wait4(proc.pid, 0)  # its CPU time too: this machine is shared, wall times vary
+    proc.returncode = os.waitstatus_to_exitcode(status)
     done = time.time() - t0
     if proc.returncode != 0:
         print("".join(tail), file=sys.stderr)
@@ -128,7 +130,7 @@ def engine_alone(code_root: Path, model: Path, data: Path, out: Path, env: dict[
     e2 = epoch_end.get(2, float("nan")) - epoch_end.get(1, float("nan"))
     return {"rc": proc.returncode, "first_step": marks.get("first_step", float("nan")), "done": done,
             "data": marks.get("data", float("nan")), "model": marks.get("model", float("nan")), "epoch1": e1,
-            "epoch2": e2}
+            "epoch2": e2, "cpu": usage.ru_utime + usage.ru_stime}
 
 
 # ---- through the stack ------------------------------------------------------------------------
@@ -191,6 +193,8 @@ def stack_job(stack, api: httpx.Client, dataset_id: str) -> dict:
         if not isinstance(entry, dict) or not entry.get("timestamp"):
             continue
         event, at = str(entry.get("event", "")), _ts(str(entry["timestamp"])) - t0
+        if own := ENGINE_TIME_RE.search(event):  # the engine's own clock: the task log may lag behind it
+            at = datetime.strptime(own.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp() - t0
         if event.startswith("running: "):
             marks.setdefault("spawn", at)
         elif " data: " in event:
@@ -211,7 +215,7 @@ def _f(value) -> str:
 
 
 def print_timeline(label: str, job: dict) -> None:
-    print(f"\n   {label}: where POST -> completed goes (seconds since the POST)")
+    print(f"\n   {label}: where POST -> completed goes (seconds since the POST)", flush=True)
     print(f"   {'task':<16}{'queued':>8}{'start':>8}{'end':>8}{'waited':>8}{'ran':>8}")
     previous_end = job["run_start"]
     print(f"   {'(dag run start)':<16}{'':>8}{_f(job['run_start']):>8}")
@@ -272,6 +276,8 @@ def main() -> None:
     parser.add_argument("--skip-large", action="store_true", help="only the 8-clip dataset")
     parser.add_argument("--baseline", default=BASELINE, help="git revision of the baseline engine")
     parser.add_argument("--executor", choices=("local", "celery"), default="local")
+    parser.add_argument("--engine-only", action="store_true",
+                        help="no stack: the engine alone and the baseline engine (no tracking)")
     args = parser.parse_args()
 
     folder = Path(tempfile.mkdtemp(prefix="qlora-bench-first-step-"))
@@ -290,6 +296,21 @@ def main() -> None:
     model_dir = build_tiny("flamingo", "video_classification", folder / "model", catalog_id=MODEL)
     baseline = baseline_tree(args.baseline, folder)
 
+    if args.engine_only:
+        try:
+            env = {**os.environ, "MLFLOW_TRACKING_URI": ""}
+            for i, (label, data) in enumerate(datasets.items()):
+                for name, root in (("engine alone", REPO), (f"baseline engine ({args.baseline})", baseline)):
+                    if root is None:
+                        continue
+                    r = engine_alone(root, model_dir, data, folder / f"{i}-{name[:4]}",
+                                     {**env, "QLORA_CACHE_DIR": str(folder / f"cache-{i}-{name[:4]}")})
+                    print(f"{label:<12}{name:<34} first step {_f(r['first_step'])} s, done {_f(r['done'])} s, "
+                          f"epoch 1 {_f(r['epoch1'])} s, epoch 2 {_f(r['epoch2'])} s, CPU {_f(r['cpu'])} s, "
+                          f"rc {r['rc']}", flush=True)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        return
     stack = Stack(folder / "stack", Ports.shifted(Ports.free_offset()), executor=args.executor)
     try:
         started = time.monotonic()
@@ -305,25 +326,29 @@ def main() -> None:
         costs = import_costs(env)
         rows = []
         for label, data in datasets.items():
-            dataset_id, up_s, validated_s = upload(api, data.parent, label.replace(" ", "-"))
-            print(f"\n== {label}: upload {up_s:.1f} s, validation {validated_s:.1f} s")
-            job = stack_job(stack, api, dataset_id)
-            print(f"   through the stack -> {job['job']['status']}: first step {job['first_step']:.1f} s, "
-                  f"completed {job['done']:.1f} s")
-            print_timeline("first job (cold worker cache and frame store)", job)
-            again = stack_job(stack, api, dataset_id)
-            print(f"   second job, same dataset -> {again['job']['status']}: first step {again['first_step']:.1f} s, "
-                  f"completed {again['done']:.1f} s")
-            print_timeline("second job (warm cache and frame store)", again)
+            print(f"\n== {label}", flush=True)
             alone = engine_alone(REPO, model_dir, data, folder / f"alone-{len(rows)}",
                                  {**env, "QLORA_CACHE_DIR": str(folder / f"alone-cache-{len(rows)}")})
+            print(f"   engine alone: {alone}", flush=True)
             old = (engine_alone(baseline, model_dir, data, folder / f"baseline-{len(rows)}",
                                 {**env, "QLORA_CACHE_DIR": str(folder / f"baseline-cache-{len(rows)}")})
                    if baseline else None)
+            print(f"   baseline engine: {old}", flush=True)
+            dataset_id, up_s, validated_s = upload(api, data.parent, label.replace(" ", "-"))
+            print(f"   upload {up_s:.1f} s, validation {validated_s:.1f} s", flush=True)
+            job = stack_job(stack, api, dataset_id)
+            print(f"   through the stack -> {job['job']['status']}: first step {job['first_step']:.1f} s, "
+                  f"completed {job['done']:.1f} s, epochs {job['epoch1']:.1f} / {job['epoch2']:.1f} s")
+            print_timeline("first job (cold worker cache and frame store)", job)
+            again = stack_job(stack, api, dataset_id)
+            print(f"   second job, same dataset -> {again['job']['status']}: first step {again['first_step']:.1f} s, "
+                  f"completed {again['done']:.1f} s, epochs {again['epoch1']:.1f} / {again['epoch2']:.1f} s")
+            print_timeline("second job (warm cache and frame store)", again)
             rows.append((label, job, again, alone, old))
 
         print("\n== summary (seconds; ratio = through the stack / engine alone)")
-        header = (f"{'dataset':<12}{'run':<34}{'first step':>11}{'completed':>10}{'epoch 1':>9}{'epoch 2':>9}")
+        header = (f"{'dataset':<12}{'run':<34}{'first step':>11}{'completed':>10}{'epoch 1':>9}{'epoch 2':>9}"
+                  f"{'CPU s':>7}")
         print(header)
         print("-" * len(header))
         for label, job, again, alone, old in rows:
@@ -332,10 +357,10 @@ def main() -> None:
             print(f"{'':<12}{'stack, second job (POST ->)':<34}{_f(again['first_step']):>11}{_f(again['done']):>10}"
                   f"{_f(again['epoch1']):>9}{_f(again['epoch2']):>9}")
             print(f"{'':<12}{'engine alone (run)':<34}{_f(alone['first_step']):>11}{_f(alone['done']):>10}"
-                  f"{_f(alone['epoch1']):>9}{_f(alone['epoch2']):>9}")
+                  f"{_f(alone['epoch1']):>9}{_f(alone['epoch2']):>9}{_f(alone['cpu']):>7}")
             if old:
                 print(f"{'':<12}{f'baseline engine ({args.baseline})':<34}{_f(old['first_step']):>11}"
-                      f"{_f(old['done']):>10}{_f(old['epoch1']):>9}{_f(old['epoch2']):>9}")
+                      f"{_f(old['done']):>10}{_f(old['epoch1']):>9}{_f(old['epoch2']):>9}{_f(old['cpu']):>7}")
             print(f"{'':<12}{'ratio stack cold / engine alone':<34}{job['first_step'] / alone['first_step']:>10.2f}x"
                   f"{job['done'] / alone['done']:>9.2f}x")
         print("\nimports (median of 3 fresh interpreters):")

@@ -66,6 +66,7 @@ from training import cache, job_spec, params, s3
 from training.catalog import load_catalog
 from training.pipeline import engine_jobs, job_inputs, mlflow_runs, resume, worker_paths
 from training.pipeline.engine_process import run_engine
+from training.pipeline.train_control import TrainControl
 from training.pipeline.errors import JobFailed
 from training.result import ADAPTER_MARKER, METRICS_FILE
 from training.settings import get_settings
@@ -80,6 +81,9 @@ log = logging.getLogger(__name__)
 TRANSIENT = dict(retries=3, retry_delay=timedelta(seconds=5), retry_exponential_backoff=2.0,
                  max_retry_delay=timedelta(minutes=2))
 PARAMS_SECTION = "Training parameters"
+#: Airflow's own limit on a try of `train`, a backstop: the task stops its engine at the job's
+#: `max_runtime_minutes` itself (keeping the partial adapter); this kills it, should that fail
+TRAIN_EXECUTION_TIMEOUT = timedelta(minutes=job_spec.MAX_RUNTIME_MINUTES_LIMIT + 30)
 #: tries of `train` after the engine died unasked or its worker was lost; each resumes from the
 #: last uploaded checkpoint (a stop or a bad input fails at once)
 TRAIN_RETRIES = dict(retries=2, retry_delay=timedelta(seconds=5))
@@ -170,7 +174,7 @@ def qlora_training():
                  cached.model_dir, cached.data_dir)
         return {"model_dir": str(cached.model_dir), "data_dir": str(cached.data_dir)}
 
-    @task(queue="gpu", pool="gpu", **TRAIN_RETRIES)
+    @task(queue="gpu", pool="gpu", execution_timeout=TRAIN_EXECUTION_TIMEOUT, **TRAIN_RETRIES)
     def train(resolved: dict[str, Any], paths: dict[str, str]) -> dict[str, Any]:
         conf, settings = _conf(), get_settings()
         job_id, tracking = conf["job_id"], settings.mlflow_tracking_uri
@@ -187,11 +191,17 @@ def qlora_training():
         watcher = engine_jobs.ResultWatcher(  # publishes result.json as it changes: checkpoints listed live
             output, on_run=lambda r: _announce_run(conf, r.mlflow_run_id, r.mlflow_experiment_id),
             publish_key=s3.training_result_key(job_id))
+        # the job's deadline and its stop request: the task stops its engine itself (only this task)
+        control = TrainControl(job_id, get_current_context()["run_id"], conf.get("max_runtime_minutes"))
+        if control.stopped_before_start():
+            worker_paths.discard_job(job_id)
+            raise AirflowFailException("training stopped by request before it started; no adapter was saved")
         log.info("running: %s", shlex.join(command))
 
         started = time.monotonic()
         with cache.kept_fresh(worker_paths.cache_entries(conf["model_id"], conf["dataset_id"])):
-            ended = run_engine(command, engine_jobs.engine_env(job_id, bool(tracking)), on_tick=watcher.poll)
+            ended = run_engine(command, engine_jobs.engine_env(job_id, bool(tracking)), on_tick=watcher.poll,
+                               should_stop=control)
         log.info("training process exited with code %s after %.1f s", ended.code, time.monotonic() - started)
         if ended.stop_at is not None:
             log.info("the engine exited %.2f s after the stop request", time.monotonic() - ended.stop_at)
@@ -205,12 +215,18 @@ def qlora_training():
             run_id, experiment_id = found  # it died before its manifest named the run
             _announce_run(conf, run_id, experiment_id)
         try:
-            result = engine_jobs.training_outcome(ended, result, adapter_uri)
+            result = engine_jobs.training_outcome(ended, result, adapter_uri, deadline=control.deadline)
         except engine_jobs.TrainingEnded as exc:
             if run_id:
                 mlflow_runs.end_run(run_id, exc.mlflow_status, str(exc))
             worker_paths.discard_job(job_id)
             raise AirflowFailException(str(exc)) from None
+        except engine_jobs.EngineLost as exc:  # retried; the retry resumes the same MLflow run
+            if run_id:
+                mlflow_runs.end_run(run_id, exc.mlflow_status, str(exc))
+            worker_paths.discard_job(job_id)
+            log.warning("%s: Airflow retries this task, which resumes from the last uploaded checkpoint", exc)
+            raise
         worker_paths.discard_job(job_id)  # the adapter is in S3: evaluate, on any gpu worker, reads it there
         log.info("adapter at %s (%d files)", result.output_uri, len(result.adapter_files))
         return {"output_dir": str(output), "output_uri": result.output_uri, "mlflow_run_id": run_id,
@@ -224,12 +240,6 @@ def qlora_training():
         metrics_file = worker_paths.fresh_folder(worker_paths.evaluation_dir(job_id)) / METRICS_FILE
         command = engine_jobs.evaluate_command(
             model=model_src, adapter=worker_paths.engine_input(trained["output_dir"], trained["output_uri"],
-        except engine_jobs.EngineLost as exc:  # retried; the retry resumes the same MLflow run
-            if run_id:
-                mlflow_runs.end_run(run_id, exc.mlflow_status, str(exc))
-            worker_paths.discard_job(job_id)
-            log.warning("%s: Airflow retries this task, which resumes from the last uploaded checkpoint", exc)
-            raise
                                                                marker=ADAPTER_MARKER),
             data=data_src, metrics_file=metrics_file, mlflow_uri=tracking, mlflow_run_id=trained["mlflow_run_id"],
             output_uri=trained["output_uri"])

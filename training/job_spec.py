@@ -141,6 +141,7 @@ def job_state(dag_run_state: str | None, *, stop_requested: bool = False,
       process is gone: the train task never ran, or `training_exited` (the caller's evidence:
       the partial adapter uploaded, or the kill deadline passed). Until then `running`; None
       when neither the task states nor `training_exited` were read (keep the last known state);
+      `failed` when the train task had succeeded (the stop came too late; a later task failed);
     * no run (never triggered / deleted) -> failed unless a stop was requested.
     """
     state = (dag_run_state or "").lower()
@@ -151,6 +152,8 @@ def job_state(dag_run_state: str | None, *, stop_requested: bool = False,
     if state == "failed":
         if not stop_requested:
             return JobState.FAILED
+        if task_states is not None and (task_states.get(TRAIN_TASK_ID) or "").lower() == "success":
+            return JobState.FAILED  # trained before the stop took effect: a later task failed on its own
         if task_states is not None and (task_states.get(TRAIN_TASK_ID) or "").lower() not in _TI_RAN:
             return JobState.STOPPED  # stopped before the training started: no process to wait for
         if training_exited is None:

@@ -76,6 +76,13 @@ def checkpoints_prefix(job_id: str) -> str:
     return f"{training_prefix(job_id)}checkpoints/"
 
 
+def training_stop_key(job_id: str) -> str:
+    """The stop request of a job (written by the API's `POST /v1/trainings/{id}/stop`): the train
+    task polls it and stops its engine itself, so a stop that comes after the training ended
+    changes nothing (the job completes)."""
+    return f"{training_prefix(job_id)}stop.json"
+
+
 def training_result_key(job_id: str) -> str:
     """The engine's `result.json`, published by the train task as it changes (checkpoints,
     status; `exited: false`) and a last time once the engine process is gone (`exited: true`:

@@ -184,6 +184,14 @@ class S3Storage:
             log.warning("s3://%s/%s is not valid JSON", self.bucket, key)
             return None
 
+    def put_json(self, key: str, value: Any) -> None:
+        """Writes a small JSON document at `key`."""
+        try:
+            self._client.put_object(Bucket=self.bucket, Key=key, Body=json.dumps(value).encode(),
+                                    ContentType="application/json")
+        except (BotoCoreError, ClientError) as exc:
+            raise S3Unavailable(f"cannot write s3://{self.bucket}/{key}: {exc}") from exc
+
     def delete_prefix(self, prefix: str) -> int:
         """Deletes every object under `prefix` (paginated); returns how many were deleted."""
         if not prefix or not prefix.endswith("/"):

@@ -144,10 +144,15 @@ def get_training(job_id: str, user: CurrentUser, trainings: TrainingsDep) -> Tra
     responses={202: ok_example({"message": f"Stop request received for {JOB_ID}"}),
                400: error("The job is not queued or running",
                           f"Job {JOB_ID} is completed: only queued or running jobs can be stopped"),
+               409: error("The training already finished (the job is evaluating or registering its adapter): it "
+                          "is not stopped and ends completed",
+                          f"Job {JOB_ID} has finished training and is now evaluating its adapter: it is not stopped "
+                          "(that would throw away a finished training) and ends completed"),
                **_NOT_FOUND, **_UNAVAILABLE},
     summary="Stop a queued or running job",
-    description="Marks the Airflow run failed: the training gets SIGTERM, saves its partial adapter and exits; "
-    "the job ends `stopped` within seconds.",
+    description="Stops the training, and only it: the train task stops its engine (SIGTERM: it saves its partial "
+    "adapter) and the job ends `stopped` within seconds; before the training started the Airflow run is ended. A "
+    "training that finishes before the stop reaches it completes the job as usual (`stop_requested` stays true).",
 )
 def stop_training(job_id: str, user: CurrentUser, trainings: TrainingsDep) -> StopResponse:
     job = start_stop.stop_job(trainings, user, job_id)

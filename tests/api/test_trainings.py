@@ -425,13 +425,34 @@ def publish_result(s3, job_id: str) -> None:
                            Body=b'{"status": "stopped"}')
 
 
+def stop_request(s3, job_id: str) -> dict | None:
+    """The stop request the train task polls (`training.s3.training_stop_key`)."""
+    import json
+
+    try:
+        return json.loads(s3.client().get_object(Bucket=s3.bucket, Key=s3_layout.training_stop_key(job_id))["Body"]
+                          .read())
+    except s3.client().exceptions.NoSuchKey:
+        return None
+
+
+def task_stops_its_engine(airflow, run: str) -> None:
+    """What the train task does with a stop request once its engine exited: it fails, and with
+    it the run (the later tasks never run)."""
+    airflow.task(run, "train", "failed")
+    for task in ("evaluate", "register", "finalize"):
+        airflow.task(run, task, "upstream_failed")
+    airflow.states[run] = "failed"
+
+
 def test_stop_ends_stopped_only_once_the_training_process_is_gone(client, auth, airflow, mlflow, s3) -> None:
     job_id, run = running_job(client, auth, airflow)
     resp = client.post(f"/v1/trainings/{job_id}/stop", headers=auth)
     assert resp.status_code == 202
     assert resp.json() == {"message": f"Stop request received for {job_id}"}
-    assert airflow.patches == [(run, "failed")]
-    assert airflow.tis[run]["train"].state == "failed"  # Airflow marks it at once; the process lives on
+    # only the train task is told to stop (it stops its engine itself); the run is not touched
+    assert airflow.patches == []
+    assert stop_request(s3, job_id)["run_id"] == run
 
     # the training is still saving: the job is not stopped yet, on the detail and on the list
     detail = client.get(f"/v1/trainings/{job_id}", headers=auth).json()
@@ -447,20 +468,52 @@ def test_stop_ends_stopped_only_once_the_training_process_is_gone(client, auth, 
     detail = client.get(f"/v1/trainings/{job_id}", headers=auth).json()
     assert (detail["status"], detail["stage"], detail["output_path"]) == ("running", "stopping", None)
 
-    # the engine exited: the task published its result
+    # the engine exited: the task published its result and failed the run
     output = upload_partial_adapter(s3, job_id)
+    task_stops_its_engine(airflow, run)
     detail = client.get(f"/v1/trainings/{job_id}", headers=auth).json()
     assert (detail["status"], detail["stage"], detail["output_path"]) == ("stopped", "training", output)
     assert detail["completed_at"] is not None and detail["error"] is None
     again = client.post(f"/v1/trainings/{job_id}/stop", headers=auth)
     assert again.status_code == 400
     assert again.json()["detail"] == f"Job {job_id} is stopped: only queued or running jobs can be stopped"
-    assert len(airflow.patches) == 2
+    assert airflow.patches == []
+
+
+def test_a_stop_that_loses_the_race_to_the_end_of_training_leaves_the_job_completed(client, auth, airflow, mlflow,
+                                                                                    s3) -> None:
+    job_id, run = running_job(client, auth, airflow)
+    assert client.post(f"/v1/trainings/{job_id}/stop", headers=auth).status_code == 202
+    # the engine finished its last step before the task saw the request: train succeeds, evaluate runs
+    airflow.task(run, "train", "success")
+    airflow.task(run, "evaluate", "running")
+    detail = client.get(f"/v1/trainings/{job_id}", headers=auth).json()
+    assert (detail["status"], detail["stage"], detail["stop_requested"]) == ("running", "evaluating", True)
+    for task in ("evaluate", "register", "finalize"):
+        airflow.task(run, task, "success")
+    airflow.states[run] = "success"
+    detail = client.get(f"/v1/trainings/{job_id}", headers=auth).json()
+    assert (detail["status"], detail["stage"], detail["error"]) == ("completed", "finished", None)
+    assert detail["output_path"] == s3_layout.s3_uri(s3.bucket, s3_layout.adapter_prefix(job_id))
+    assert airflow.patches == []  # evaluate and register were never killed
+
+
+def test_a_stop_after_training_finished_is_409_and_the_job_completes(client, auth, airflow, mlflow, s3) -> None:
+    job_id, run = running_job(client, auth, airflow)
+    airflow.task(run, "train", "success")
+    airflow.task(run, "evaluate", "running")
+    resp = client.post(f"/v1/trainings/{job_id}/stop", headers=auth)
+    assert resp.status_code == 409
+    assert resp.json()["detail"] == (f"Job {job_id} has finished training and is now evaluating its adapter: it is "
+                                     "not stopped (that would throw away a finished training) and ends completed")
+    assert airflow.patches == [] and stop_request(s3, job_id) is None
+    assert client.get(f"/v1/trainings/{job_id}", headers=auth).json()["stop_requested"] is False
 
 
 def test_a_torn_partial_adapter_is_not_the_output(client, auth, airflow, mlflow, s3) -> None:
     job_id, run = running_job(client, auth, airflow)
     assert client.post(f"/v1/trainings/{job_id}/stop", headers=auth).status_code == 202
+    task_stops_its_engine(airflow, run)
     # weights uploaded, config not yet (or never: SIGKILL cut the upload short)
     s3.client().put_object(Bucket=s3.bucket, Key=s3_layout.adapter_prefix(job_id) + "adapter_model.safetensors",
                            Body=b"{}")
@@ -474,6 +527,7 @@ def test_a_torn_partial_adapter_is_not_the_output(client, auth, airflow, mlflow,
 def test_stop_without_an_adapter_ends_stopped_at_the_kill_deadline(client, auth, airflow, mlflow, settings) -> None:
     job_id, run = running_job(client, auth, airflow)
     assert client.post(f"/v1/trainings/{job_id}/stop", headers=auth).status_code == 202
+    task_stops_its_engine(airflow, run)  # its result could not be published
     assert client.get(f"/v1/trainings/{job_id}", headers=auth).json()["status"] == "running"
     with client.app.state.sessionmaker() as session:  # the request was made long enough ago
         session.execute(update(TrainingJob).where(TrainingJob.id == job_id)
@@ -486,6 +540,8 @@ def test_stop_without_an_adapter_ends_stopped_at_the_kill_deadline(client, auth,
 def test_reconcile_settles_a_stopping_job_the_list_cannot(client, auth, airflow, mlflow, s3) -> None:
     job_id, run = running_job(client, auth, airflow)
     assert client.post(f"/v1/trainings/{job_id}/stop", headers=auth).status_code == 202
+    client.get(f"/v1/trainings/{job_id}", headers=auth)  # read as stopping
+    task_stops_its_engine(airflow, run)
     output = upload_partial_adapter(s3, job_id)
     airflow.per_job_calls = 0
     listed = client.get("/v1/trainings", headers=auth).json()

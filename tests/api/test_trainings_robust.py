@@ -276,3 +276,23 @@ def test_max_runtime_minutes_flows_to_the_conf_within_the_ceiling(client, auth, 
         detail = resp.json()["detail"]
         assert "max_runtime_minutes" in detail and (bad == "soon" or "from 1 to 120" in detail), detail
     assert len(airflow.triggers) == 2
+
+
+def test_a_job_past_its_deadline_fails_with_the_reason_and_keeps_its_partial_adapter(client, auth, airflow, mlflow,
+                                                                                     s3) -> None:
+    from tests.api.test_trainings import upload_partial_adapter
+
+    job_id = start(client, auth, make_dataset(client, auth))
+    run = f"train-{job_id}"
+    airflow.states[run] = "failed"
+    for task in ("validate_inputs", "prepare"):
+        airflow.task(run, task, "success")
+    airflow.task(run, "train", "failed")
+    airflow.task(run, "evaluate", "upstream_failed")
+    output = upload_partial_adapter(s3, job_id)  # what the engine uploads when the task stops it at the deadline
+    reason = f"the training ran past its max_runtime_minutes (60 min) and was stopped; partial adapter at {output}"
+    airflow.logs[(run, "train")] = ["[engine] step 900/5000", "Task failed with exception",
+                                    f"AirflowFailException: {reason}"]
+    detail = client.get(f"/v1/trainings/{job_id}", headers=auth).json()
+    assert (detail["status"], detail["error"]) == ("failed", f"task train (training) failed: {reason}")
+    assert detail["output_path"] == output

@@ -81,14 +81,16 @@ def test_dag_parses_with_the_job_spec_params(airflow_env):
     # the conf is flat: the job's fields, then one titled field per training parameter
     assert set(result["params"]) == set(job_spec.JOB_FIELDS) | set(params.PARAM_NAMES)
     for name, schema in job_spec.job_field_schemas().items():
-        assert result["params"][name] == {k: v for k, v in schema.items() if k != "description"}, name
+        assert result["params"][name] == {k: v for k, v in schema.items() if k not in ("description", "default")}, name
         assert result["descriptions"][name] == schema["description"]
     for name, schema in params.airflow_param_schemas().items():
         expected = {k: v for k, v in schema.items() if k not in ("description", "default")}
         assert result["params"][name] == {**expected, "section": "Training parameters"}, name
         assert result["params"][name]["title"] and result["descriptions"][name] == schema["description"]
-    assert result["defaults"] == {name: schema["default"] for name, schema in params.airflow_param_schemas().items()
-                                  if schema["default"] is not None}  # the job's fields are required
+    assert result["defaults"] == {  # the job's fields are required, but for its deadline
+        "max_runtime_minutes": job_spec.DEFAULT_MAX_RUNTIME_MINUTES,
+        **{name: schema["default"] for name, schema in params.airflow_param_schemas().items()
+           if schema["default"] is not None}}
 
 
 def test_dag_file_imports_nothing_heavy(airflow_env):
@@ -409,3 +411,57 @@ def test_sigterm_stops_the_training_and_keeps_the_partial_adapter(airflow_env, s
     assert mlflow_run.data.tags["job_id"] == job_id
     assert result["links"]["MLflow run"].endswith(f"/runs/{run_id}")
     assert not (Path(airflow_env["QLORA_CACHE_DIR"]) / "trainings" / job_id).exists()
+
+
+@pytest.mark.stack
+@pytest.mark.e2e
+def test_a_stop_request_stops_only_the_training_and_a_late_one_changes_nothing(airflow_env, s3, tmp_path):
+    """The API's stop (`training.s3.training_stop_key`) as the train task reads it: during
+    training the task stops its engine (partial adapter kept), the run fails; written once the
+    training ended it changes nothing: evaluate and register run, the run succeeds."""
+    client = s3.client()
+    model_id, dataset_id = _seed_tiny_job(client, s3.bucket, tmp_path, clips=16)
+    stopped, late = f"job-{uuid.uuid4().hex[:8]}", f"job-{uuid.uuid4().hex[:8]}"
+    base = {"user": "carol", "model_id": model_id, "dataset_id": dataset_id, "batch_size": 1, "lora_rank": 4}
+    confs = {"stopped": {**base, "job_id": stopped, "output_name": "stopped", "epochs": 100},
+             "late": {**base, "job_id": late, "output_name": "late", "epochs": 1}}
+    env = {k: v for k, v in {**airflow_env, **s3.env()}.items() if not k.startswith("MLFLOW_")}  # no tracking
+
+    def ask_stop(job_id: str) -> float:
+        client.put_object(Bucket=s3.bucket, Key=s3_layout.training_stop_key(job_id),
+                          Body=json.dumps({"run_id": None, "requested_at": "now"}).encode())
+        return time.monotonic()
+
+    runner = subprocess.Popen([sys.executable, "-c", textwrap.dedent(RUNNER), str(DAG_FILE), json.dumps(confs)],
+                              env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    asked = exited = late_asked = None
+    try:
+        assert runner.stdout is not None
+        for line in runner.stdout:
+            lines.append(line)
+            if asked is None and "step 2/" in line:
+                asked = ask_stop(stopped)
+            elif asked is not None and exited is None and "training process exited with code" in line:
+                exited = time.monotonic()
+            elif exited is not None and late_asked is None and "training process exited with code 0" in line:
+                late_asked = ask_stop(late)  # the second job's training just ended: evaluate comes next
+        runner.wait(timeout=300)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+    output = "".join(lines)
+    (tmp_path / "runner.log").write_text(output)
+    assert asked is not None and exited is not None and late_asked is not None, f"see {tmp_path / 'runner.log'}"
+    print(f"stop request in S3 to engine exit (adapter saved): {exited - asked:.2f} s")
+    assert exited - asked < 15  # polled every 2 s, then one step and the upload
+    results = json.loads(next(line for line in lines if line.startswith(MARK))[len(MARK):])
+    first, second = results["stopped"], results["late"]
+    assert first["state"] == "failed" and first["tis"]["train"][0] == "failed", first
+    assert first["tis"]["evaluate"][0] == "upstream_failed"
+    assert "training process exited with code 75" in output
+    prefix = s3_layout.adapter_prefix(stopped)
+    assert f"training stopped by request; partial adapter at s3://{s3.bucket}/{prefix}" in output
+    assert "adapter_config.json" in {o["Key"][len(prefix):] for o in
+                                     client.list_objects_v2(Bucket=s3.bucket, Prefix=prefix).get("Contents", [])}
+    assert second["state"] == "success" and all(second["tis"][t][0] == "success" for t in TASKS), second

@@ -259,6 +259,16 @@ def test_a_stopped_run_is_stopped_only_once_its_training_process_is_gone():
     assert job_state("failed", task_states=train_ran, training_exited=False) == "failed"
 
 
+def test_a_stop_that_loses_the_race_to_the_end_of_training_changes_nothing():
+    trained = {"validate_inputs": "success", "prepare": "success", "train": "success", "evaluate": "running"}
+    assert job_state("running", stop_requested=True, task_states=trained) == "running"
+    assert job_stage(trained, stopping=False) == "evaluating"
+    assert job_state("success", stop_requested=True, task_states={**trained, "evaluate": "success"}) == "completed"
+    # a later task that fails on its own is a failure, not a stop
+    broken = {**trained, "evaluate": "failed", "register": "upstream_failed"}
+    assert job_state("failed", stop_requested=True, task_states=broken, training_exited=True) == "failed"
+
+
 def test_a_running_run_with_no_task_started_is_still_queued():
     assert job_state("running", task_states={"validate_inputs": "scheduled", "train": None}) == "queued"
     assert job_state("running", task_states={"validate_inputs": "running"}) == "running"

@@ -178,7 +178,8 @@ def _put_result(key: str, result: EngineResult, *, exited: bool) -> None:
                            ContentType="application/json")
 
 
-def training_outcome(ended: EngineExit, result: EngineResult | None, output_uri: str | None = None) -> EngineResult:
+def training_outcome(ended: EngineExit, result: EngineResult | None, output_uri: str | None = None,
+                     deadline: str | None = None) -> EngineResult:
     """The manifest of a training that completed with its adapter uploaded (to `output_uri`
     when given); else raises `TrainingEnded` saying why (stopped by request, failed) and where
     the partial adapter is, if one was uploaded, or `EngineLost` (retried: the retry resumes
@@ -186,7 +187,13 @@ def training_outcome(ended: EngineExit, result: EngineResult | None, output_uri:
     saved = f"partial adapter at {result.output_uri}" if result and result.output_uri else "no adapter was saved"
     if ended.orphaned:  # nobody asked: the worker process above this task died
         raise EngineLost(f"the Airflow worker running this task was lost, so the training was stopped; {saved}")
-    if ended.stop_at is not None or ended.code == EXIT_STOPPED or (result and result.status == RunStatus.STOPPED):
+    if ended.code == EXIT_OK and result is not None and result.status == RunStatus.COMPLETED and (
+            result.output_uri or not output_uri):
+        return result  # finished before a stop (or the deadline) reached it: the stop lost the race
+    if deadline is not None:  # the task's own deadline (`max_runtime_minutes`): the job fails
+        raise TrainingEnded(f"{deadline}; {saved}", "FAILED")
+    if (ended.stop_at is not None or ended.asked is not None or ended.code == EXIT_STOPPED
+            or (result and result.status == RunStatus.STOPPED)):
         raise TrainingEnded(f"training stopped by request; {saved}", "KILLED")
     if ended.code < 0:  # killed by a signal nobody here sent (SIGKILL, the OOM killer)
         raise EngineLost(describe_exit(ended.code, ended.tail))

@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 SUPERVISOR_CHECK_S = 1.0
 #: output lines kept for the failure message
 TAIL_LINES = 40
+#: after the task asked the engine to stop (`should_stop`), it is SIGKILLed if still alive this
+#: much later (it saves its partial adapter first; a hung one must not hold the GPU)
+STOP_KILL_AFTER_S = 120.0
 
 
 class EngineExit(NamedTuple):
@@ -38,6 +41,8 @@ class EngineExit(NamedTuple):
     tail: list[str]
     #: the task's supervisor (Airflow's task runner parent) died while the engine ran
     orphaned: bool = False
+    #: why the task itself asked the engine to stop (`should_stop`'s answer), e.g. its deadline
+    asked: str | None = None
 
     @property
     def stopped(self) -> bool:
@@ -83,16 +88,21 @@ def _read_lines(stream, lines: queue.Queue) -> None:
 
 
 def run_engine(command: list[str], env: dict[str, str], *, on_line: Callable[[str], None] | None = None,
-               on_tick: Callable[[], None] | None = None, tick_s: float = 1.0) -> EngineExit:
+               on_tick: Callable[[], None] | None = None, tick_s: float = 1.0,
+               should_stop: Callable[[], str | None] | None = None,
+               kill_after_s: float = STOP_KILL_AFTER_S) -> EngineExit:
     """Runs `command`, logging each output line (`[engine] ...`; progress bars' `\\r` redraws
     split into lines) and returns how it ended. SIGTERM/SIGINT received meanwhile are
     forwarded to it as SIGTERM.
 
     `on_line(line)` is called for each line, `on_tick()` at least every `tick_s` while it runs
-    (e.g. to read its result manifest); both in the calling thread.
+    (e.g. to read its result manifest); both in the calling thread. `should_stop()`, called at
+    each tick too, returns why the engine must stop (a deadline passed, a stop was requested) or
+    None: the first answer is kept as `EngineExit.asked` and the engine gets SIGTERM (it saves its
+    adapter), then SIGKILL if it still runs `kill_after_s` later.
     """
     tail: deque[str] = deque(maxlen=TAIL_LINES)
-    state = {"stop_at": None, "orphaned": False}
+    state = {"stop_at": None, "orphaned": False, "asked": None}
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                bufsize=1, env=env, preexec_fn=die_with_parent, errors="replace")
     threading.Thread(target=stop_when_orphaned, args=(process, state), daemon=True,
@@ -117,7 +127,8 @@ def run_engine(command: list[str], env: dict[str, str], *, on_line: Callable[[st
         next_tick = time.monotonic() + tick_s
         while True:
             try:
-                line = lines.get(timeout=max(0.0, next_tick - time.monotonic()) if on_tick else None)
+                line = lines.get(timeout=max(0.0, next_tick - time.monotonic())
+                                 if on_tick or should_stop else None)
             except queue.Empty:
                 line = ""
             if line is None:  # end of output: the engine exited (or closed its output)
@@ -128,8 +139,10 @@ def run_engine(command: list[str], env: dict[str, str], *, on_line: Callable[[st
                     log.info("[engine] %s", part)
                     if on_line is not None:
                         on_line(part)
-            if on_tick is not None and time.monotonic() >= next_tick:
-                on_tick()
+            if (on_tick is not None or should_stop is not None) and time.monotonic() >= next_tick:
+                if on_tick is not None:
+                    on_tick()
+                _check_stop(process, state, should_stop, kill_after_s)
                 next_tick = time.monotonic() + tick_s
         code = process.wait()
     finally:
@@ -138,7 +151,28 @@ def run_engine(command: list[str], env: dict[str, str], *, on_line: Callable[[st
             process.wait()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    return EngineExit(code, state["stop_at"], list(tail), state["orphaned"])
+    return EngineExit(code, state["stop_at"], list(tail), state["orphaned"], state["asked"])
+
+
+def _check_stop(process: subprocess.Popen, state: dict, should_stop: Callable[[], str | None] | None,
+                kill_after_s: float) -> None:
+    """Asks the engine to stop once `should_stop` gives a reason; SIGKILL once it ignored that
+    for `kill_after_s`."""
+    if process.poll() is not None:
+        return
+    if state["asked"] is None and should_stop is not None:
+        try:
+            reason = should_stop()
+        except Exception as exc:  # noqa: BLE001 - a failing check never stops a training
+            log.warning("could not check whether to stop the engine: %s", exc)
+            reason = None
+        if reason:
+            state["asked"], state["asked_at"] = reason, time.monotonic()
+            log.warning("stopping the engine (it saves its adapter): %s", reason)
+            process.send_signal(signal.SIGTERM)
+    elif state["asked"] is not None and time.monotonic() - state["asked_at"] > kill_after_s:
+        log.error("the engine still runs %.0f s after it was asked to stop: killing it", kill_after_s)
+        process.kill()
 
 
 def describe_exit(code: int, tail: list[str], what: str = "the training") -> str:

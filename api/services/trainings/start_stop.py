@@ -30,12 +30,13 @@ from api.models import (
 from api.models.base import new_id, utcnow
 from api.schemas.trainings import TrainingRequest, TrainingStartResponse
 from api.services import events, idempotency
-from api.services.errors import InvalidInput, TooManyRequests
+from api.services.errors import Conflict, InvalidInput, TooManyRequests
 from api.services.trainings.context import TrainingContext, run_id
 from api.services.trainings.live_state import refresh_live
 from api.services.trainings.reads import owned_job
 from api.services.trainings.sync import apply_run
 from training import job_spec, params
+from training import s3 as s3_layout  # the S3 key layout
 from training.catalog import load_catalog
 
 log = logging.getLogger(__name__)
@@ -221,20 +222,37 @@ def end_orphan_runs(ctx: TrainingContext) -> int:
 
 
 def stop_job(ctx: TrainingContext, owner: User, job_id: str) -> TrainingJob:
-    """Records the request and marks the run failed (Airflow then kills the train task:
-    SIGTERM, the engine saves its partial adapter). Asking again while the job is stopping
-    repeats the (idempotent) request; a terminal job is a 400."""
+    """Records the request and stops the training, and only it. While the train task runs, the
+    request goes to it (`training.s3.training_stop_key`): the task stops its engine (SIGTERM:
+    the partial adapter is saved) and fails, unless the training finished first, in which case
+    the job completes. Before the training started the run is marked failed (nothing is lost).
+    Once the training finished (evaluating, registering) the stop is refused with 409: the job
+    ends completed. Asking again while the job is stopping repeats the request; a terminal job
+    is a 400."""
     job = owned_job(ctx, owner, job_id)
+    tis: dict = {}
     if job.status in ACTIVE_TRAINING_STATUSES:
         run = ctx.airflow.get_dag_run(ctx.dag_id, run_id(job))
-        apply_run(ctx, job, run, None, utcnow())
+        tis = ctx.airflow.list_task_instances(ctx.dag_id, run_id(job)) if run is not None else {}
+        apply_run(ctx, job, run, tis if run is not None else None, utcnow())
     if job.status not in ACTIVE_TRAINING_STATUSES:
         ctx.session.commit()
         raise InvalidInput(f"Job {job.id} is {job.status}: only queued or running jobs can be stopped")
+    train = tis.get(job_spec.TRAIN_TASK_ID)
+    train_state = ((train.state if train else None) or "").lower()
+    if train_state == "success" and job.stop_requested_at is None:
+        ctx.session.commit()
+        raise Conflict(f"Job {job.id} has finished training and is now {job.stage or 'evaluating'} its adapter: it "
+                       "is not stopped (that would throw away a finished training) and ends completed")
     if job.stop_requested_at is None:
         job.stop_requested_at = utcnow()
         events.stop_requested(ctx.session, job)
         ctx.session.commit()  # recorded first: the failed run must read as stopped
-    # Airflow kills the running task (SIGTERM: the engine saves its partial adapter)
-    ctx.airflow.set_dag_run_state(ctx.dag_id, run_id(job), "failed")
+    if train_state == "running" and ctx.s3 is not None:
+        # the train task stops its own engine; a training that ends first completes the job
+        ctx.s3.put_json(s3_layout.training_stop_key(job.id),
+                        {"run_id": run_id(job), "requested_at": job.stop_requested_at.isoformat()})
+    elif train_state != "success":
+        # nothing trained yet (or no way to tell the task): Airflow ends the run, SIGTERM to a task that just started
+        ctx.airflow.set_dag_run_state(ctx.dag_id, run_id(job), "failed")
     return job
