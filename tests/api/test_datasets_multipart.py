@@ -140,12 +140,14 @@ def test_complete_refusals_name_the_fix_and_leave_the_upload_resumable(client, a
     assert airflow.triggers == [] and pending(s3, started["dataset_id"]) == [started["upload_id"]]
     assert complete(client, auth, started, etags).status_code == 200  # still completable
 
-    # a part below S3's 5 MiB minimum that is not the last
+    # a part below S3's 5 MiB minimum that is not the last never gets in: each part URL binds
+    # its part's size, so S3 refuses the PUT itself (completing cannot meet EntityTooSmall)
     small = initiate(client, auth, len(archive)).json()
-    small_etags = [(n, httpx.put(p["url"], content=b"PK\x03\x04tiny", timeout=30).headers["etag"])
-                   for n, p in ((p["part_number"], p) for p in small["parts"][:2])]
-    too_small = complete(client, auth, small, small_etags)
-    assert too_small.status_code == 400 and "at least 5242880 bytes" in too_small.json()["detail"]
+    refused = httpx.put(small["parts"][0]["url"], content=b"PK\x03\x04tiny", timeout=30)
+    assert refused.status_code == 403 and "SignatureDoesNotMatch" in refused.text
+    listed = client.post("/v1/datasets/multipart/parts", headers=auth, json={
+        "dataset_id": small["dataset_id"], "upload_id": small["upload_id"]}).json()
+    assert listed["uploaded"] == []
 
 
 def test_initiate_checks_size_and_part_size(client, auth, s3) -> None:
