@@ -13,6 +13,8 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from api.clients.mlflow_accounts import MlflowAccounts, ReservedUsername, parse_accounts
+from api.core.config import Settings
 from api.deps import get_airflow
 from api.main import create_app
 from devstack.mlflow_server import API_ACCOUNT, WORKER_ACCOUNT
@@ -167,3 +169,44 @@ def test_login_repairs_an_account_that_drifted(app_client, mlflow_server):
     assert d.get(f"{API2}/runs/get", run_id=run).status_code == 401
     _login(app_client, dave)
     assert d.get(f"{API2}/runs/get", run_id=run).status_code == 200
+
+
+# -- without a server: what the account keeper refuses to do ------------------------------------
+def _recording_keeper(users: dict[str, bool]) -> tuple[MlflowAccounts, list[tuple[str, str]]]:
+    """A keeper whose MLflow knows `users` ({name: is_admin}) and accepts no user's password;
+    returns it and the (method, path) of every request it sent."""
+    sent: list[tuple[str, str]] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        sent.append((request.method, request.url.path))
+        if request.url.path.endswith("/users/get"):
+            name = request.url.params["username"]
+            if name not in users:
+                return httpx.Response(404, json={"error_code": "RESOURCE_DOES_NOT_EXIST"})
+            return httpx.Response(200, json={"user": {"username": name, "is_admin": users[name]}})
+        if request.url.path.endswith("/users/current"):
+            return httpx.Response(401, text="You are not authenticated")
+        return httpx.Response(200, json={})
+
+    return MlflowAccounts("http://mlflow", "qlora-api", "pw", transport=httpx.MockTransport(handle)), sent
+
+
+def test_an_admin_account_is_never_given_to_a_user():
+    """A service user named like an MLflow admin (signed up before MLflow had auth, say) logs in:
+    the admin's password is not touched, nothing is granted."""
+    keeper, sent = _recording_keeper({WORKER_ACCOUNT: True})
+    with pytest.raises(ReservedUsername):
+        keeper.sync_user(WORKER_ACCOUNT, "the user's own password")
+    assert not [r for r in sent if r[0] in ("PATCH", "POST")], sent
+    with pytest.raises(ReservedUsername):
+        keeper.provision_new_user(WORKER_ACCOUNT, "the user's own password")
+    assert not [r for r in sent if r[0] in ("PATCH", "POST")], sent
+
+
+def test_service_accounts_setting_is_parsed_or_refused():
+    assert parse_accounts("qlora-api:a:b:c, qlora-worker:pw2") == {"qlora-api": "a:b:c", "qlora-worker": "pw2"}
+    with pytest.raises(ValueError, match="name:password"):
+        parse_accounts("qlora-api")
+    assert MlflowAccounts.from_settings(Settings(mlflow_tracking_uri="http://m")) is None  # no credentials
+    assert MlflowAccounts.from_settings(Settings(mlflow_tracking_uri="sqlite:///x.db", mlflow_tracking_username="a",
+                                                 mlflow_tracking_password="b")) is None  # no server

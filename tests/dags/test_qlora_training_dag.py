@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from devstack.mlflow_server import WORKER_ACCOUNT
 from tests.dags.airflow_harness import MARK, REPO, run_python as _python
 
 from training import job_spec, params
@@ -283,14 +284,14 @@ def test_bad_requests_fail_in_validate_inputs_without_retry(airflow_env, s3, tmp
 
 @pytest.mark.stack
 @pytest.mark.e2e
-def test_a_tiny_job_trains_end_to_end(airflow_env, s3, mlflow_uri, tmp_path):
+def test_a_tiny_job_trains_end_to_end(airflow_env, s3, mlflow_uri, mlflow_server, tmp_path):
     client = s3.client()
     model_id, dataset_id = _seed_tiny_job(client, s3.bucket, tmp_path)
 
     job_id = f"job-{uuid.uuid4().hex[:8]}"
     conf = {"job_id": job_id, "user": "alice", "model_id": model_id, "dataset_id": dataset_id,
             "output_name": "tiny-colours", "epochs": 1, "batch_size": 2, "lora_rank": 4}
-    env = {**airflow_env, **s3.env(), "MLFLOW_TRACKING_URI": mlflow_uri}
+    env = {**airflow_env, **s3.env(), **mlflow_server.env(WORKER_ACCOUNT)}  # the workers' MLflow account
     run = _run_dags(env, {"tiny": conf}, tmp_path)["tiny"]
     print("dag.test seconds for a tiny job:", run["seconds"], "per task:", run["durations"])
     assert run["state"] == "success", ((tmp_path / "dag-test.log").read_text()[-6000:], run)
@@ -361,7 +362,8 @@ def _seed_tiny_job(client, bucket: str, tmp_path: Path, clips: int = 8) -> tuple
 
 @pytest.mark.stack
 @pytest.mark.e2e
-def test_sigterm_stops_the_training_and_keeps_the_partial_adapter(airflow_env, s3, mlflow_uri, tmp_path):
+def test_sigterm_stops_the_training_and_keeps_the_partial_adapter(airflow_env, s3, mlflow_uri, mlflow_server,
+                                                                 tmp_path):
     """What a stop does to the train task: SIGTERM (Airflow's kill) -> the engine saves its
     adapter, uploads it and exits 75 -> the task reads where from the result manifest, the
     MLflow run is KILLED, the run fails, the job's folder leaves the worker."""
@@ -370,7 +372,7 @@ def test_sigterm_stops_the_training_and_keeps_the_partial_adapter(airflow_env, s
     job_id = f"job-{uuid.uuid4().hex[:8]}"
     conf = {"job_id": job_id, "user": "bob", "model_id": model_id, "dataset_id": dataset_id,
             "output_name": "long-one", "epochs": 100, "batch_size": 1, "lora_rank": 4}
-    env = {**airflow_env, **s3.env(), "MLFLOW_TRACKING_URI": mlflow_uri}
+    env = {**airflow_env, **s3.env(), **mlflow_server.env(WORKER_ACCOUNT)}  # the workers' MLflow account
     runner = subprocess.Popen([sys.executable, "-c", textwrap.dedent(RUNNER), str(DAG_FILE), json.dumps({"stop": conf})],
                               env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
