@@ -20,7 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api.clients.airflow import AirflowApi, AirflowClient, AirflowError
+from api.clients.airflow import AirflowApi, AirflowClient, AirflowError, DagNotFound
 from api.clients.mlflow import MlflowApi, MlflowReader
 from api.clients.mlflow_accounts import MlflowAccounts
 from api.clients.s3 import S3Storage, S3Unavailable
@@ -355,7 +355,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ServiceError)
     async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(S3Unavailable)
     async def s3_unavailable(_: Request, exc: S3Unavailable) -> JSONResponse:
@@ -365,7 +365,10 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AirflowError)
     async def airflow_unavailable(_: Request, exc: AirflowError) -> JSONResponse:
         log.warning("Airflow error: %s", exc)
-        return JSONResponse({"detail": "The pipeline service (Airflow) is unavailable; retry later"}, status_code=503)
+        if isinstance(exc, DagNotFound):  # not parsed yet, or renamed: a state of Airflow, not of the request
+            return JSONResponse({"detail": exc.detail}, status_code=503, headers={"Retry-After": "60"})
+        return JSONResponse({"detail": "The pipeline service (Airflow) is unavailable; retry later"}, status_code=503,
+                            headers={"Retry-After": "30"})
 
     @app.exception_handler(Exception)
     async def unhandled(request: Request, exc: Exception) -> JSONResponse:

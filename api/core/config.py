@@ -9,6 +9,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from training import job_spec
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEV_JWT_SECRET = "dev-secret-change-me-in-production"
 DEFAULT_DATABASE_URL = f"sqlite:///{REPO_ROOT / '.stack' / 'api.db'}"
@@ -80,8 +82,6 @@ class Settings(BaseSettings):
     mlflow_ui_url: str | None = None
     #: MLflow reads by the trainings API give up after this long (and retry at most twice)
     mlflow_timeout_s: float = 5.0
-
-    #: live job state (the bulk Airflow and MLflow reads of the list) is shared by all requests of
     #: the API's own MLflow account (MLflow's client variables) on a server that runs the
     #: `basic-auth` app; an MLflow admin, since it creates each user's account at signup
     #: (`api/clients/mlflow_accounts.py`). Unset: the server has no auth, users get no accounts
@@ -89,6 +89,8 @@ class Settings(BaseSettings):
         default=None, validation_alias=AliasChoices("MLFLOW_TRACKING_USERNAME"))
     mlflow_tracking_password: str | None = Field(
         default=None, validation_alias=AliasChoices("MLFLOW_TRACKING_PASSWORD"))
+
+    #: live job state (the bulk Airflow and MLflow reads of the list) is shared by all requests of
     #: the process for this long; 0 reads it on every list request
     live_state_ttl_s: float = Field(default=2.0, ge=0)
 
@@ -96,6 +98,20 @@ class Settings(BaseSettings):
     #: gone after this long (Airflow's heartbeat sends SIGTERM within ~5 s, SIGKILL 5 s later,
     #: plus slack): raise it where the scheduler's heartbeat or kill timeouts are longer
     stop_kill_deadline_s: float = Field(default=30.0, gt=0)
+
+    # Training jobs: quotas, deadlines, crash-safe starts
+    #: queued or running jobs one user may have; beyond it POST /v1/trainings answers 429
+    max_active_jobs_per_user: int = Field(default=4, ge=1)
+    #: the `Retry-After` of that 429, in seconds
+    active_jobs_retry_after_s: int = Field(default=60, ge=1)
+    #: a job's `max_runtime_minutes` when its request gives none, and the most a request may ask
+    #: (the train task's deadline: past it the training is stopped, its partial adapter kept, and
+    #: the job ends failed)
+    max_runtime_minutes_default: int = Field(default=24 * 60, ge=1, le=job_spec.MAX_RUNTIME_MINUTES_LIMIT)
+    max_runtime_minutes_max: int = Field(default=3 * 24 * 60, ge=1, le=job_spec.MAX_RUNTIME_MINUTES_LIMIT)
+    #: a job committed this long ago whose run was never triggered (the API died in between, or
+    #: its trigger failed) gets its run from the reconcile loop
+    trigger_grace_s: float = Field(default=30.0, ge=0)
 
     #: period of the background reconcile loop; 0 disables it (tests)
     reconcile_interval_s: float = Field(default=15.0, ge=0)
@@ -135,6 +151,13 @@ class Settings(BaseSettings):
                 )
             if len(self.jwt_secret) < 32:
                 raise ValueError("QLORA_JWT_SECRET must be at least 32 characters in production")
+        return self
+
+    @model_validator(mode="after")
+    def _runtime_default_within_ceiling(self) -> Settings:
+        if self.max_runtime_minutes_default > self.max_runtime_minutes_max:
+            raise ValueError(f"QLORA_MAX_RUNTIME_MINUTES_DEFAULT ({self.max_runtime_minutes_default}) is above "
+                             f"QLORA_MAX_RUNTIME_MINUTES_MAX ({self.max_runtime_minutes_max})")
         return self
 
     @property
