@@ -84,7 +84,7 @@ def test_sliding_window_frees_a_slot_when_the_oldest_attempt_leaves_it() -> None
 def test_password_hashing_runs_at_most_concurrency_at_once(limited: TestClient) -> None:
     security.hash_slots.configure(2, 30)
     security.hash_slots.busy_peak = 0
-    threads = [threading.Thread(target=security.hash_password, args=(f"password-{i}",)) for i in range(6)]
+    threads = [threading.Thread(target=security.hash_password, args=(f"password-{i}",)) for i in range(4)]
     for t in threads:
         t.start()
     for t in threads:
