@@ -317,3 +317,32 @@ def test_the_evaluation_is_read_from_the_mlflow_run_and_409_before(client, auth,
     mlflow.read_json_artifact = down
     resp = client.get(f"/v1/trainings/{job_id}/evaluation", headers=auth)
     assert resp.status_code == 503 and "MLflow" in resp.json()["detail"]
+
+
+def test_a_resumed_job_that_stops_again_is_a_new_event_and_webhook_message(client, auth, airflow, mlflow,
+                                                                           s3) -> None:
+    from sqlalchemy import select
+
+    from api.models.webhook import Webhook, WebhookDelivery
+    from tests.api.test_trainings import user_id
+
+    with client.app.state.sessionmaker() as session:
+        session.add(Webhook(owner_id=user_id(client, auth), url="https://hooks.example.com/q",
+                            events=["training.stopped"], secret="whsec_" + "a" * 32))
+        session.commit()
+    job_id, run = running_job(client, auth, airflow)
+    runs = [run, f"train-{job_id}-resume-1"]
+    for n, current in enumerate(runs):
+        if n:
+            assert client.post(f"/v1/trainings/{job_id}/resume", headers=auth).status_code == 202
+            airflow.states[current] = "running"
+            airflow.task(current, "train", "running")
+        assert client.post(f"/v1/trainings/{job_id}/stop", headers=auth).status_code == 202
+        _stopped(airflow, current)
+        _publish(s3, job_id, **_adapter_result(s3, job_id, "stopped"), checkpoints=[_checkpoint(s3, job_id, 3 + n)])
+        assert client.get(f"/v1/trainings/{job_id}", headers=auth).json()["status"] == "stopped"
+    with client.app.state.sessionmaker() as session:
+        sent = session.scalars(select(WebhookDelivery).where(WebhookDelivery.subject_id == job_id)).all()
+    assert [d.event for d in sent] == ["training.stopped", "training.stopped"]  # one per run that ended
+    kinds = [(e["type"], e["data"].get("to_status")) for e in _events(client, auth, job_id)]
+    assert kinds.count(("stop_requested", None)) == 2 and kinds.count(("status", "stopped")) == 2, kinds

@@ -56,13 +56,16 @@ CLAIM_SLACK_S = 30.0
 
 
 # --- writing: in the transaction of the state change -------------------------------------------
-def message_id(webhook_id: str, event: str, subject_id: str) -> str:
+def message_id(webhook_id: str, event: str, subject_id: str, occurrence: str = "") -> str:
     """The `webhook-id` of a message: the same for the same event of the same subject to the same
-    endpoint (recorded once, however many readers observe the change)."""
-    return "msg_" + hashlib.sha256(f"{webhook_id}|{event}|{subject_id}".encode()).hexdigest()[:32]
+    endpoint (recorded once, however many readers observe the change); `occurrence` tells apart
+    the same event happening again (a resumed job's run ending)."""
+    key = f"{webhook_id}|{event}|{subject_id}" + (f"|{occurrence}" if occurrence else "")
+    return "msg_" + hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
-def enqueue(session: Session, owner_id: str, event: WebhookEvent, subject_id: str, data: dict[str, Any]) -> int:
+def enqueue(session: Session, owner_id: str, event: WebhookEvent, subject_id: str, data: dict[str, Any],
+            occurrence: str = "") -> int:
     """Adds a delivery of `event` to every endpoint of the owner subscribed to it; returns how many."""
     hooks = [h for h in session.scalars(select(Webhook).where(Webhook.owner_id == owner_id)) if event.value in h.events]
     if not hooks:
@@ -77,7 +80,7 @@ def enqueue(session: Session, owner_id: str, event: WebhookEvent, subject_id: st
     added = 0
     for hook in hooks:
         statement = insert(WebhookDelivery).values(
-            id=message_id(hook.id, event.value, subject_id), webhook_id=hook.id, event=event.value,
+            id=message_id(hook.id, event.value, subject_id, occurrence), webhook_id=hook.id, event=event.value,
             subject_id=subject_id, body=body, status=DeliveryStatus.PENDING.value, attempts=0, created_at=now,
             next_attempt_at=now,
         ).on_conflict_do_nothing(index_elements=["id"])
@@ -94,7 +97,8 @@ def training_ended(session: Session, job: TrainingJob, settings: Settings) -> in
 
     session.flush()  # its `updated_at` as stored
     detail = TrainingDetail.from_job(job, settings, logs=job.log_tail or "").model_dump(mode="json")
-    return enqueue(session, job.owner_id, event, job.id, detail)
+    # a resumed job (POST .../resume) ends again in its new run: a new message
+    return enqueue(session, job.owner_id, event, job.id, detail, job.airflow_run_id if job.runs else "")
 
 
 def dataset_ended(session: Session, dataset: Dataset, settings: Settings) -> int:
