@@ -258,6 +258,48 @@ def import_costs(env: dict[str, str]) -> dict[str, float]:
     return out
 
 
+def frame_reads(model_dir: Path, data: Path, cache: Path) -> dict[str, float]:
+    """CPU seconds to get every clip's frames (the model's frame setting) three ways: decoded
+    from the videos into an empty frame store, then from that store in a fresh dataset (as the
+    next epoch after the memory budget, `evaluate`, or the next job reads them), then from
+    memory. Runs in a child process (its own QLORA_CACHE_DIR)."""
+    code = f"""
+import json, time
+from training.data.frame_store import FrameStore
+from training.data.loader import ClipDataset, read_examples
+from training.loading import read_base_model
+from pathlib import Path
+base = read_base_model(Path({str(model_dir)!r}))
+examples = [e for e, _ in read_examples({str(data)!r}, "video_classification")]
+labels = sorted({{e.label for e in examples}})
+size = (base.prep.image_size, base.prep.image_size)
+def dataset():
+    return ClipDataset(examples, task="video_classification", family=base.family, prep=base.prep,
+                       tokenizer=base.tokenizer, frames=base.prep.frames, label2id={{l: i for i, l in enumerate(labels)}},
+                       store=FrameStore.open({str(data)!r}, base.prep.frames, size))
+out = {{}}
+for name, ds in (("decode + store", dataset()), ("frame store", dataset())):
+    t = time.process_time()
+    for e in ds.examples:
+        ds.clip_frames(e.path)
+    out[name] = time.process_time() - t
+t = time.process_time()
+for e in ds.examples:
+    ds.clip_frames(e.path)
+out["memory"] = time.process_time() - t
+print("FRAMES=" + json.dumps(out))
+"""
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "QLORA_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1"})
+    line = next((l for l in done.stdout.splitlines() if l.startswith("FRAMES=")), None)
+    if line is None:
+        print(done.stderr[-2000:])
+        return {}
+    import json
+
+    return json.loads(line[len("FRAMES="):])
+
+
 def baseline_tree(rev: str, folder: Path) -> Path | None:
     """The `training` package as it was at `rev` (read from git, nothing checked out)."""
     target = folder / "baseline"
@@ -308,6 +350,9 @@ def main() -> None:
                     print(f"{label:<12}{name:<34} first step {_f(r['first_step'])} s, done {_f(r['done'])} s, "
                           f"epoch 1 {_f(r['epoch1'])} s, epoch 2 {_f(r['epoch2'])} s, CPU {_f(r['cpu'])} s, "
                           f"rc {r['rc']}", flush=True)
+                reads = frame_reads(model_dir, data, folder / f"frames-cache-{i}")
+                print(f"{label:<12}frames of every clip, CPU s: "
+                      + ", ".join(f"{k} {v:.2f}" for k, v in reads.items()), flush=True)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         return
@@ -363,6 +408,10 @@ def main() -> None:
                       f"{_f(old['done']):>10}{_f(old['epoch1']):>9}{_f(old['epoch2']):>9}{_f(old['cpu']):>7}")
             print(f"{'':<12}{'ratio stack cold / engine alone':<34}{job['first_step'] / alone['first_step']:>10.2f}x"
                   f"{job['done'] / alone['done']:>9.2f}x")
+        print("\nframes of every clip (CPU seconds, one thread):")
+        for label, data in datasets.items():
+            reads = frame_reads(model_dir, data, folder / f"frames-cache-{label.replace(' ', '-')}")
+            print(f"   {label:<12}" + ", ".join(f"{k} {v:.2f}" for k, v in reads.items()))
         print("\nimports (median of 3 fresh interpreters):")
         for name, seconds in costs.items():
             print(f"   {name:<46}{seconds:6.2f} s")
