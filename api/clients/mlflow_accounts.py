@@ -126,9 +126,12 @@ class MlflowAccounts:
     def rename_experiment(self, experiment_id: str, new_name: str) -> None:
         self._call("POST", f"{_EXPERIMENTS}/update", json={"experiment_id": experiment_id, "new_name": new_name})
 
-    def grant(self, username: str, experiment_id: str, permission: str = USER_PERMISSION) -> None:
-        self._call("POST", _GRANT, json={"username": username, "resource_type": "experiment",
-                                          "resource_id": experiment_id, "permission": permission})
+    def grant(self, username: str, resource_id: str, permission: str = USER_PERMISSION,
+              resource_type: str = "experiment") -> None:
+        """`permission` on an experiment (by id) or a registered model (by name; one that does
+        not exist yet is granted too, for when it is registered)."""
+        self._call("POST", _GRANT, json={"username": username, "resource_type": resource_type,
+                                          "resource_id": resource_id, "permission": permission})
 
     # -- what the API does -----------------------------------------------------------------
     def _account(self, username: str, password: str) -> None:
@@ -163,6 +166,13 @@ class MlflowAccounts:
         experiment_id = self.experiment_id(name) or self.create_experiment(name)
         self.grant(username, experiment_id)
         return experiment_id
+
+    def grant_registered_model(self, username: str, output_name: str) -> None:
+        """READ on the registered model a job of `username` named `output_name` registers its
+        adapter as (`job_spec.registered_model_name`)."""
+        if (user := self.get_user(username)) is None or user.is_admin:
+            return  # no account yet (made at the next login) or not a user's
+        self.grant(username, job_spec.registered_model_name(username, output_name), resource_type="registered_model")
 
     def ensure_service_account(self, username: str, password: str) -> None:
         """An MLflow admin account for a service (the API, the workers) or an operator."""

@@ -6,7 +6,7 @@ import re
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
+from fastapi import APIRouter, BackgroundTasks, Depends, Header, Query, Request, Response, status
 
 from api.deps import CurrentUser, PAGED_LIST_ROUTE, PageDep, TrainingsDep
 from api.routers.openapi_doc import (
@@ -27,6 +27,7 @@ from api.schemas.trainings import (
     TrainingSummary,
 )
 from api.services.errors import InvalidInput
+from api.services import mlflow_users
 from api.services.trainings import reads, start_stop
 
 router = APIRouter(prefix="/trainings", tags=["trainings"], responses=UNAUTHORIZED)
@@ -66,12 +67,14 @@ _NOT_FOUND = {404: error("No such job of yours", "Training job not found")}
     "true`), with another body 409.",
 )
 def start_training(
-    body: TrainingRequest, user: CurrentUser, trainings: TrainingsDep, response: Response,
-    idempotency_key: Annotated[str | None, Header(
+    body: TrainingRequest, user: CurrentUser, trainings: TrainingsDep, response: Response, request: Request,
+    background: BackgroundTasks, idempotency_key: Annotated[str | None, Header(
         alias="Idempotency-Key", description="Any unique string of yours (a UUID) naming this request; "
         "retries of the request send the same one.")] = None,
 ) -> TrainingStartResponse:
     answer, replayed = start_stop.start_job(trainings, user, body, idempotency_key)
+    # after the answer: the user may read the registered model this job's adapter will be
+    background.add_task(mlflow_users.after_job_start, mlflow_users.accounts(request), user.username, body.output_name)
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
     return answer

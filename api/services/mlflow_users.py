@@ -58,3 +58,14 @@ def after_login(keeper: MlflowAccounts | None, username: str, password: str) -> 
         log.error("user %s gets no MLflow account: %s", username, exc)
     except MlflowAccountError as exc:
         log.warning("MLflow account of %s not checked at login: %s", username, exc)
+
+
+def after_job_start(keeper: MlflowAccounts | None, username: str, output_name: str) -> None:
+    """READ on the registered model the job's adapter will be (granted ahead: MLflow needs no
+    model for a grant), so the user opens its versions from the job detail's link."""
+    if keeper is None:
+        return
+    try:
+        keeper.grant_registered_model(username, output_name)
+    except MlflowAccountError as exc:
+        log.warning("READ on the registered model %s~%s not granted: %s", username, output_name, exc)

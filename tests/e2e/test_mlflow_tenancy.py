@@ -2,7 +2,8 @@
 `qlora_training` with the workers' own MLflow account, MLflow with its `basic-auth` app): a job
 trains, logs its metrics and registers its model as before; its owner then signs in to MLflow's
 REST API with the username and password of the service and reads the run, its metrics and its
-adapter, and can delete none of it; another user gets 403 on all of it; without credentials 401."""
+adapter and its registered model version, and can delete none of it; another user gets 403 on all of it;
+without credentials 401."""
 
 from __future__ import annotations
 
@@ -55,6 +56,14 @@ def test_a_users_runs_are_theirs_alone_in_mlflow(api_server, tmp_path):
                      theirs.post(f"{API2}/runs/delete", json={"run_id": run_id})):
             assert resp.status_code == 403, (resp.request.url, resp.status_code, resp.text[:200])
         assert anonymous.get(f"{API2}/runs/get", params={"run_id": run_id}).status_code == 401
+
+        # the registered model (granted when the job started): the owner opens the version the
+        # job detail links to; the other user cannot; nobody but the workers changes it
+        name, version = job["registered_model"]["name"], job["registered_model"]["version"]
+        got = mine.get(f"{API2}/model-versions/get", params={"name": name, "version": version})
+        assert got.status_code == 200 and got.json()["model_version"]["run_id"] == run_id, got.text
+        assert theirs.get(f"{API2}/registered-models/get", params={"name": name}).status_code == 403
+        assert mine.request("DELETE", f"{API2}/registered-models/delete", json={"name": name}).status_code == 403
 
     # the model was registered by the workers (read here as the operators' admin)
     from mlflow.tracking import MlflowClient
