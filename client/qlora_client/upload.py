@@ -98,6 +98,25 @@ def upload_dataset(client: Client, path: Path, name: str, description: str = "",
                       max(1, concurrency), max(0, retries), state_dir or config.uploads_dir()).run()
 
 
+#: waits between the attempts of a completion the API answered with a transient error
+COMPLETE_RETRY_DELAYS_S = (2.0, 5.0, 10.0)
+
+
+def completing(call: Callable[[], Any], delays: tuple[float, ...] = COMPLETE_RETRY_DELAYS_S) -> Any:
+    """Completes an upload, retried while the API answers a transient error (503: S3 or Airflow
+    busy or down; the API unreachable). Completing is idempotent on the server: a retry after an
+    answer lost to a timeout (the validation run may already exist) carries on without a second
+    run."""
+    for delay in (*delays, None):
+        try:
+            return call()
+        except ApiError as exc:
+            if not exc.transient or delay is None:
+                raise
+            time.sleep(delay)
+    return None
+
+
 # --- one PUT ---------------------------------------------------------------------------------
 def _single_put(client: Client, path: Path, size: int, name: str, description: str, advance: Advance,
                 retries: int) -> UploadResult:
@@ -106,7 +125,7 @@ def _single_put(client: Client, path: Path, size: int, name: str, description: s
     try:
         with httpx.Client(timeout=httpx.Timeout(60.0, connect=10.0)) as s3:
             _put_with_retries(s3, lambda: started["upload_url"], path, 0, size, advance, retries, None, "the archive")
-        client.upload_complete(dataset_id, started["s3_key"])
+        completing(lambda: client.upload_complete(dataset_id, started["s3_key"]))
     except BaseException as exc:
         try:  # nothing left behind: the dataset was never completed
             client.delete_dataset(dataset_id)
@@ -220,7 +239,7 @@ class _Multipart:
         except UploadFailed as exc:
             raise UploadFailed(f"{exc.detail} (dataset {dataset_id}: {len(etags)} of {count} parts are in S3)",
                                dataset_id, resumable=True) from None
-        self.client.multipart_complete(dataset_id, self.state["upload_id"], etags)
+        completing(lambda: self.client.multipart_complete(dataset_id, self.state["upload_id"], etags))
         self.state_path.unlink(missing_ok=True)
         return UploadResult(dataset_id, self.size, multipart=True, part_count=count, parts_resumed=len(uploaded))
 
