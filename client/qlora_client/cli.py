@@ -429,6 +429,62 @@ def train_stop(ctx: click.Context, job_id: str) -> None:
     ui.info(f"{answer.get('message', 'Stop requested')}; follow it: qlora train watch {job_id}")
 
 
+@train.command("resume")
+@click.argument("job_id")
+@click.option("--watch", is_flag=True, help="Follow the job to its end (as `qlora train watch`).")
+@json_option
+@click.pass_context
+def train_resume(ctx: click.Context, job_id: str, watch: bool, as_json: bool) -> None:
+    """Resume a stopped or failed job from its last checkpoint.
+
+    The job continues to its planned end in a new run (weights, optimizer and step restored; the
+    same MLflow run goes on). Only jobs with an uploaded checkpoint can be resumed
+    (`qlora train show` lists none otherwise).
+    """
+    client = _client(ctx)
+    answer = client.resume_training(job_id)
+    if not watch:
+        if as_json:
+            return ui.print_json(answer)
+        ui.info(f"{answer['message']}. Watch it: qlora train watch {job_id}")
+        return
+    ui.info(answer["message"])
+    _watch(client, job_id, as_json)
+
+
+@train.command("evaluation")
+@click.argument("job_id")
+@json_option
+@click.pass_context
+def train_evaluation(ctx: click.Context, job_id: str, as_json: bool) -> None:
+    """The held-out evaluation: the adapter against the base model on the same clips.
+
+    Classification: the metrics, per-class precision/recall/F1 and the confusion matrix;
+    captioning: the metrics and the reference, base and adapter captions of sample clips.
+    """
+    report = _client(ctx).get_evaluation(job_id)
+    if as_json:
+        return ui.print_json(report)
+    adapter, base = report["adapter"], report.get("base") or {}
+    _comparison_table(adapter.get("metrics") or {}, base.get("metrics") or {},
+                      f"Held-out evaluation ({report['held_out_examples']} clips)")
+    if adapter.get("per_class"):
+        ui.table(["LABEL", "PRECISION", "RECALL", "F1", "SUPPORT"],
+                 [(c["label"], f"{c['precision']:.3f}", f"{c['recall']:.3f}", f"{c['f1']:.3f}", c["support"])
+                  for c in adapter["per_class"]], title="Adapter, per class")
+    matrix = adapter.get("confusion_matrix")
+    if matrix:
+        ui.table(["TRUE \\ PREDICTED", *matrix["labels"]],
+                 [(label, *row) for label, row in zip(matrix["labels"], matrix["matrix"])],
+                 title="Adapter, confusion matrix")
+    if report.get("samples"):
+        ui.table(["CLIP", "REFERENCE", "BASE MODEL", "ADAPTER"],
+                 [(x["file_name"], x["reference"], x.get("base") or "", x["adapter"]) for x in report["samples"]],
+                 title="Captions")
+    if report.get("mlflow_run_url"):
+        ui.info(f"In MLflow: {report['mlflow_run_url']}")
+
+
 @train.command("logs")
 @click.argument("job_id")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new lines until the job ends.")
@@ -592,8 +648,14 @@ def _follow(client: Client, job_id: str) -> Training:
 def _metrics_table(job: Training) -> None:
     """The adapter's final metrics against the base model's (`final_X` vs `base_X`)."""
     metrics = job.get("metrics") or {}
-    names = sorted({k[len("final_"):] for k in metrics if k.startswith("final_")}
-                   | {k[len("base_"):] for k in metrics if k.startswith("base_")})
+    _comparison_table({k[len("final_"):]: v for k, v in metrics.items() if k.startswith("final_")},
+                      {k[len("base_"):]: v for k, v in metrics.items() if k.startswith("base_")},
+                      "Held-out evaluation")
+
+
+def _comparison_table(adapter: dict[str, float], base: dict[str, float], title: str) -> None:
+    """One row per metric: the base model's value, the adapter's, the change."""
+    names = sorted((set(adapter) | set(base)) - {"eval_examples"})
     if not names:
         return
 
@@ -602,10 +664,10 @@ def _metrics_table(job: Training) -> None:
 
     rows = []
     for name in names:
-        base, adapter = metrics.get(f"base_{name}"), metrics.get(f"final_{name}")
-        change = f"{adapter - base:+.4g}" if base is not None and adapter is not None else ""
-        rows.append((name, fmt(base), fmt(adapter), change))
-    ui.table(["METRIC", "BASE MODEL", "ADAPTER", "CHANGE"], rows, title="Held-out evaluation")
+        b, a = base.get(name), adapter.get(name)
+        change = f"{a - b:+.4g}" if b is not None and a is not None else ""
+        rows.append((name, fmt(b), fmt(a), change))
+    ui.table(["METRIC", "BASE MODEL", "ADAPTER", "CHANGE"], rows, title=title)
 
 
 def main() -> None:

@@ -200,6 +200,16 @@ class Client:
     def stop_training(self, job_id: str) -> dict[str, str]:
         return cast(dict[str, str], self.request("POST", f"/trainings/{_segment(job_id)}/stop"))
 
+    def resume_training(self, job_id: str) -> dict[str, Any]:
+        """Resumes a stopped or failed job from its newest uploaded checkpoint: `{message, job_id,
+        status, resumed_from_step, airflow_run_id}`; `ApiError` 409 with the reason otherwise."""
+        return cast(dict[str, Any], self.request("POST", f"/trainings/{_segment(job_id)}/resume"))
+
+    def get_evaluation(self, job_id: str) -> dict[str, Any]:
+        """The held-out evaluation of the adapter against the base model (`adapter`, `base`:
+        metrics, per-class figures, confusion matrix; captioning `samples`); 409 until evaluated."""
+        return cast(dict[str, Any], self.request("GET", f"/trainings/{_segment(job_id)}/evaluation"))
+
     def get_adapter(self, job_id: str) -> dict[str, Any]:
         """`{job_id, partial, expires_at, files: [{name, size_bytes, sha256, download_url}]}`;
         `ApiError` 409 while there is nothing to download."""

@@ -54,6 +54,16 @@ def test_train_watch_to_completion_then_detach_and_stop(run, api_server, tmp_pat
     assert detail["metrics"]["final_accuracy"] == float(rows["accuracy"][1])
     logs = run("train", "logs", job_id)
     assert logs.returncode == 0 and "step " in logs.stdout
+    evaluation = json.loads(run("train", "evaluation", job_id, "--json").stdout)
+    assert evaluation["adapter"]["metrics"]["accuracy"] == detail["metrics"]["final_accuracy"]
+    assert evaluation["base"]["metrics"]["accuracy"] == detail["metrics"]["base_accuracy"]
+    per_class = evaluation["adapter"]["per_class"]
+    assert sum(c["support"] for c in per_class) == evaluation["held_out_examples"] > 0
+    shown = run("train", "evaluation", job_id)
+    assert shown.returncode == 0 and "Adapter, per class" in shown.stdout and "confusion matrix" in shown.stdout
+    assert all(c["label"] in shown.stdout for c in per_class)
+    refused = run("train", "resume", job_id)  # the real API's 409, one line
+    assert refused.returncode == 1 and "cannot be resumed: it completed" in refused.stderr, refused.stderr
     download = run("train", "download", job_id, "-o", str(tmp_path / "adapter"))
     assert download.returncode == 0, download.stderr
     assert "SHA-256 verified" in download.stderr and download.stdout.strip() == str(tmp_path / "adapter")
