@@ -99,7 +99,7 @@ TRAINING_DETAIL = {
                         "seed": 42},
     "logs": "step 30/48 epoch 5 loss 0.4120 lr 1.30e-03 41.5 samples/s progress 0.625\n",
     "metrics": {"loss": 0.412, "learning_rate": 0.0013, "progress": 0.62, "epoch": 5.0, "epoch_accuracy": 0.75},
-    "eta_seconds": 9.5, "error": None, "stop_requested": False,
+    "eta_seconds": 9.5, "error": None, "stop_requested": False, "max_runtime_minutes": 1440,
     "mlflow_run_id": "5f0e1d2c3b4a49887766554433221100",
     "mlflow_run_url": "http://127.0.0.1:5000/#/experiments/1/runs/5f0e1d2c3b4a49887766554433221100",
     "airflow_run_url": f"http://127.0.0.1:8080/dags/qlora_training/runs/train-{JOB_ID}",

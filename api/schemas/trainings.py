@@ -159,6 +159,9 @@ class TrainingDetail(TrainingSummary):
     eta_seconds: float | None = Field(default=None, description="Estimated seconds of training left.")
     error: str | None = Field(default=None, description="Why the job failed.")
     stop_requested: bool = False
+    max_runtime_minutes: int | None = Field(
+        default=None, description="The training's deadline in minutes (the request's, else the service's default): "
+        "past it the training is stopped, its partial adapter kept, and the job fails.")
     metadata: dict[str, str] = Field(default_factory=dict, description="Your labels of the job (`metadata` at creation).")
     mlflow_run_id: str | None = None
     mlflow_run_url: str | None = Field(default=None, description="The run in the MLflow UI.")
@@ -184,6 +187,7 @@ class TrainingDetail(TrainingSummary):
             eta_seconds=eta_seconds,
             error=job.error,
             stop_requested=job.stop_requested_at is not None,
+            max_runtime_minutes=(job.request or {}).get("max_runtime_minutes"),
             metadata=job.job_metadata or {},
             mlflow_run_id=job.mlflow_run_id,
             **run_links(job, settings),

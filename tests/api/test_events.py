@@ -24,6 +24,7 @@ from tests.api.test_trainings import (  # noqa: F401  (fixtures)
     running_job,
     settings,
     start,
+    task_stops_its_engine,
     upload_partial_adapter,
 )
 from fastapi.testclient import TestClient
@@ -216,6 +217,7 @@ def test_a_stopped_job_has_its_request_checkpoints_or_a_warning(client, auth, ai
     assert client.post(f"/v1/trainings/{job_id}/stop", headers=auth).status_code == 202
     assert client.post(f"/v1/trainings/{job_id}/stop", headers=auth).status_code == 202  # asked twice: one event
     upload_partial_adapter(s3, job_id)
+    task_stops_its_engine(airflow, run)
     s3.client().put_object(Bucket=s3.bucket, Key=s3_layout.training_result_key(job_id), Body=json.dumps({
         "status": "stopped", "checkpoints": [{"step": 50, "epoch": 1.0, "name": "step-0000050"},
                                              {"step": 63, "epoch": 1.26, "name": "step-0000063"}]}).encode())
@@ -231,6 +233,7 @@ def test_a_stopped_job_has_its_request_checkpoints_or_a_warning(client, auth, ai
     # stopped before anything was saved: a warning says so
     job_id, run = running_job(client, auth, airflow)
     assert client.post(f"/v1/trainings/{job_id}/stop", headers=auth).status_code == 202
+    task_stops_its_engine(airflow, run)
     s3.client().put_object(Bucket=s3.bucket, Key=s3_layout.training_result_key(job_id), Body=b'{"status": "failed"}')
     assert client.get(f"/v1/trainings/{job_id}", headers=auth).json()["status"] == "stopped"
     warnings = [e for e in events(client, auth, job_id) if e["type"] == "warning"]
@@ -381,6 +384,7 @@ def test_clips_skipped_by_the_training_are_a_warning(client, auth, airflow, mlfl
     job_id, run = running_job(client, auth, airflow)
     assert client.post(f"/v1/trainings/{job_id}/stop", headers=auth).status_code == 202
     upload_partial_adapter(s3, job_id)
+    task_stops_its_engine(airflow, run)
     s3.client().put_object(Bucket=s3.bucket, Key=s3_layout.training_result_key(job_id), Body=json.dumps({
         "status": "stopped", "checkpoints": [],
         "skipped_clips": {"clips/a.mp4": "a.mp4: cannot be decoded", "clips/b.mp4": "b.mp4: no frames"}}).encode())

@@ -270,6 +270,7 @@ def test_max_runtime_minutes_flows_to_the_conf_within_the_ceiling(client, auth, 
     assert airflow.triggers[-1][2]["max_runtime_minutes"] == 60  # the setting's default
     resp = post(client, auth, {**body(dataset_id), "max_runtime_minutes": 90})
     assert resp.status_code == 202 and airflow.triggers[-1][2]["max_runtime_minutes"] == 90
+    assert client.get(f"/v1/trainings/{resp.json()['job_id']}", headers=auth).json()["max_runtime_minutes"] == 90
     for bad in (0, 121, "soon"):
         resp = post(client, auth, {**body(dataset_id), "max_runtime_minutes": bad})
         assert resp.status_code == 400, resp.text
