@@ -350,9 +350,10 @@ def train() -> None:
 
 @click.pass_context
 def _train_start(ctx: click.Context, model: str, dataset: str, name: str, watch: bool, as_json: bool,
-                 **values: Any) -> None:
+                 max_runtime_minutes: int | None, **values: Any) -> None:
     client = _client(ctx)
-    started = client.start_training(model, dataset, name, params.from_options(values))
+    started = client.start_training(model, dataset, name, params.from_options(values),
+                                    max_runtime_minutes=max_runtime_minutes)
     job_id = started["job_id"]
     if not watch:
         if as_json:
@@ -371,6 +372,9 @@ train.add_command(click.Command(
         click.Option(["--dataset"], required=True, help="The id of one of your ready datasets."),
         click.Option(["--name"], required=True, help="Name of the adapter: 1-64 letters, digits, '.', '_', '-'."),
         click.Option(["--watch"], is_flag=True, help="Follow the job to its end (as `qlora train watch`)."),
+        click.Option(["--max-runtime-minutes"], type=click.IntRange(min=1),
+                     help="Deadline of the training in minutes (default: the service's): past it the training "
+                          "stops, its partial adapter is kept and the job fails."),
         click.Option(["--json", "as_json"], is_flag=True,
                      help="Print the API's JSON (the start answer; with --watch the final job)."),
         *params.options(),

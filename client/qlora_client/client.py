@@ -15,6 +15,7 @@ Every method returns the JSON the API answered (typed dicts, `qlora_client.types
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
@@ -76,9 +77,9 @@ class Client:
 
     # --- plumbing -------------------------------------------------------------------------
     def request(self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None,
-                auth: bool = True) -> Any:
+                auth: bool = True, headers: dict[str, str] | None = None) -> Any:
         """The JSON of the API's answer (None for 204); `ApiError` with its `detail` otherwise."""
-        headers = {}
+        headers = dict(headers or {})
         if auth:
             if not self.token:
                 raise NotLoggedIn(self.api_url)
@@ -185,10 +186,24 @@ class Client:
 
     # --- trainings ------------------------------------------------------------------------
     def start_training(self, model_id: str, dataset_id: str, output_name: str,
-                       training_params: dict[str, Any] | None = None) -> TrainingStarted:
-        return cast(TrainingStarted, self.request("POST", "/trainings", json={
-            "model_id": model_id, "dataset_id": dataset_id, "output_name": output_name,
-            "training_params": training_params or {}}))
+                       training_params: dict[str, Any] | None = None, *, max_runtime_minutes: int | None = None,
+                       idempotency_key: str | None = None, retries: int = 2) -> TrainingStarted:
+        """Starts a job. The request carries an `Idempotency-Key` (a fresh one unless given), so
+        it is retried safely when the API was unreachable or answered 502/503/504: a retry that
+        reaches a job the first attempt created gets that job back, never a second one."""
+        body: dict[str, Any] = {"model_id": model_id, "dataset_id": dataset_id, "output_name": output_name,
+                                "training_params": training_params or {}}
+        if max_runtime_minutes is not None:
+            body["max_runtime_minutes"] = max_runtime_minutes
+        headers = {"idempotency-key": idempotency_key or uuid.uuid4().hex}
+        for attempt in range(retries + 1):
+            try:
+                return cast(TrainingStarted, self.request("POST", "/trainings", json=body, headers=headers))
+            except ApiError as exc:
+                if not exc.transient or attempt == retries:
+                    raise
+                time.sleep(2.0 * (attempt + 1))
+        raise AssertionError("unreachable")
 
     def list_trainings(self, limit: int | None = None, offset: int = 0) -> list[Training]:
         params = {"limit": limit, "offset": offset} if limit is not None else None

@@ -48,16 +48,18 @@ def test_options_become_the_training_params_the_api_validates() -> None:
             "sent = {}\n"
             "class Fake:\n"
             "    api_url = 'x'\n"
-            "    def start_training(self, m, d, n, p):\n"
-            "        sent.update(p); return {'job_id': 'j', 'status': 'queued'}\n"
+            "    def start_training(self, m, d, n, p, max_runtime_minutes=None):\n"
+            "        sent.update(p, max_runtime_minutes=max_runtime_minutes); return {'job_id': 'j', 'status': 'queued'}\n"
             "r = CliRunner().invoke(cli.cli, ['train', 'start', '--model', 'm', '--dataset', 'd', '--name', 'n',\n"
             "    '--epochs', '8', '--learning-rate', '0.002', '--target-modules', 'q_proj,v_proj',\n"
-            "    '--lora-rank', '4', '--max-steps', '10', '--lora-dropout', '0'], obj={'client': Fake()})\n"
+            "    '--lora-rank', '4', '--max-steps', '10', '--lora-dropout', '0', '--max-runtime-minutes', '90'],\n"
+            "    obj={'client': Fake()})\n"
             "assert r.exit_code == 0, r.output\n"
             "print(json.dumps(sent))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     sent = json.loads(out.stdout.strip().splitlines()[-1])
+    assert sent.pop("max_runtime_minutes") == 90  # a job field beside the training parameters
     assert sent == {"epochs": 8, "learning_rate": 0.002, "target_modules": ["q_proj", "v_proj"], "lora_rank": 4,
                     "max_steps": 10, "lora_dropout": 0.0}
     assert TrainingParams.model_validate(sent).epochs == 8
@@ -126,3 +128,33 @@ def test_logs_follow_prints_only_the_lines_after_the_last_tail() -> None:
     assert _new_lines([], ["a"]) == ["a"]
     assert _new_lines(["x", "y"], ["p", "q"]) == ["p", "q"]  # no overlap: the tail moved past
     assert _new_lines(["a", "a"], ["a", "a", "b"]) == ["b"]
+
+
+def test_start_is_retried_with_the_same_idempotency_key(monkeypatch) -> None:
+    """A start that met a 503 (or no answer) is sent again with the key of the first attempt, so
+    the API answers with the job that attempt may have created instead of making a second."""
+    import httpx
+
+    from qlora_client.client import ApiError, Client
+
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if len(seen) == 1:
+            return httpx.Response(503, json={"detail": "The pipeline service (Airflow) is unavailable; retry later"})
+        return httpx.Response(202, json={"job_id": "j1", "status": "queued"})
+
+    monkeypatch.setattr("qlora_client.client.time.sleep", lambda s: None)
+    client = Client("http://api.test/v1", token="t", transport=httpx.MockTransport(answer))
+    assert client.start_training("m", "d", "n", {"epochs": 2}, max_runtime_minutes=30)["job_id"] == "j1"
+    keys = [r.headers["idempotency-key"] for r in seen]
+    assert len(keys) == 2 and keys[0] == keys[1] and len(keys[0]) == 32
+    assert json.loads(seen[1].content)["max_runtime_minutes"] == 30
+
+    seen.clear()
+    client = Client("http://api.test/v1", token="t", transport=httpx.MockTransport(
+        lambda r: seen.append(r) or httpx.Response(409, json={"detail": "output_name taken"})))
+    with pytest.raises(ApiError, match="output_name taken"):
+        client.start_training("m", "d", "n")
+    assert len(seen) == 1  # a refusal is final: not retried
