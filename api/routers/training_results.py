@@ -126,7 +126,7 @@ def get_evaluation(job_id: str, user: CurrentUser, trainings: TrainingsDep) -> E
                                 "job_id": JOB_ID, "status": "queued", "resumed_from_step": 12,
                                 "airflow_run_id": f"train-{JOB_ID}-resume-1"}),
                **_NOT_FOUND,
-               409: error("The job cannot be resumed: it is queued or running, it completed, it has no uploaded "
+               400: error("The job cannot be resumed: it is queued or running, it completed, it has no uploaded "
                           "checkpoint, or its dataset or model is gone",
                           f"Job {JOB_ID} cannot be resumed: it completed: there is nothing left to train. Only "
                           "stopped or failed jobs with an uploaded checkpoint can be resumed"),

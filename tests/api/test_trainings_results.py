@@ -196,7 +196,7 @@ def test_a_stopped_job_resumes_from_its_last_checkpoint_in_a_new_run(client, aut
                                                                      s3) -> None:
     job_id, run = running_job(client, auth, airflow)
     resp = client.post(f"/v1/trainings/{job_id}/resume", headers=auth)
-    assert resp.status_code == 409
+    assert resp.status_code == 400
     assert resp.json()["detail"] == (f"Job {job_id} cannot be resumed: it is still running; stop it first, or wait "
                                      "for it to end. Only stopped or failed jobs with an uploaded checkpoint can be "
                                      "resumed")
@@ -226,7 +226,7 @@ def test_a_stopped_job_resumes_from_its_last_checkpoint_in_a_new_run(client, aut
         (run, "stopped", 9)]
     # a second request while it is queued is refused; nothing is triggered
     resp = client.post(f"/v1/trainings/{job_id}/resume", headers=auth)
-    assert resp.status_code == 409 and "it is still queued" in resp.json()["detail"]
+    assert resp.status_code == 400 and "it is still queued" in resp.json()["detail"]
     assert len(airflow.triggers) == triggers + 1
 
     # the new run goes through the states again: new events, in order, after the stop's
@@ -249,7 +249,7 @@ def test_a_stopped_job_resumes_from_its_last_checkpoint_in_a_new_run(client, aut
     assert statuses[-4:] == [("running", "stopped"), ("stopped", "queued"), ("queued", "running"),
                              ("running", "completed")], statuses
     resp = client.post(f"/v1/trainings/{job_id}/resume", headers=auth)
-    assert resp.status_code == 409 and "it completed: there is nothing left to train" in resp.json()["detail"]
+    assert resp.status_code == 400 and "it completed: there is nothing left to train" in resp.json()["detail"]
 
 
 def test_a_job_without_an_uploaded_checkpoint_cannot_be_resumed(client, auth, airflow, mlflow, s3) -> None:
@@ -260,7 +260,7 @@ def test_a_job_without_an_uploaded_checkpoint_cannot_be_resumed(client, auth, ai
              checkpoints=[_checkpoint(s3, failed, 4, upload=False)])  # never reached S3
     triggers = len(airflow.triggers)
     resp = client.post(f"/v1/trainings/{failed}/resume", headers=auth)
-    assert resp.status_code == 409
+    assert resp.status_code == 400
     assert resp.json()["detail"] == (f"Job {failed} cannot be resumed: it has no uploaded checkpoint (it ended "
                                      "before its first one); start a new job instead")
     assert len(airflow.triggers) == triggers

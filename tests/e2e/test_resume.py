@@ -100,7 +100,7 @@ def test_a_killed_engine_resumes_and_a_stopped_job_resumes_on_request(api_server
         assert resp.status_code == 202, resp.text
         assert resp.json()["resumed_from_step"] == checkpoints[-1]["step"] < total
         again = api.post(f"/trainings/{stopped}/resume")
-        assert again.status_code == 409 and "cannot be resumed" in again.json()["detail"]
+        assert again.status_code == 400 and "cannot be resumed" in again.json()["detail"]
         final, seen = watch(api, stopped, lambda j: j["status"] in TERMINAL, 420)
         print(f"resume request -> {final['status']} in {time.monotonic() - asked:.1f} s")
         assert final["status"] == "completed", (final.get("error"), final.get("logs"))

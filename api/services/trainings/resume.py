@@ -8,7 +8,7 @@ parameters), whose `train` task restores the newest uploaded checkpoint and runs
 with `--resume` (`training.pipeline.resume`): the optimizer, scheduler, random states and step
 continue, the MLflow run's metrics continue from that step. The job goes back to `queued`
 (then `running`, ...), its stop request, error, end time, cached log tail and partial adapter
-path are cleared, and a `status` event records the resumption. Refused with 409 (and a
+path are cleared, and a `status` event records the resumption. Refused with 400 (and a
 `detail`) for a job that is queued, running, completed, has no intact uploaded checkpoint, or
 whose dataset or model is gone.
 """
@@ -22,7 +22,7 @@ from api.clients.airflow import AirflowError
 from api.models import ACTIVE_TRAINING_STATUSES, CatalogModelRow, Dataset, DatasetStage, TrainingJob, TrainingStatus, User
 from api.models.event import EventType
 from api.services import events
-from api.services.errors import Conflict
+from api.services.errors import InvalidInput
 from api.services.trainings import results, sync
 from api.services.trainings.context import TrainingContext, run_id
 from api.services.trainings.reads import owned_job
@@ -40,7 +40,7 @@ def _iso(value: Any) -> str | None:
 
 def resume_job(ctx: TrainingContext, owner: User, job_id: str) -> tuple[TrainingJob, int]:
     """Triggers the job's next run from its last uploaded checkpoint; returns the job (queued)
-    and the step it resumes from. `NotFound` for another user's job, `Conflict` saying why
+    and the step it resumes from. `NotFound` for another user's job, `InvalidInput` (400) saying why
     when it cannot be resumed, `AirflowError` (503) when Airflow cannot be reached (nothing
     changed then)."""
     job = owned_job(ctx, owner, job_id)
@@ -53,18 +53,18 @@ def resume_job(ctx: TrainingContext, owner: User, job_id: str) -> tuple[Training
     if job.status not in RESUMABLE:
         what = ("it is still " + job.status + "; stop it first, or wait for it to end") \
             if job.status in ACTIVE_TRAINING_STATUSES else "it completed: there is nothing left to train"
-        raise Conflict(f"Job {job.id} cannot be resumed: {what}. Only stopped or failed jobs with an uploaded "
+        raise InvalidInput(f"Job {job.id} cannot be resumed: {what}. Only stopped or failed jobs with an uploaded "
                        "checkpoint can be resumed")
     checkpoints = results.list_checkpoints(ctx, job)
     if not checkpoints:
-        raise Conflict(f"Job {job.id} cannot be resumed: it has no uploaded checkpoint (it ended before its first "
+        raise InvalidInput(f"Job {job.id} cannot be resumed: it has no uploaded checkpoint (it ended before its first "
                        "one); start a new job instead")
     dataset = ctx.session.get(Dataset, job.dataset_id)
     if dataset is None or dataset.stage != DatasetStage.READY:
-        raise Conflict(f"Job {job.id} cannot be resumed: its dataset {job.dataset_id} is no longer available")
+        raise InvalidInput(f"Job {job.id} cannot be resumed: its dataset {job.dataset_id} is no longer available")
     row = ctx.session.get(CatalogModelRow, job.model_id)
     if row is None or not row.active:
-        raise Conflict(f"Job {job.id} cannot be resumed: its model {job.model_id} is no longer available")
+        raise InvalidInput(f"Job {job.id} cannot be resumed: its model {job.model_id} is no longer available")
 
     history = list(job.runs or [])
     step = checkpoints[-1].step
