@@ -1,6 +1,8 @@
 """End to end through the real stack (API on uvicorn + PostgreSQL, SeaweedFS, Airflow running
 `qlora_training`, MLflow): a user uploads a dataset, trains tiny catalog models to completion,
-stops a long job, and a killed training ends failed with a reason."""
+stops a long job, and a killed training ends failed with a reason. MLflow per tenant: the owner
+of a completed job reads its run, metrics, adapter and registered version in MLflow with the
+service's username and password and deletes none of it; another user gets 403; anonymous 401."""
 
 from __future__ import annotations
 
@@ -14,10 +16,43 @@ import pytest
 
 from devstack.processes import pids_with_args
 from devstack.seed import seed_tiny_models
-from tests.e2e.journey import TERMINAL, login, ready_dataset, start_job, watch
+from tests.e2e.journey import PASSWORD, TERMINAL, login, ready_dataset, start_job, watch
+from training import job_spec
 from training.s3 import adapter_prefix, s3_uri
 
 pytestmark = [pytest.mark.e2e, pytest.mark.stack, pytest.mark.timeout(900)]
+API2 = "/api/2.0/mlflow"
+
+
+def _mlflow_is_per_tenant(mlflow_uri: str, job: dict, owner: str, stranger: str) -> None:
+    """MLflow's REST API (what its UI calls) as the job's owner, another user and nobody."""
+    run_id = job["mlflow_run_id"]
+    with httpx.Client(base_url=mlflow_uri, auth=(owner, PASSWORD), timeout=30) as mine, \
+            httpx.Client(base_url=mlflow_uri, auth=(stranger, PASSWORD), timeout=30) as theirs, \
+            httpx.Client(base_url=mlflow_uri, timeout=30) as anonymous:
+        run = mine.get(f"{API2}/runs/get", params={"run_id": run_id})
+        assert run.status_code == 200, run.text
+        info, metrics = run.json()["run"]["info"], {m["key"] for m in run.json()["run"]["data"]["metrics"]}
+        assert {"loss", "progress"} <= metrics, metrics
+        experiment = mine.get(f"{API2}/experiments/get", params={"experiment_id": info["experiment_id"]})
+        assert experiment.json()["experiment"]["name"] == job_spec.mlflow_experiment_name(owner)
+        listed = mine.get(f"{API2}/artifacts/list", params={"run_id": run_id})
+        assert listed.status_code == 200 and "adapter" in {f["path"] for f in listed.json()["files"]}
+        name, version = job["registered_model"]["name"], job["registered_model"]["version"]
+        got = mine.get(f"{API2}/model-versions/get", params={"name": name, "version": version})
+        assert got.status_code == 200 and got.json()["model_version"]["run_id"] == run_id, got.text
+        for resp in (mine.post(f"{API2}/runs/delete", json={"run_id": run_id}),
+                     mine.post(f"{API2}/experiments/delete", json={"experiment_id": info["experiment_id"]}),
+                     mine.request("DELETE", f"{API2}/registered-models/delete", json={"name": name}),
+                     theirs.get(f"{API2}/runs/get", params={"run_id": run_id}),
+                     theirs.get(f"{API2}/experiments/get", params={"experiment_id": info["experiment_id"]}),
+                     theirs.get(f"{API2}/artifacts/list", params={"run_id": run_id}),
+                     theirs.get(f"{API2}/metrics/get-history", params={"run_id": run_id, "metric_key": "loss"}),
+                     theirs.get(f"{API2}/registered-models/get", params={"name": name}),
+                     theirs.post(f"{API2}/runs/delete", json={"run_id": run_id})):
+            assert resp.status_code == 403, (resp.request.method, resp.request.url, resp.status_code, resp.text[:200])
+        assert anonymous.get(f"{API2}/runs/get", params={"run_id": run_id}).status_code == 401
+        assert mine.get(f"{API2}/runs/get", params={"run_id": run_id}).json()["run"]["info"]["lifecycle_stage"] == "active"
 
 
 def test_train_watch_stop_and_kill(api_server, tmp_path):
@@ -25,8 +60,7 @@ def test_train_watch_stop_and_kill(api_server, tmp_path):
     assert not any("failed" in line for line in lines), lines
     base = api_server.base_url.rstrip("/") + "/v1"
     with httpx.Client(base_url=base, timeout=60) as api, httpx.Client(base_url=base, timeout=60) as other:
-        login(api)
-        login(other)
+        owner, stranger = login(api), login(other)
         dataset_id = ready_dataset(api, tmp_path)
 
         # two tiny jobs to completion (the gpu pool has one slot: they run one after the other)
@@ -72,6 +106,7 @@ def test_train_watch_stop_and_kill(api_server, tmp_path):
         assert (cache / "models").is_dir() and not any((cache / "trainings" / j).exists() for j in jobs.values())
         listed = {j["job_id"]: j for j in api.get("/trainings").json()}
         assert {listed[j]["status"] for j in jobs.values()} == {"completed"}
+        _mlflow_is_per_tenant(api_server.mlflow_uri, history["classification"][-1], owner, stranger)
         assert other.get("/trainings").json() == []
 
         # stop a long job while it trains
