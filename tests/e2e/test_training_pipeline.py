@@ -133,13 +133,22 @@ def test_train_watch_stop_and_kill(api_server, tmp_path):
         assert again.status_code == 400, again.text
         assert {j["job_id"]: j["status"] for j in api.get("/trainings").json()}[long_job] == "stopped"
 
-        # SIGKILL of the training process: the job ends failed with a reason
+        # SIGKILL of the training process: Airflow retries the train task (which resumes from the
+        # last uploaded checkpoint, none here) while the job stays running; killed on every try,
+        # the job ends failed with the reason
         doomed = start_job(api, dataset_id, "flamingo-tiny-classification", "doomed", epochs=100, batch_size=1)
         watch(api, doomed, lambda j: j["status"] == "running" and j["progress"] > 0, 240)
-        pids = pids_with_args("training", "run", doomed)
-        assert pids, "training process not found"
-        for pid in pids:
-            os.kill(pid, signal.SIGKILL)
-        final, _ = watch(api, doomed, lambda j: j["status"] in TERMINAL, 90)
+        killed: set[int] = set()
+        for attempt in range(3):  # the first try and its two retries (TRAIN_RETRIES)
+            deadline = time.monotonic() + 180
+            while not (pids := set(pids_with_args("training", "run", doomed)) - killed):
+                assert time.monotonic() < deadline, f"try {attempt + 1}: no training process"
+                time.sleep(0.5)
+            if attempt:
+                assert api.get(f"/trainings/{doomed}").json()["status"] == "running"  # retried, not failed
+            for pid in pids:
+                os.kill(pid, signal.SIGKILL)
+            killed |= pids
+        final, _ = watch(api, doomed, lambda j: j["status"] in TERMINAL, 120)
         assert final["status"] == "failed", final
         assert "SIGKILL" in (final["error"] or ""), final

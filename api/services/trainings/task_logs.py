@@ -14,7 +14,9 @@ from training import job_spec
 log = logging.getLogger(__name__)
 
 LOG_TAIL_LINES = 60
-_EXCEPTION_LINE = re.compile(r"^(?:[\w.]+\.)?(\w*(?:Exception|Error|Interrupt)): (.+)$")
+#: the last line of a traceback: `[module.]Name: message`, Name one of the exception names the
+#: tasks raise (Airflow's, Python's, the pipeline's EngineLost/EngineFailed/TrainingEnded)
+_EXCEPTION_LINE = re.compile(r"^(?:[\w.]+\.)?(\w*(?:Exception|Error|Interrupt|Lost|Failed|Ended)): (.+)$")
 
 
 def log_tail(ctx: TrainingContext, job: TrainingJob, tis: dict[str, TaskInstance]) -> str:
