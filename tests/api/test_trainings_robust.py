@@ -251,15 +251,29 @@ def test_a_job_left_without_its_run_is_triggered_once_by_reconcile(client, auth,
     assert client.get(f"/v1/trainings/{job['job_id']}", headers=auth).json()["status"] == "queued"
 
 
-def test_a_run_without_a_job_is_ended_by_reconcile(client, auth, airflow, mlflow) -> None:
-    mine = start(client, auth, make_dataset(client, auth))
+def test_the_run_of_a_job_undone_after_its_trigger_is_ended_by_reconcile(client, auth, airflow, mlflow,
+                                                                         monkeypatch) -> None:
+    dataset_id = make_dataset(client, auth)
+    mine = start(client, auth, dataset_id)
     airflow.states[f"train-{mine}"] = "running"
-    orphan = f"train-{uuid.uuid4()}"
-    airflow.states[orphan] = "running"  # its request undid the job after a trigger that did happen
+    trigger = airflow.trigger_dag_run
+
+    def timed_out(dag_id, run_id, conf):  # Airflow creates the run, the API never hears back
+        trigger(dag_id, run_id, conf)
+        raise AirflowUnavailable("read timed out (fake)")
+
+    monkeypatch.setattr(airflow, "trigger_dag_run", timed_out)
+    resp = post(client, auth, body(dataset_id))
+    assert resp.status_code == 503  # the job was undone
+    undone = airflow.triggers[-1][1]
+    airflow.states[undone] = "running"
+    assert undone.removeprefix("train-") not in {j["job_id"] for j in client.get("/v1/trainings", headers=auth).json()}
+    foreign = f"train-{uuid.uuid4()}"
+    airflow.states[foreign] = "running"  # another deployment's job sharing this Airflow: left alone
     airflow.states["manual__2026-11-30"] = "running"  # not the API's: left alone
     reconcile(client, airflow)
-    assert airflow.patches == [(orphan, "failed")]
-    assert airflow.states[f"train-{mine}"] == "running"
+    assert airflow.patches == [(undone, "failed")]
+    assert airflow.states[f"train-{mine}"] == "running" and airflow.states[foreign] == "running"
 
 
 # --- max_runtime_minutes ------------------------------------------------------------------------

@@ -6,11 +6,15 @@ A start is crash-safe and idempotent: under the user's row lock it answers a kno
 `Idempotency-Key` with its first answer, checks the active jobs quota, and commits the job (with
 the key) BEFORE it triggers the run. A process that dies between the two leaves a job without a
 run, which the reconcile pass triggers (`trigger_pending`); a trigger Airflow refuses undoes the
-job (503), and a run whose job is gone is ended by the reconcile pass (`end_orphan_runs`)."""
+job (503), and if Airflow did create that run after all (a trigger that timed out at the client),
+the reconcile pass ends it (`end_orphan_runs`). Only runs of jobs this process undid are ended
+that way: other deployments may share the Airflow (a staging API, a test's own API), and their
+runs have no job in this database either."""
 
 from __future__ import annotations
 
 import logging
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -99,9 +103,16 @@ def _active_jobs(ctx: TrainingContext, owner: User) -> int:
         TrainingJob.owner_id == owner.id, TrainingJob.status.in_(ACTIVE_TRAINING_STATUSES))) or 0
 
 
+#: job id -> when this process undid it after a failed trigger: the only runs without a job that
+#: `end_orphan_runs` ends (a day later the id is forgotten)
+_UNDONE: dict[str, float] = {}
+UNDONE_KEPT_S = 86400.0
+
+
 def _undo(ctx: TrainingContext, job: TrainingJob) -> None:
     """Deletes a job whose trigger Airflow refused (and the key that answered with it). If the
     database fails now, the job stays and the reconcile pass triggers its run later."""
+    _UNDONE[job.id] = time.monotonic()
     try:
         ctx.session.rollback()
         idempotency.forget_resource(ctx.session, job.id)
@@ -204,19 +215,29 @@ def trigger_pending(ctx: TrainingContext, limit: int = 20) -> int:
 
 
 def end_orphan_runs(ctx: TrainingContext) -> int:
-    """Ends (marks failed) the queued or running `qlora_training` runs whose job does not exist
-    (its request undid it after a trigger that Airflow did perform, e.g. a timeout). Only runs
-    named after a job (`train-{job_id}...`) are considered. Raises `AirflowError`."""
+    """Ends (marks failed) the queued or running `qlora_training` runs of jobs this process undid
+    after a trigger Airflow did perform after all (e.g. a timeout), once no such job exists.
+    Runs of jobs it does not know are left alone: another deployment sharing the Airflow owns
+    them. Raises `AirflowError`."""
+    now = time.monotonic()
+    for job_id, undone_at in list(_UNDONE.items()):
+        if now - undone_at > UNDONE_KEPT_S:
+            del _UNDONE[job_id]
+    if not _UNDONE:
+        return 0
     prefix = job_spec.dag_run_id("")
-    runs = [r for r in ctx.airflow.list_active_runs(ctx.dag_id) if r.run_id.startswith(prefix)]
+    runs = [r for r in ctx.airflow.list_active_runs(ctx.dag_id)
+            if r.run_id.startswith(prefix) and r.run_id[len(prefix):len(prefix) + 36] in _UNDONE]
     job_ids = {r.run_id: r.run_id[len(prefix):len(prefix) + 36] for r in runs}
     known = set(ctx.session.scalars(select(TrainingJob.id).where(TrainingJob.id.in_(set(job_ids.values())))).all()) \
         if job_ids else set()
     ended = 0
     for run in runs:
         if job_ids[run.run_id] not in known:
-            log.warning("ending Airflow run %s: no job %s exists", run.run_id, job_ids[run.run_id])
+            log.warning("ending Airflow run %s: its job %s was undone after a failed trigger", run.run_id,
+                        job_ids[run.run_id])
             ctx.airflow.set_dag_run_state(ctx.dag_id, run.run_id, "failed")
+            _UNDONE.pop(job_ids[run.run_id], None)
             ended += 1
     return ended
 
