@@ -20,7 +20,7 @@ TORCH_FIND_LINKS ?= $(or $(PIP_FIND_LINKS),$(TORCH_INDEX)/torch/)
 LOCK_TARGET := --python-version 3.11.7 --python-platform x86_64-manylinux_2_28
 LOCK_ARGS ?=
 
-.PHONY: install up down status test bench clean lock client-params
+.PHONY: install up down status test test-slow bench clean lock client-params
 
 # A venv from the committed lock file (every version pinned, every file hashed); redone when the
 # lock file changes. torch alone first (its own index, see above), checked against the lock's hash.
@@ -63,8 +63,13 @@ down:
 status: install
 	@$(PY) -m devstack status
 
+# `make test`: every test but the longest end-to-end runs (marker `slow`), which `make test-slow`
+# runs; CI (.ci/run) runs both. A -m in PYTEST_ARGS replaces the default selection.
 test: install
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow" --durations=15 $(PYTEST_ARGS)
+
+test-slow: install
+	$(PY) -m pytest -m slow --durations=15 $(PYTEST_ARGS)
 
 # The generated parts of the documentation site (docs/): docs/openapi.json (the API's schema), the
 # training parameter table and the `qlora` command reference, from the code. tests/docs fails when

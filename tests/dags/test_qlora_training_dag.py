@@ -417,6 +417,7 @@ def test_sigterm_stops_the_training_and_keeps_the_partial_adapter(airflow_env, s
 
 @pytest.mark.stack
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_a_stop_request_stops_only_the_training_and_a_late_one_changes_nothing(airflow_env, s3, tmp_path):
     """The API's stop (`training.s3.training_stop_key`) as the train task reads it: during
     training the task stops its engine (partial adapter kept), the run fails; written once the

@@ -24,7 +24,7 @@ from tests.e2e.journey import TERMINAL, login, ready_dataset, start_job, watch
 from training import job_spec
 from training.s3 import adapter_prefix, s3_uri
 
-pytestmark = [pytest.mark.e2e, pytest.mark.stack, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.stack, pytest.mark.timeout(900)]
 
 MODEL = "flamingo-tiny-classification"
 

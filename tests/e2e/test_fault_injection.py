@@ -22,7 +22,7 @@ from devstack.seed import seed_tiny_models
 from tests.e2e.journey import login, ready_dataset, watch
 from training import job_spec
 
-pytestmark = [pytest.mark.e2e, pytest.mark.stack, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.stack, pytest.mark.timeout(900)]
 
 MODEL = "flamingo-tiny-classification"
 
