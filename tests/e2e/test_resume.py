@@ -23,9 +23,11 @@ from devstack.processes import pids_with_args
 from devstack.seed import seed_tiny_models
 from tests.e2e.journey import TERMINAL, login, ready_dataset, start_job, watch
 
-pytestmark = [pytest.mark.e2e, pytest.mark.stack, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.stack, pytest.mark.timeout(900)]
 MODEL = "flamingo-tiny-classification"
-PARAMS = dict(epochs=3, batch_size=4, checkpoint_every_steps=2, seed=7, learning_rate=0.002)
+#: long enough (9-10 train clips, batch 1: ~80 steps) that the engine is still training when
+#: the test has seen its first checkpoint through the API, also on an idle fast machine
+PARAMS = dict(epochs=8, batch_size=1, checkpoint_every_steps=2, seed=7, learning_rate=0.002)
 
 
 def _history(mlflow, run_id: str, key: str) -> list[tuple[int, float]]:
@@ -59,7 +61,7 @@ def test_a_killed_engine_resumes_and_a_stopped_job_resumes_on_request(api_server
         killed = start_job(api, dataset_id, MODEL, "killed", **PARAMS)
         checkpoint_step = _first_checkpoint(api, killed)
         pids = pids_with_args("training", "run", killed)
-        assert len(pids) == 1, pids
+        assert len(pids) == 1, f"the engine of {killed} is not running once its first checkpoint is listed: {pids}"
         os.kill(pids[0], signal.SIGKILL)
         killed_at = time.monotonic()
         final, seen = watch(api, killed, lambda j: j["status"] in TERMINAL, 420)
