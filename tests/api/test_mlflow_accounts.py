@@ -203,7 +203,9 @@ def test_an_admin_account_is_never_given_to_a_user():
     assert not [r for r in sent if r[0] in ("PATCH", "POST")], sent
 
 
-def test_service_accounts_setting_is_parsed_or_refused():
+def test_service_accounts_setting_is_parsed_or_refused(monkeypatch):
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):  # a stack fixture may have set them
+        monkeypatch.delenv(name, raising=False)
     assert parse_accounts("qlora-api:a:b:c, qlora-worker:pw2") == {"qlora-api": "a:b:c", "qlora-worker": "pw2"}
     with pytest.raises(ValueError, match="name:password"):
         parse_accounts("qlora-api")
