@@ -330,6 +330,7 @@ def _run(args: RunArgs, output: Path, result: EngineResult) -> int:
         result.checkpoints = [c for c in result.checkpoints if c.name in kept and c.name != folder.name]
         result.checkpoints.append(entry)
         result.step = step
+        tracker.flush()  # the metrics up to its step reach MLflow before it is listed: a resume leaves no gap
         write_result(output, result)  # lists the new one only once it is uploaded
         for old in dropped:  # then the ones no longer listed leave S3 too
             if old.uri:
