@@ -120,15 +120,7 @@ class S3Storage:
         params: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
         if content_length is not None:
             params["ContentLength"] = content_length
-        try:
-            return self._presign_client.generate_presigned_url(
-                "put_object",
-                Params=params,
-                ExpiresIn=expires_in or self.presign_expiry_s,
-                HttpMethod="PUT",
-            )
-        except (BotoCoreError, ClientError) as exc:
-            raise S3Unavailable(f"cannot presign an upload URL: {exc}") from exc
+        return self._presign("put_object", params, "PUT", expires_in, "an upload URL")
 
     def presign_get(self, key: str, expires_in: int | None = None, file_name: str | None = None) -> str:
         """A GET URL that works without credentials until it expires (`file_name`: the name a
@@ -136,11 +128,15 @@ class S3Storage:
         params: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
         if file_name:
             params["ResponseContentDisposition"] = f'attachment; filename="{file_name}"'
+        return self._presign("get_object", params, "GET", expires_in, "a download URL")
+
+    def _presign(self, operation: str, params: dict[str, Any], method: str, expires_in: int | None,
+                 what: str) -> str:
         try:
             return self._presign_client.generate_presigned_url(
-                "get_object", Params=params, ExpiresIn=expires_in or self.presign_expiry_s, HttpMethod="GET")
+                operation, Params=params, ExpiresIn=expires_in or self.presign_expiry_s, HttpMethod=method)
         except (BotoCoreError, ClientError) as exc:
-            raise S3Unavailable(f"cannot presign a download URL: {exc}") from exc
+            raise S3Unavailable(f"cannot presign {what}: {exc}") from exc
 
     def list_prefix(self, prefix: str) -> dict[str, int]:
         """{key: size} of every object under `prefix` (empty when there is none)."""
@@ -238,15 +234,7 @@ class S3Storage:
         params: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "UploadId": upload_id, "PartNumber": part_number}
         if content_length is not None:
             params["ContentLength"] = content_length
-        try:
-            return self._presign_client.generate_presigned_url(
-                "upload_part",
-                Params=params,
-                ExpiresIn=expires_in or self.presign_expiry_s,
-                HttpMethod="PUT",
-            )
-        except (BotoCoreError, ClientError) as exc:
-            raise S3Unavailable(f"cannot presign a part URL: {exc}") from exc
+        return self._presign("upload_part", params, "PUT", expires_in, "a part URL")
 
     def list_parts(self, key: str, upload_id: str) -> list[UploadedPart]:
         """The parts uploaded so far (paginated); `S3Rejected('NoSuchUpload')` when the upload
