@@ -8,10 +8,17 @@
     epoch           the end of an epoch with its held-out metrics: read from the MLflow run's
                     `epoch` and `epoch_*` metric histories (the engine logs `epoch_<metric>` at the
                     step that ends an evaluated epoch), while the job runs and again when it settles
-    checkpoint      a checkpoint the engine saved (step, epoch, folder): read, once the job ended,
-                    from the engine's final `result.json` the train task publishes to S3
-                    (`training.s3.training_result_key`); each names its S3 folder
+    checkpoint      a checkpoint the engine saved (step, epoch, folder): read while the job runs
+                    from the `result.json` the train task publishes to S3 as it changes
+                    (`training.s3.training_result_key`), and once more from its final copy when the
+                    job settles; each names its S3 folder. Recorded once per save (key: folder name
+                    and save time), in step order with the epochs (`follow`)
     warning/error   what a user can act on: the reason a job failed, a stop that saved no adapter
+
+Events are written by whoever applies a change: the background reconcile pass (every
+`reconcile_interval_s`, QLORA_RECONCILE_INTERVAL_S, 15 s by default) records them unwatched, and a
+client reading the job's detail records what it sees at once. So an event is visible in
+`GET .../events` at most one reconcile interval (plus the pass's own reads) after the change.
 
 Each event carries a `key` naming the fact (`status:queued/->running/training`, `epoch:12`...):
 two readers that observe the same change at once record it once. Writes of one job are
@@ -124,8 +131,8 @@ def stop_requested(session: Session, job: TrainingJob) -> None:
 def job_settled(ctx: TrainingContext, job: TrainingJob) -> None:
     """What a settled (terminal, details cached) job adds: its remaining epochs, its checkpoints,
     the reason it failed or a warning, and the webhook deliveries of its end."""
-    follow_epochs(ctx, job, final=True)
-    checkpoints(ctx, job)
+    follow(ctx, job, final=True)
+    skipped_clips(ctx, job)
     status, stage = _last_state(ctx.session, job.id)
     state_changed(ctx.session, job, status, stage)
     if job.status == TrainingStatus.FAILED:
@@ -140,36 +147,102 @@ def job_settled(ctx: TrainingContext, job: TrainingJob) -> None:
     training_ended(ctx.session, job, ctx.settings)
 
 
-def checkpoints(ctx: TrainingContext, job: TrainingJob) -> int:
-    """Checkpoint events from the engine's final result (published to S3 once it exited), and
-    a warning naming the clips it skipped because they did not decode."""
-    if ctx.s3 is None or job.status not in (TrainingStatus.COMPLETED, TrainingStatus.STOPPED, TrainingStatus.FAILED):
-        return 0
+def _published_result(ctx: TrainingContext, job: TrainingJob) -> dict[str, Any] | None:
+    """The engine's `result.json` as the train task last published it (live or final); None when
+    there is none yet or S3 cannot be read now."""
+    if ctx.s3 is None:
+        return None
     try:
         result = ctx.s3.get_json(s3_layout.training_result_key(job.id))
     except S3Unavailable as exc:
-        log.warning("job %s: cannot read its result for checkpoint events: %s", job.id, exc)
-        return 0
-    added = 0
-    saved = result.get("checkpoints") if isinstance(result, dict) else None
-    for checkpoint in saved if isinstance(saved, list) else []:
+        log.warning("job %s: cannot read its published result: %s", job.id, exc)
+        return None
+    return result if isinstance(result, dict) else None
+
+
+def _checkpoint_key(checkpoint: dict[str, Any], name: str) -> str:
+    """One save of one checkpoint: its folder (named by step) and when it was saved, so a resumed
+    run that lists the earlier runs' checkpoints again adds nothing, and a step saved again by a
+    later run is a new event."""
+    saved_at = checkpoint.get("created_at")
+    return f"checkpoint:{name}" + (f"@{saved_at}" if isinstance(saved_at, str) and saved_at else "")
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """An event to record, placed by its step (an epoch's end before a checkpoint of the same step:
+    the engine saves it after that epoch's evaluation)."""
+
+    step: int
+    order: int
+    type: EventType
+    message: str
+    key: str
+    data: dict[str, Any]
+
+
+def _new_checkpoints(session: Session, job: TrainingJob, result: dict[str, Any] | None) -> list[_Pending]:
+    saved = result.get("checkpoints") if result else None
+    if not isinstance(saved, list) or not saved:
+        return []
+    recorded = set(session.scalars(select(TrainingEvent.key).where(
+        TrainingEvent.job_id == job.id, TrainingEvent.type == EventType.CHECKPOINT.value)))
+    out = []
+    for checkpoint in saved:
         if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("step"), int):
             continue
         name = str(checkpoint.get("name") or f"step-{checkpoint['step']:07d}")
+        key = _checkpoint_key(checkpoint, name)[:200]
+        if key in recorded or f"checkpoint:{name}" in recorded:  # (older events: keyed by name alone)
+            continue
         location = str(checkpoint.get("uri") or f"checkpoints/{name} in the train task's output folder on its "
-                       "worker (removed when the job ended; the upload to S3 failed)")
-        added += record(ctx.session, job.id, EventType.CHECKPOINT,
-                        f"Checkpoint at step {checkpoint['step']} (epoch {checkpoint.get('epoch')}): {location}",
-                        key=f"checkpoint:{name}",
-                        data={"step": checkpoint["step"], "epoch": checkpoint.get("epoch"), "name": name,
-                              "location": location})
-    skipped = result.get("skipped_clips") if isinstance(result, dict) else None
-    if isinstance(skipped, dict) and skipped:  # clips that did not decode during training (issue 16)
-        shown = "; ".join(f"{name} ({reason})" for name, reason in list(skipped.items())[:5])
-        added += record(ctx.session, job.id, EventType.WARNING,
-                        f"{len(skipped)} clip(s) could not be decoded during training and were skipped: {shown}"
-                        f"{' ...' if len(skipped) > 5 else ''}", key="warning:skipped-clips",
-                        level=EventLevel.WARNING, data={"count": len(skipped), "skipped_clips": skipped})
+                       "worker (not uploaded to S3)")
+        out.append(_Pending(checkpoint["step"], 1, EventType.CHECKPOINT,
+                            f"Checkpoint at step {checkpoint['step']} (epoch {checkpoint.get('epoch')}): {location}",
+                            key, {"step": checkpoint["step"], "epoch": checkpoint.get("epoch"), "name": name,
+                                  "location": location}))
+    return out
+
+
+def skipped_clips(ctx: TrainingContext, job: TrainingJob) -> int:
+    """A warning naming the clips the training skipped because they did not decode (issue 16),
+    from the engine's final result."""
+    result = _published_result(ctx, job)
+    skipped = result.get("skipped_clips") if result else None
+    if not isinstance(skipped, dict) or not skipped:
+        return 0
+    shown = "; ".join(f"{name} ({reason})" for name, reason in list(skipped.items())[:5])
+    return int(record(ctx.session, job.id, EventType.WARNING,
+                      f"{len(skipped)} clip(s) could not be decoded during training and were skipped: {shown}"
+                      f"{' ...' if len(skipped) > 5 else ''}", key="warning:skipped-clips",
+                      level=EventLevel.WARNING, data={"count": len(skipped), "skipped_clips": skipped}))
+
+
+def follow(ctx: TrainingContext, job: TrainingJob, *, final: bool = False) -> int:
+    """Records the epochs and checkpoints of the job's run since the last ones, in the order of
+    their steps; returns how many were added. While the job runs (the reconcile pass): the
+    checkpoints of the manifest the train task publishes live, each once the epochs before it
+    are recorded (a checkpoint past an epoch end whose evaluation is not logged yet waits for
+    it, and every new one waits while MLflow cannot be read: the engine logs its metrics before
+    it lists a checkpoint). `final` (the job settled): everything that is there."""
+    fresh = _new_checkpoints(ctx.session, job, _published_result(ctx, job))
+    epochs, blocked, known = _epoch_events(ctx, job, final=final, force=bool(fresh))
+    if not known and not final:
+        fresh = []
+    elif blocked is not None:
+        fresh = [c for c in fresh if c.step < blocked]
+    added = 0
+    for item in sorted([*epochs, *fresh], key=lambda p: (p.step, p.order)):
+        added += record(ctx.session, job.id, item.type, item.message, key=item.key, data=item.data)
+    return added
+
+
+def checkpoints(ctx: TrainingContext, job: TrainingJob) -> int:
+    """The checkpoint events of the published result not recorded yet (without waiting for
+    epochs: `follow` orders them with the epochs)."""
+    added = 0
+    for item in _new_checkpoints(ctx.session, job, _published_result(ctx, job)):
+        added += record(ctx.session, job.id, item.type, item.message, key=item.key, data=item.data)
     return added
 
 
@@ -184,35 +257,47 @@ def _last_epoch(session: Session, job_id: str) -> tuple[int, float]:
 
 
 def follow_epochs(ctx: TrainingContext, job: TrainingJob, *, final: bool = False) -> int:
-    """Epoch events for the epochs the job's MLflow run finished since the last one; returns how
-    many were added. While the job runs, reads MLflow only when its latest `epoch` metric passed
-    the last recorded epoch end, and stops at an evaluated epoch whose metrics are not logged yet
-    (the engine logs them right after that epoch's last step); `final` records what is there."""
+    """Epoch events alone (`follow` records them with the checkpoints, in step order)."""
+    epochs, _, _ = _epoch_events(ctx, job, final=final, force=False)
+    return sum(record(ctx.session, job.id, p.type, p.message, key=p.key, data=p.data) for p in epochs)
+
+
+def _epoch_events(ctx: TrainingContext, job: TrainingJob, *, final: bool,
+                  force: bool) -> tuple[list[_Pending], int | None, bool]:
+    """The epochs the job's MLflow run finished since the last epoch event; with the step of an
+    evaluated epoch whose metrics are not logged yet (None if none: the engine logs them right
+    after that epoch's last step), and whether the epochs up to now are known (False when MLflow
+    could not be read or the run is not known yet). While the job runs, MLflow is read only when
+    its latest `epoch` metric passed the last recorded epoch end, or with `force` (a new
+    checkpoint to place); `final` records what is there."""
     metrics = job.metrics or {}
     current = metrics.get(EPOCH_METRIC)
-    if ctx.mlflow is None or not job.mlflow_run_id or (current is None and not final):
-        return 0
+    if ctx.mlflow is None:
+        return [], None, True  # no epochs to place anything after
+    if not job.mlflow_run_id:
+        return [], None, final
     eval_keys = sorted(k for k in metrics if k.startswith(EVAL_PREFIX))
     if final and current is None and not eval_keys:
-        return 0
+        return [], None, True
     last_step, last_epoch = _last_epoch(ctx.session, job.id)
-    if not final and math.floor(float(current) + 1e-6) <= math.floor(last_epoch + 1e-6):
-        return 0
+    if not final and not force and (
+            current is None or math.floor(float(current) + 1e-6) <= math.floor(last_epoch + 1e-6)):
+        return [], None, True
     try:
         epochs = ctx.mlflow.get_metric_history(job.mlflow_run_id, EPOCH_METRIC)
         evals = {k[len(EVAL_PREFIX):]: {p.step: p for p in ctx.mlflow.get_metric_history(job.mlflow_run_id, k)}
                  for k in eval_keys}
     except MlflowUnavailable as exc:
         log.warning("job %s: cannot read its epoch metrics: %s", job.id, exc)
-        return 0
+        return [], None, False
     params = (job.request or {}).get("training_params") or {}
-    return _record_epochs(ctx.session, job, epochs, evals, last_step, final,
-                          planned=int(params.get("epochs") or 0), every=int(params.get("eval_every_epochs") or 1))
+    pending, blocked = _epoch_ends(epochs, evals, last_step, final, planned=int(params.get("epochs") or 0),
+                                   every=int(params.get("eval_every_epochs") or 1))
+    return pending, blocked, True
 
 
-def _record_epochs(session: Session, job: TrainingJob, epochs: list[MetricPoint],
-                   evals: dict[str, dict[int, MetricPoint]], last_step: int, final: bool, planned: int,
-                   every: int) -> int:
+def _epoch_ends(epochs: list[MetricPoint], evals: dict[str, dict[int, MetricPoint]], last_step: int, final: bool,
+                planned: int, every: int) -> tuple[list[_Pending], int | None]:
     epoch_at = {p.step: p.value for p in epochs}
     ends: dict[int, float] = {}  # step -> epoch at that step: whole epochs ended, and every evaluation
     for point in epochs:
@@ -221,18 +306,18 @@ def _record_epochs(session: Session, job: TrainingJob, epochs: list[MetricPoint]
     for series in evals.values():
         for step in series:
             ends.setdefault(step, epoch_at.get(step, 0.0))
-    added = 0
+    out: list[_Pending] = []
     for step in sorted(s for s in ends if s > last_step):
         epoch = ends[step]
         got = {name: series[step].value for name, series in evals.items() if step in series}
         whole = abs(epoch - round(epoch)) < 1e-6
         due = whole and (round(epoch) % max(every, 1) == 0 or round(epoch) == planned)
         if due and not got and not final:
-            break  # its evaluation is still running: this epoch and the later ones next time
+            return out, step  # its evaluation is still running: this epoch and the later ones next time
         number = round(epoch) if whole else round(epoch, 4)
         shown = ", ".join(f"{k} {v:.4g}" for k, v in sorted(got.items()))
         of = f"/{planned}" if planned else ""
-        added += record(session, job.id, EventType.EPOCH,
-                        f"Epoch {number}{of} ended at step {step}" + (f": {shown}" if shown else ""),
-                        key=f"epoch:{step}", data={"epoch": number, "step": step, "metrics": got})
-    return added
+        out.append(_Pending(step, 0, EventType.EPOCH, f"Epoch {number}{of} ended at step {step}"
+                            + (f": {shown}" if shown else ""), f"epoch:{step}",
+                            {"epoch": number, "step": step, "metrics": got}))
+    return out, None

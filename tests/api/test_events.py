@@ -394,3 +394,87 @@ def test_clips_skipped_by_the_training_are_a_warning(client, auth, airflow, mlfl
         ("warning", "2 clip(s) could not be decoded during training and were skipped: clips/a.mp4 (a.mp4: cannot be "
                     "decoded); clips/b.mp4 (b.mp4: no frames)")]
     assert warnings[0]["data"]["count"] == 2
+
+
+def publish_result(s3, job_id: str, checkpoints: list[dict], exited: bool = False) -> None:
+    """The engine's result.json as the train task publishes it (live: `exited: false`)."""
+    s3.client().put_object(Bucket=s3.bucket, Key=s3_layout.training_result_key(job_id), Body=json.dumps({
+        "status": "running", "mlflow_run_id": RUN_ID, "exited": exited, "checkpoints": checkpoints}).encode())
+
+
+def test_checkpoints_are_events_while_the_job_runs_in_step_order_with_the_epochs(
+        client, auth, airflow, mlflow, reconcile, s3) -> None:
+    job_id = start(client, auth, make_dataset(client, auth), epochs=3, eval_every_epochs=1)
+    run = f"train-{job_id}"
+    train_running(airflow, mlflow, run)
+    reconcile()
+    for step in range(1, 5):  # epoch 1 (4 steps), evaluated, then its checkpoint
+        mlflow.log("epoch", step, step / 4)
+    mlflow.log("epoch_accuracy", 4, 0.5)
+    mlflow.summary(progress=4 / 12)
+    ck4 = {"step": 4, "epoch": 1.0, "name": "step-0000004", "created_at": "2026-11-30T20:00:04+00:00",
+           "uri": f"s3://{s3.bucket}/trainings/{job_id}/checkpoints/step-0000004/"}
+    publish_result(s3, job_id, [ck4])
+    reconcile()
+    reconcile()  # seen twice: recorded once
+    shown = events(client, auth, job_id)
+    assert [(e["type"], e["data"].get("step")) for e in shown if e["type"] in ("epoch", "checkpoint")] == [
+        ("epoch", 4), ("checkpoint", 4)]
+    checkpoint = next(e for e in shown if e["type"] == "checkpoint")
+    assert checkpoint["data"] == {"step": 4, "epoch": 1.0, "name": "step-0000004", "location": ck4["uri"]}
+    assert checkpoint["message"] == f"Checkpoint at step 4 (epoch 1.0): {ck4['uri']}"
+
+    # epoch 2 ended at step 8, its evaluation not logged yet; a checkpoint at step 10 (every N steps)
+    # is already published: it waits for the epoch before it
+    for step in range(5, 11):
+        mlflow.log("epoch", step, step / 4)
+    mlflow.summary(progress=10 / 12)
+    ck10 = {"step": 10, "epoch": 2.5, "name": "step-0000010", "created_at": "2026-11-30T20:00:10+00:00",
+            "uri": f"s3://{s3.bucket}/trainings/{job_id}/checkpoints/step-0000010/"}
+    publish_result(s3, job_id, [ck4, ck10])
+    reconcile()
+    assert [e["data"]["step"] for e in events(client, auth, job_id) if e["type"] in ("epoch", "checkpoint")] == [4, 4]
+    mlflow.down = True  # MLflow unreadable: nothing is placed blindly
+    mlflow.log("epoch_accuracy", 8, 0.75)
+    reconcile()
+    assert [e["data"]["step"] for e in events(client, auth, job_id) if e["type"] in ("epoch", "checkpoint")] == [4, 4]
+    mlflow.down = False
+    mlflow.summary(progress=10 / 12)
+    reconcile()
+    kinds = [(e["type"], e["data"]["step"]) for e in events(client, auth, job_id) if e["type"] in ("epoch", "checkpoint")]
+    assert kinds == [("epoch", 4), ("checkpoint", 4), ("epoch", 8), ("checkpoint", 10)]
+
+    # the job ends: its final manifest lists the same checkpoints (the older one pruned): nothing twice
+    for step in range(11, 13):
+        mlflow.log("epoch", step, step / 4)
+    mlflow.log("epoch_accuracy", 12, 1.0)
+    mlflow.summary(progress=1.0)
+    publish_result(s3, job_id, [ck10], exited=True)
+    airflow.states[run] = "success"
+    for task in job_spec.TASK_IDS:
+        airflow.task(run, task, "success")
+    reconcile()
+    shown = events(client, auth, job_id)
+    kinds = [(e["type"], e["data"].get("step") or e["data"].get("to_status")) for e in shown
+             if e["type"] in ("epoch", "checkpoint") or e["data"].get("to_status") == "completed"]
+    assert kinds == [("epoch", 4), ("checkpoint", 4), ("epoch", 8), ("checkpoint", 10), ("epoch", 12),
+                     ("status", "completed")]
+
+
+def test_a_resumed_run_relisting_its_checkpoints_adds_only_new_saves(client, auth, airflow, mlflow, reconcile,
+                                                                     s3) -> None:
+    job_id = start(client, auth, make_dataset(client, auth), epochs=3)
+    run = f"train-{job_id}"
+    train_running(airflow, mlflow, run)
+    mlflow.summary(progress=0.1)
+    reconcile()
+    first = {"step": 4, "epoch": 1.0, "name": "step-0000004", "created_at": "2026-11-30T20:00:04+00:00"}
+    publish_result(s3, job_id, [first])
+    reconcile()
+    again = {**first, "created_at": "2026-11-30T21:00:04+00:00"}  # a later run saved step 4 again
+    publish_result(s3, job_id, [first, again])
+    reconcile()
+    reconcile()
+    saves = [e["data"] for e in events(client, auth, job_id) if e["type"] == "checkpoint"]
+    assert [(c["step"], c["name"]) for c in saves] == [(4, "step-0000004"), (4, "step-0000004")]
+    assert "not uploaded to S3" in saves[0]["location"]

@@ -53,7 +53,7 @@ def reconcile(ctx: TrainingContext, batch: int = 500, settle_batch: int = 20) ->
         except AirflowError as exc:
             log.warning("cannot read the MLflow run id of job %s: %s", job.id, exc)
     for job in [j for j in active if j.status == TrainingStatus.RUNNING and j.mlflow_run_id][:settle_batch]:
-        events.follow_epochs(ctx, job)  # reads MLflow only when an epoch ended since the last event
+        events.follow(ctx, job)  # epochs and checkpoints since the last events, in step order
     unsettled = ctx.session.scalars(
         select(TrainingJob).where(
             TrainingJob.status.in_(TERMINAL_TRAINING_STATUSES), TrainingJob.settled_at.is_(None)
