@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Response, status
+from fastapi import APIRouter, Depends, Header, Response, status
 
 from api.deps import AirflowDep, CurrentUser, PAGED_LIST_ROUTE, PageDep, S3Dep, SessionDep, SettingsDep
 from api.routers.openapi_doc import (
@@ -68,6 +68,11 @@ ServiceDep = Annotated[DatasetService, Depends(get_service)]
         400: error("Not a `.zip` name or type, or a field is invalid (`detail` names it)",
                    "Unsupported file_type 'video/mp4'; supported: .zip archives sent as application/zip, "
                    "application/x-zip-compressed, application/octet-stream"),
+        409: error("The `Idempotency-Key` was used with another request body, or its dataset no longer awaits "
+                   "its upload",
+                   "Idempotency-Key 'k-1' was already used at 2026-11-30T17:00:00Z for another request body "
+                   "(POST /v1/datasets/upload-initiate); retry with the same body to get that answer, or use a new "
+                   "key for a new request"),
         **_QUOTA, **_UNAVAILABLE},
     openapi_extra=body_example({"file_name": "toy.zip", "file_type": "application/zip", "dataset_name": "toy",
                                 "dataset_description": "squares"}, **{"x-validation-status": 400}),
@@ -75,10 +80,18 @@ ServiceDep = Annotated[DatasetService, Depends(get_service)]
     description="Creates the dataset (stage `awaiting_upload`) and returns a presigned URL; `PUT` the `.zip` "
     "archive to it, then call `upload-complete`. Uploads not completed in time expire and are deleted. With "
     "`file_size_bytes` the URL binds that size (S3 answers 403 to a body of any other size) and it is checked "
-    "against your storage quota now (413 past it).",
+    "against your storage quota now (413 past it). Send an `Idempotency-Key` to retry safely: the same key with the "
+    "same body within 24 h answers the same dataset again (header `Idempotent-Replayed: true`) with an upload URL "
+    "signed anew (the first one is not kept), as long as the dataset still awaits its upload (409 once it was "
+    "completed, expired or deleted); the same key with another body is 409.",
 )
-def upload_initiate(body: UploadInitiateRequest, user: CurrentUser, service: ServiceDep) -> UploadInitiateResponse:
-    dataset, url = service.initiate(user, body)
+def upload_initiate(body: UploadInitiateRequest, user: CurrentUser, service: ServiceDep, response: Response,
+                    idempotency_key: Annotated[str | None, Header(
+                        alias="Idempotency-Key", description="Any unique string of yours (a UUID) naming this "
+                        "request; retries of the request send the same one.")] = None) -> UploadInitiateResponse:
+    dataset, url, replayed = service.initiate(user, body, idempotency_key)
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
     return UploadInitiateResponse(upload_url=url, dataset_id=dataset.id, s3_key=dataset.s3_key)
 
 

@@ -17,12 +17,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import RowMapping, func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.clients.airflow import AirflowApi, AirflowError, DagRun
 from api.clients.s3 import S3Rejected, S3Storage, S3Unavailable, UploadedPart
 from api.core.config import Settings
-from api.models import ACTIVE_TRAINING_STATUSES, Dataset, DatasetStage, TrainingJob, User
+from api.models import ACTIVE_TRAINING_STATUSES, Dataset, DatasetStage, IdempotencyKey, TrainingJob, User
 from api.models.base import new_id, utcnow
 from api.schemas.datasets import (
     MULTIPART_DEFAULT_PART_BYTES,
@@ -33,6 +34,7 @@ from api.schemas.datasets import (
     MultipartInitiateRequest,
     UploadInitiateRequest,
 )
+from api.services import idempotency
 from api.services.errors import Conflict, InvalidInput, NotFound, TooLarge
 from api.services.file_names import check_file_type, sanitize_file_name
 from training import s3 as s3_layout  # the S3 key layout
@@ -61,6 +63,10 @@ LIST_COLUMNS = (
     Dataset.file_count,
     Dataset.total_size_bytes,
 )
+
+
+#: the `Idempotency-Key` scope of upload initiations
+INITIATE_SCOPE = "POST /v1/datasets/upload-initiate"
 
 
 def validation_run_id(dataset_id: str) -> str:
@@ -136,7 +142,16 @@ class DatasetService:
         return self.session.scalar(select(func.count()).select_from(Dataset).where(Dataset.owner_id == owner.id)) or 0
 
     # --- upload -----------------------------------------------------------------------------
-    def initiate(self, owner: User, request: UploadInitiateRequest) -> tuple[Dataset, str]:
+    def initiate(self, owner: User, request: UploadInitiateRequest,
+                 idempotency_key: str | None = None) -> tuple[Dataset, str, bool]:
+        """A new dataset awaiting its upload and its pre-signed PUT URL; the last item says whether
+        the answer is a replay of `idempotency_key`'s first answer (see `_replay_initiate`)."""
+        key = idempotency.check_key(idempotency_key)
+        digest = idempotency.body_hash(request.model_dump(mode="json", exclude_unset=True)) if key else ""
+        if key:
+            idempotency.lock_user(self.session, owner)  # until the commit: a parallel retry waits, then replays
+            if (first := idempotency.replay(self.session, owner, INITIATE_SCOPE, key, digest)) is not None:
+                return (*self._replay_initiate(owner, key, first), True)
         dataset = self._new_dataset(owner, request)
         size = request.file_size_bytes
         if size is not None:
@@ -147,7 +162,35 @@ class DatasetService:
         # into the URL (Content-Length): S3 refuses a body of any other size
         url = self.s3.presign_put(dataset.s3_key, self.settings.presigned_url_expiry_s, content_length=size)
         self.session.add(dataset)
-        self.session.commit()
+        if key:  # the URL is not kept (a credential); a replay signs a fresh one
+            self.session.flush()
+            idempotency.remember(self.session, owner, INITIATE_SCOPE, key, digest, 200,
+                                 {"dataset_id": dataset.id, "s3_key": dataset.s3_key}, dataset.id)
+        try:
+            self.session.commit()
+        except IntegrityError:  # the same key committed by a parallel request (SQLite: no row lock)
+            self.session.rollback()
+            if key and (first := idempotency.replay(self.session, owner, INITIATE_SCOPE, key, digest)) is not None:
+                return (*self._replay_initiate(owner, key, first), True)
+            raise
+        return dataset, url, False
+
+    def _replay_initiate(self, owner: User, key: str, first: IdempotencyKey) -> tuple[Dataset, str]:
+        """The first answer to `key` again: the same dataset, with a PUT URL signed now (bound to
+        the same declared size, expiring with the upload window at the latest; the first URL is
+        not kept). Once that dataset no longer awaits its upload (completed, expired, deleted) no
+        upload URL is handed out again: 409 naming it."""
+        dataset = self.session.get(Dataset, first.resource_id) if first.resource_id else None
+        if dataset is None or dataset.owner_id != owner.id:
+            raise Conflict(f"Idempotency-Key {key!r} created dataset {first.resource_id}, which was deleted since; "
+                           "use a new key for a new upload")
+        if dataset.stage != DatasetStage.AWAITING_UPLOAD.value or self._upload_expired(dataset, utcnow()):
+            raise Conflict(f"Idempotency-Key {key!r} created dataset {dataset.id}, which no longer awaits its upload "
+                           f"(stage {dataset.stage}); no new upload URL is issued for it: use a new key for a new "
+                           "upload")
+        expires_in, _ = self._part_url_expiry(dataset)
+        self.session.rollback()  # releases the user's row lock; nothing was written
+        url = self.s3.presign_put(dataset.s3_key, expires_in, content_length=dataset.declared_size_bytes)
         return dataset, url
 
     def _check_upload_limit(self, size: int, field: str) -> None:

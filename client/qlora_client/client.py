@@ -124,13 +124,26 @@ class Client:
         self.request("DELETE", f"/datasets/{_segment(dataset_id)}")
 
     def upload_initiate(self, file_name: str, dataset_name: str, description: str = "",
-                        file_type: str = "application/zip", file_size_bytes: int | None = None) -> dict[str, str]:
-        """`file_size_bytes`: the archive's size, bound into the pre-signed URL (S3 refuses any other)."""
+                        file_type: str = "application/zip", file_size_bytes: int | None = None, *,
+                        idempotency_key: str | None = None, retries: int = 2) -> dict[str, str]:
+        """`file_size_bytes`: the archive's size, bound into the pre-signed URL (S3 refuses any other).
+        The request carries an `Idempotency-Key` (a fresh one unless given) and is retried with it
+        when the API was unreachable or answered 502/503/504: a retry that reaches the dataset the
+        first attempt created gets that dataset back (with a fresh URL), never a second one."""
         body: dict[str, Any] = {"file_name": file_name, "file_type": file_type, "dataset_name": dataset_name,
                                 "dataset_description": description}
         if file_size_bytes is not None:
             body["file_size_bytes"] = file_size_bytes
-        return cast(dict[str, str], self.request("POST", "/datasets/upload-initiate", json=body))
+        headers = {"idempotency-key": idempotency_key or uuid.uuid4().hex}
+        for attempt in range(retries + 1):
+            try:
+                return cast(dict[str, str], self.request("POST", "/datasets/upload-initiate", json=body,
+                                                         headers=headers))
+            except ApiError as exc:
+                if not exc.transient or attempt == retries:
+                    raise
+                time.sleep(2.0 * (attempt + 1))
+        raise AssertionError("unreachable")
 
     def upload_complete(self, dataset_id: str, s3_key: str) -> dict[str, str]:
         return cast(dict[str, str], self.request("POST", "/datasets/upload-complete",

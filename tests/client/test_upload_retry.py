@@ -45,3 +45,37 @@ def test_a_refusal_is_not_retried_and_the_last_transient_error_is_raised() -> No
     with pytest.raises(ApiError, match="Storage"):
         completing(down, delays=(0, 0))
     assert len(calls) == 1 + 3
+
+
+def test_initiating_is_retried_with_the_same_idempotency_key(monkeypatch) -> None:
+    """An initiation that met a 503 (or no answer) is sent again with the key of the first
+    attempt, so the API answers with the dataset that attempt may have created, not a second."""
+    import json
+
+    import httpx
+
+    from qlora_client.client import Client
+
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if len(seen) == 1:
+            return httpx.Response(503, json={"detail": "Storage (S3) is unavailable; retry later"})
+        if len(seen) == 2:
+            raise httpx.ConnectError("connection refused")
+        return httpx.Response(200, json={"dataset_id": "d1", "s3_key": "datasets/d1/a.zip", "upload_url": "u"})
+
+    monkeypatch.setattr("qlora_client.client.time.sleep", lambda s: None)
+    client = Client("http://api.test/v1", token="t", transport=httpx.MockTransport(answer))
+    assert client.upload_initiate("a.zip", "a", file_size_bytes=1004)["dataset_id"] == "d1"
+    keys = [r.headers["idempotency-key"] for r in seen]
+    assert len(keys) == 3 and len(set(keys)) == 1 and len(keys[0]) == 32
+    assert json.loads(seen[2].content)["file_size_bytes"] == 1004
+
+    seen.clear()
+    client = Client("http://api.test/v1", token="t", transport=httpx.MockTransport(
+        lambda r: seen.append(r) or httpx.Response(413, json={"detail": "Storage quota exceeded"})))
+    with pytest.raises(ApiError, match="Storage quota exceeded"):
+        client.upload_initiate("a.zip", "a")
+    assert len(seen) == 1  # a refusal is final: not retried
