@@ -8,6 +8,12 @@ Metrics go into a queue that a background thread sends with
 `log_batch` about once a second, so logging never waits on the network inside the loop. The
 same thread samples system metrics (MLflow's CPU/memory/disk/network/GPU samplers) every 10 s
 and once more at the end, so even a short run has them.
+
+MLflow down for a while (a restart, a network cut): training goes on; what could not be sent
+stays queued, in order, and goes as soon as the server answers again (it keeps each metric's
+own step and timestamp, so the curves are whole, only late). `flush()` (before a checkpoint is
+listed) waits for the queue at most `flush_timeout_s`, and the end of a run waits at most
+`end_timeout_s` for it; beyond `MAX_PENDING` unsent metrics the oldest are dropped (logged).
 """
 
 from __future__ import annotations
@@ -19,6 +25,9 @@ import time
 from pathlib import Path
 
 log = logging.getLogger("training")
+#: unsent metrics kept while MLflow does not answer (~10 per step: hours of training); beyond
+#: it the oldest go (a warning says how many)
+MAX_PENDING = 200_000
 #: the MLflow UI opens an experiment with this tag in its model-training view (not GenAI's)
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 
@@ -37,14 +46,25 @@ class NullTracker:
 
 
 class MlflowTracker(NullTracker):
-    def __init__(self, uri: str, flush_interval: float = 1.0, system_interval: float = 10.0) -> None:
+    def __init__(self, uri: str, flush_interval: float = 1.0, system_interval: float = 10.0,
+                 flush_timeout_s: float = 15.0, end_timeout_s: float = 120.0) -> None:
         from mlflow import MlflowClient
 
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
         self.flush_interval, self.system_interval = flush_interval, system_interval
+        self.flush_timeout_s, self.end_timeout_s = flush_timeout_s, end_timeout_s
         self._step = 0
         self._queue: queue.Queue = queue.Queue()
+        #: metrics taken from the queue but not yet accepted by MLflow (oldest first); only the
+        #: sending thread (under `_sending`) touches it
+        self._pending: list = []
+        self._sending = threading.Lock()
+        #: metrics queued so far / sent so far (or dropped): `flush` waits for the second to
+        #: reach the first
+        self._queued = self._done = 0
+        self._progress = threading.Condition()
+        self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._monitor = None
@@ -93,24 +113,44 @@ class MlflowTracker(NullTracker):
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         self._step = step
         now = int(time.time() * 1000)
-        for key, value in metrics.items():
-            self._queue.put((key, float(value), now, step))
+        with self._progress:
+            for key, value in metrics.items():
+                self._queue.put((key, float(value), now, step))
+                self._queued += 1
 
-    def _drain(self) -> None:
+    def _sent(self, count: int) -> None:
+        with self._progress:
+            self._done += count
+            self._progress.notify_all()
+
+    def _drain(self) -> bool:
+        """Sends what is queued (oldest first, 1000 a request: MLflow's limit); what MLflow does
+        not take stays for the next call. True when nothing is left unsent."""
         from mlflow.entities import Metric
 
-        batch = []
-        while True:
-            try:
-                key, value, ts, step = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            batch.append(Metric(key, value, ts, step))
-        for start in range(0, len(batch), 1000):  # MLflow's per-request limit
-            try:
-                self.client.log_batch(self.run_id, metrics=batch[start:start + 1000])
-            except Exception as exc:
-                log.warning("mlflow metrics not logged: %s", exc)
+        with self._sending:
+            while True:
+                try:
+                    key, value, ts, step = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                self._pending.append(Metric(key, value, ts, step))
+            if len(self._pending) > MAX_PENDING:
+                dropped = len(self._pending) - MAX_PENDING
+                del self._pending[:dropped]
+                self._sent(dropped)
+                log.warning("mlflow still does not answer: the oldest %d unsent metrics were dropped", dropped)
+            while self._pending:
+                batch = self._pending[:1000]
+                try:
+                    self.client.log_batch(self.run_id, metrics=batch)
+                except Exception as exc:  # down or refusing: kept, sent again next time
+                    log.warning("mlflow metrics not logged yet (%d waiting, sent once it answers): %s",
+                                len(self._pending), exc)
+                    return False
+                del self._pending[:len(batch)]
+                self._sent(len(batch))
+            return True
 
     def _log_system(self) -> None:
         """One sample of MLflow's system samplers, queued as `system/...` at the current step."""
@@ -127,16 +167,32 @@ class MlflowTracker(NullTracker):
 
     def _flush_loop(self) -> None:
         last_system = time.monotonic()
-        while not self._stop.wait(self.flush_interval):
+        while not self._stop.is_set():
+            self._wake.wait(self.flush_interval)
+            self._wake.clear()
             if time.monotonic() - last_system >= self.system_interval:
                 self._log_system()
                 last_system = time.monotonic()
             self._drain()
         self._log_system()  # so that even a run shorter than the interval has a sample
-        self._drain()
+        deadline = time.monotonic() + self.end_timeout_s
+        while not self._drain() and time.monotonic() < deadline:  # MLflow down at the end: wait a while
+            time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
+        if self._pending or not self._queue.empty():
+            log.warning("mlflow did not answer for %.0f s at the end of the run: %d metrics not logged",
+                        self.end_timeout_s, len(self._pending) + self._queue.qsize())
 
-    def flush(self) -> None:
-        self._drain()
+    def flush(self, timeout: float | None = None) -> bool:
+        """Has what is queued now sent by the background thread; waits at most `timeout`
+        (default `flush_timeout_s`): MLflow down never holds the training longer. True when it
+        all went."""
+        if self._thread is None or not self._thread.is_alive():
+            return self._drain()
+        with self._progress:
+            target = self._queued
+            self._wake.set()
+            return self._progress.wait_for(lambda: self._done >= target,
+                                           self.flush_timeout_s if timeout is None else timeout)
 
     def set_tags(self, tags: dict[str, str]) -> None:
         for key, value in tags.items():
@@ -151,8 +207,9 @@ class MlflowTracker(NullTracker):
 
     def end(self, status: str = "FINISHED") -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread:
-            self._thread.join(timeout=10)
+            self._thread.join(timeout=self.end_timeout_s + 10)
         self.client.set_terminated(self.run_id, status=status)
 
 
