@@ -30,6 +30,29 @@ def make_engine(database_url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
 
+def database_unreachable(exc: BaseException) -> bool:
+    """`exc` says the database cannot be reached now (down, restarting, the connection cut, no
+    connection free), rather than that the statement was wrong: callers answer 503 and retry."""
+    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    if isinstance(exc, PoolTimeout):
+        return True
+    if not isinstance(exc, DBAPIError):
+        return False
+    if exc.connection_invalidated or isinstance(exc, InterfaceError):
+        return True
+    if isinstance(exc, OperationalError):
+        if type(exc.orig).__module__.startswith("sqlite3"):
+            return False  # e.g. "database is locked": one process's file, not an outage
+        # PostgreSQL SQLSTATE class 08 (connection exception), 57P0x (shut down by the admin, a
+        # crash, cannot connect now), 53300 (too many connections); psycopg2 gives no code when
+        # it could not connect at all
+        code = getattr(exc.orig, "pgcode", None)
+        return code is None or code.startswith(("08", "57P")) or code == "53300"
+    return False
+
+
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(bind=engine, expire_on_commit=False)
 

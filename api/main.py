@@ -19,6 +19,8 @@ from fastapi.routing import APIRoute
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from api.clients.airflow import AirflowApi, AirflowClient, AirflowError, DagNotFound
 from api.clients.mlflow import MlflowApi, MlflowReader
@@ -27,7 +29,7 @@ from api.clients.s3 import S3Storage, S3Unavailable
 from api.core.config import Settings, get_settings
 from api.core.limits import AuthRateLimit, BodySizeLimit
 from api.core.security import hash_slots
-from api.db import exclusive_pass, make_engine, make_sessionmaker, upgrade_to_head
+from api.db import database_unreachable, exclusive_pass, make_engine, make_sessionmaker, upgrade_to_head
 from api.routers import auth, datasets, models, training_follow, training_results, trainings, webhooks
 from api.schemas.common import ValidationErrorResponse
 from api.schemas.health import HEALTH_DOWN_EXAMPLE, HEALTH_OK_EXAMPLE, HealthReport
@@ -369,6 +371,17 @@ def _install_error_handlers(app: FastAPI) -> None:
             return JSONResponse({"detail": exc.detail}, status_code=503, headers={"Retry-After": "60"})
         return JSONResponse({"detail": "The pipeline service (Airflow) is unavailable; retry later"}, status_code=503,
                             headers={"Retry-After": "30"})
+
+    async def database_error(request: Request, exc: Exception) -> JSONResponse:
+        if database_unreachable(exc):  # restarted, failed over, out of connections: a state, not a bug
+            log.warning("database unavailable on %s %s: %s", request.method, request.url.path,
+                        getattr(exc, "orig", exc))
+            return JSONResponse({"detail": "The service database is unavailable (restarting or unreachable); "
+                                           "retry in a few seconds"}, status_code=503, headers={"Retry-After": "5"})
+        return await unhandled(request, exc)
+
+    app.add_exception_handler(DBAPIError, database_error)
+    app.add_exception_handler(PoolTimeout, database_error)  # no connection free in the pool in time
 
     @app.exception_handler(Exception)
     async def unhandled(request: Request, exc: Exception) -> JSONResponse:

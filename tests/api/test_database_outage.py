@@ -1,0 +1,45 @@
+"""The service database unreachable (restarting, failed over, cut off): every route answers 503
+with a `detail` and `Retry-After`, never a 500; a wrong statement stays a 500. Here the app's
+sessions are pointed at a closed port after sign-up; the real restart of PostgreSQL under load
+is tests/e2e/test_service_faults.py."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import psycopg2
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from api.db import database_unreachable, make_sessionmaker
+from devstack.ports import free_ports
+
+
+def test_an_unreachable_database_is_503_with_a_detail(client: TestClient, auth: dict[str, str]) -> None:
+    dead = create_engine(f"postgresql+psycopg2://postgres@127.0.0.1:{free_ports(1)[0]}/gone",
+                         connect_args={"connect_timeout": 2})
+    working = client.app.state.sessionmaker
+    client.app.state.sessionmaker = make_sessionmaker(dead)
+    try:
+        for path in ("/v1/trainings", "/v1/datasets", "/v1/auth/me"):
+            resp = client.get(path, headers=auth)
+            assert resp.status_code == 503, (path, resp.status_code, resp.text)
+            assert "database is unavailable" in resp.json()["detail"] and resp.headers["Retry-After"] == "5"
+    finally:
+        client.app.state.sessionmaker = working
+    assert client.get("/v1/trainings", headers=auth).status_code == 200
+
+
+def test_only_connection_failures_count_as_an_outage() -> None:
+    try:
+        psycopg2.connect(host="127.0.0.1", port=free_ports(1)[0], user="postgres", connect_timeout=2)
+    except psycopg2.OperationalError as exc:
+        refused = OperationalError("SELECT 1", {}, exc)
+    else:
+        pytest.fail("connected to a closed port")
+    assert database_unreachable(refused)
+    assert not database_unreachable(OperationalError("SELECT 1", {}, sqlite3.OperationalError("database is locked")))
+    assert not database_unreachable(IntegrityError("INSERT", {}, Exception("duplicate key")))
+    assert not database_unreachable(ValueError("no"))
