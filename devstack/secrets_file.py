@@ -7,6 +7,7 @@ from pathlib import Path
 
 GENERATORS = {
     "QLORA_JWT_SECRET": lambda: secrets.token_urlsafe(48),
+    "QLORA_WEBHOOK_SECRET_KEY": lambda: secrets.token_urlsafe(48),  # encrypts webhook signing secrets at rest
     "AIRFLOW_ADMIN_PASSWORD": lambda: secrets.token_urlsafe(12),
     "AIRFLOW_JWT_SECRET": lambda: secrets.token_urlsafe(48),
     "AIRFLOW_API_SECRET_KEY": lambda: secrets.token_urlsafe(32),

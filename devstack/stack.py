@@ -86,7 +86,8 @@ class Stack:
             self.postgres = Postgres(self.folder / "postgres", p.postgres)
             self.redis = RedisServer(self.folder / "redis", p.redis)
         self.env = self._client_env()
-        task_env = {k: v for k, v in self.env.items() if k not in ("QLORA_JWT_SECRET", "QLORA_AIRFLOW_PASSWORD")}
+        task_env = {k: v for k, v in self.env.items() if k not in ("QLORA_JWT_SECRET", "QLORA_WEBHOOK_SECRET_KEY",
+                                                                "QLORA_AIRFLOW_PASSWORD")}
         task_env |= self.mlflow_auth.client_env(WORKER_ACCOUNT)  # the workers' own MLflow account
         airflow_db = os.environ.get("QLORA_AIRFLOW_DATABASE_URL") or (self.postgres and self.postgres.url("airflow"))
         self.airflow = Airflow(self.folder / "airflow", p.airflow, password=s["AIRFLOW_ADMIN_PASSWORD"],
@@ -110,6 +111,7 @@ class Stack:
             "QLORA_DATABASE_URL": os.environ.get("QLORA_DATABASE_URL") or (
                 self.postgres.url("qlora") if self.postgres else f"sqlite:///{self.folder / 'api.db'}"),
             "QLORA_JWT_SECRET": self.secrets["QLORA_JWT_SECRET"],
+            "QLORA_WEBHOOK_SECRET_KEY": self.secrets["QLORA_WEBHOOK_SECRET_KEY"],
             "QLORA_AIRFLOW_URL": f"http://{HOST}:{self.ports.airflow}",
             "QLORA_AIRFLOW_USERNAME": "admin",
             "QLORA_AIRFLOW_PASSWORD": self.secrets["AIRFLOW_ADMIN_PASSWORD"],

@@ -134,6 +134,11 @@ class Settings(BaseSettings):
     webhook_retry_window_s: float = Field(default=24 * 3600.0, gt=0)
     #: endpoints one user may register
     webhook_max_per_user: int = Field(default=20, ge=1)
+    #: the key the endpoints' signing secrets are encrypted with in the database (Fernet; any
+    #: string of at least 32 characters, the key is derived from it). Comma-separated keys rotate
+    #: it: the first encrypts, each decrypts. Unset: derived from the JWT secret in development;
+    #: required outside development (`api.services.webhooks.sealing`)
+    webhook_secret_key: str | None = Field(default=None, repr=False)
 
     @model_validator(mode="after")
     def _refuse_dev_secret_in_production(self) -> Settings:
@@ -151,6 +156,18 @@ class Settings(BaseSettings):
                 )
             if len(self.jwt_secret) < 32:
                 raise ValueError("QLORA_JWT_SECRET must be at least 32 characters in production")
+            keys = [k.strip() for k in (self.webhook_secret_key or "").split(",") if k.strip()]
+            if not keys:
+                raise ValueError(
+                    f"QLORA_WEBHOOK_SECRET_KEY is not set: outside development (QLORA_ENV={self.env}) the API does "
+                    "not start without the key that encrypts webhook signing secrets in the database; set one of at "
+                    "least 32 characters (e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`), "
+                    "kept apart from QLORA_JWT_SECRET"
+                )
+            if any(len(k) < 32 for k in keys):
+                raise ValueError("QLORA_WEBHOOK_SECRET_KEY: each comma-separated key must be at least 32 characters")
+            if self.jwt_secret in keys:
+                raise ValueError("QLORA_WEBHOOK_SECRET_KEY must differ from QLORA_JWT_SECRET")
         return self
 
     @model_validator(mode="after")

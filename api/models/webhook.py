@@ -39,8 +39,9 @@ class Webhook(Base):
     url: Mapped[str] = mapped_column(String(2048))
     events: Mapped[list[str]] = mapped_column(JSON)
     description: Mapped[str] = mapped_column(Text, default="")
-    #: `whsec_<base64>`: shown once at creation, kept to sign deliveries
-    secret: Mapped[str] = mapped_column(String(128))
+    #: the `whsec_<base64>` signing secret encrypted (`api.services.webhooks.sealing`): shown once
+    #: at creation, decrypted only to sign deliveries
+    secret: Mapped[str] = mapped_column(String(512))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -38,8 +38,8 @@ _NOT_FOUND = {404: error("No such webhook of yours", "Webhook not found")}
     "`webhook-id` to drop repeats). The URL must be http(s) on a public address.",
 )
 def create_webhook(body: WebhookCreate, user: CurrentUser, session: SessionDep, settings: SettingsDep) -> WebhookCreated:
-    hook = endpoints.create(session, user, settings, body.url, list(body.events), body.description)
-    return WebhookCreated(**WebhookOut.model_validate(hook).model_dump(), secret=hook.secret)
+    hook, secret = endpoints.create(session, user, settings, body.url, list(body.events), body.description)
+    return WebhookCreated(**WebhookOut.model_validate(hook).model_dump(), secret=secret)
 
 
 @router.get(

@@ -237,15 +237,6 @@ def follow(ctx: TrainingContext, job: TrainingJob, *, final: bool = False) -> in
     return added
 
 
-def checkpoints(ctx: TrainingContext, job: TrainingJob) -> int:
-    """The checkpoint events of the published result not recorded yet (without waiting for
-    epochs: `follow` orders them with the epochs)."""
-    added = 0
-    for item in _new_checkpoints(ctx.session, job, _published_result(ctx, job)):
-        added += record(ctx.session, job.id, item.type, item.message, key=item.key, data=item.data)
-    return added
-
-
 # --- epochs -----------------------------------------------------------------------------------
 def _last_epoch(session: Session, job_id: str) -> tuple[int, float]:
     """The step and epoch of the job's latest epoch event ((-1, 0) before any)."""
@@ -254,12 +245,6 @@ def _last_epoch(session: Session, job_id: str) -> tuple[int, float]:
         .order_by(TrainingEvent.id.desc()).limit(1)
     ).first()
     return (int(data.get("step", -1)), float(data.get("epoch") or 0)) if data else (-1, 0.0)
-
-
-def follow_epochs(ctx: TrainingContext, job: TrainingJob, *, final: bool = False) -> int:
-    """Epoch events alone (`follow` records them with the checkpoints, in step order)."""
-    epochs, _, _ = _epoch_events(ctx, job, final=final, force=False)
-    return sum(record(ctx.session, job.id, p.type, p.message, key=p.key, data=p.data) for p in epochs)
 
 
 def _epoch_events(ctx: TrainingContext, job: TrainingJob, *, final: bool,

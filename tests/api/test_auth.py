@@ -138,6 +138,16 @@ def test_production_refuses_the_development_secret(monkeypatch: pytest.MonkeyPat
     with pytest.raises(ValidationError, match="at least 32"):
         Settings()
     monkeypatch.setenv("QLORA_JWT_SECRET", "x" * 48)
+    monkeypatch.delenv("QLORA_WEBHOOK_SECRET_KEY", raising=False)
+    with pytest.raises(ValidationError, match="QLORA_WEBHOOK_SECRET_KEY is not set"):
+        Settings()  # the key of the webhook signing secrets at rest is required too
+    monkeypatch.setenv("QLORA_WEBHOOK_SECRET_KEY", "x" * 48)
+    with pytest.raises(ValidationError, match="must differ from QLORA_JWT_SECRET"):
+        Settings()
+    monkeypatch.setenv("QLORA_WEBHOOK_SECRET_KEY", "y" * 48 + ",short")
+    with pytest.raises(ValidationError, match="at least 32 characters"):
+        Settings()
+    monkeypatch.setenv("QLORA_WEBHOOK_SECRET_KEY", "y" * 48)
     assert Settings().env == "production"
 
 

@@ -351,3 +351,79 @@ def test_the_local_stack_allows_loopback_receivers(tmp_path, monkeypatch) -> Non
     assert stack.api.process.env["QLORA_WEBHOOK_ALLOW_PRIVATE"] == "true"
     assert Settings(_env_file=None).webhook_allow_private is False
     assert Settings(**{"webhook_allow_private": stack.api.process.env["QLORA_WEBHOOK_ALLOW_PRIVATE"]}).webhook_allow_private
+
+
+# --- the signing secrets at rest --------------------------------------------------------------
+
+def test_the_secret_is_stored_encrypted_and_still_signs(client, auth, airflow, mlflow, s3, settings, sender,
+                                                       receiver) -> None:
+    from api.models import Webhook
+    from api.services.webhooks import sealing
+
+    hook = create(client, auth, receiver.url).json()
+    with client.app.state.sessionmaker() as session:
+        stored = session.get(Webhook, hook["id"]).secret
+    assert stored.startswith("gAAAAA") and hook["secret"] not in stored and hook["secret"][6:] not in stored
+    assert sealing.unseal(stored, settings) == hook["secret"]
+    client.app.state.airflow = airflow
+    validated_dataset(client, auth, airflow, s3)
+    reconcile_once(client.app)
+    assert sender.run_once() == 1
+    (headers, body), = receiver.received
+    assert signing.verify(hook["secret"], headers, body)
+
+    # the key rotated (new one first, the old one still listed): old rows still sign
+    rotated = settings.model_copy(update={"webhook_secret_key": "n" * 40 + "," + sealing.key_material(settings)[0]})
+    assert sealing.unseal(stored, rotated) == hook["secret"]
+    assert sealing.unseal(sealing.seal("whsec_abc", rotated), rotated) == "whsec_abc"
+    # the key replaced without the old one: the attempt fails saying why, the message stays pending
+    lost = settings.model_copy(update={"webhook_secret_key": "z" * 40})
+    validated_dataset(client, auth, airflow, s3)
+    reconcile_once(client.app)
+    other = WebhookSender(client.app.state.sessionmaker, lost)
+    try:
+        assert other.run_once() == 1
+    finally:
+        other.close()
+    assert len(receiver.received) == 1
+    newest = client.get(f"/v1/webhooks/{hook['id']}/deliveries", headers=auth).json()[0]
+    assert newest["status"] == "pending" and "cannot be decrypted with QLORA_WEBHOOK_SECRET_KEY" in newest["last_error"]
+    make_due(client)
+    assert sender.run_once() == 1 and signing.verify(hook["secret"], *receiver.received[1])  # the right key again
+
+
+def test_the_migration_encrypts_the_secrets_stored_in_clear(fresh_postgres_url, s3) -> None:
+    from alembic import command
+    from alembic.config import Config
+    from pathlib import Path
+    from sqlalchemy import text
+
+    import api.db
+    from api.db import make_engine
+    from api.services.webhooks import sealing
+
+    settings = make_settings(fresh_postgres_url, s3, webhook_secret_key="k" * 40)
+    engine = make_engine(fresh_postgres_url)
+    config = Config(str(Path(api.db.__file__).with_name("alembic.ini")))
+
+    def migrate(step, revision: str) -> None:
+        with engine.begin() as connection:
+            config.attributes.update(connection=connection, settings=settings)
+            step(config, revision)
+
+    migrate(command.upgrade, "0007")
+    secret = signing.new_secret()
+    with engine.begin() as connection:
+        connection.execute(text("INSERT INTO users (id, username, email, hashed_password, created_at) "
+                                "VALUES ('u1', 'ana', 'ana@example.com', 'x', now())"))
+        connection.execute(text("INSERT INTO webhooks (id, owner_id, url, events, description, secret, created_at) "
+                                "VALUES ('w1', 'u1', 'https://93.184.216.34/h', '[\"dataset.ready\"]', '', :s, now())"),
+                           {"s": secret})
+    migrate(command.upgrade, "head")
+    with engine.connect() as connection:
+        stored = connection.execute(text("SELECT secret FROM webhooks WHERE id = 'w1'")).scalar_one()
+    assert stored != secret and secret not in stored and sealing.unseal(stored, settings) == secret
+    migrate(command.downgrade, "0007")  # and back: in clear again
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT secret FROM webhooks WHERE id = 'w1'")).scalar_one() == secret
+    engine.dispose()

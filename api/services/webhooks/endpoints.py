@@ -11,12 +11,13 @@ from sqlalchemy.orm import Session
 from api.core.config import Settings
 from api.models import User, Webhook, WebhookAttempt, WebhookDelivery
 from api.services.errors import InvalidInput, NotFound
-from api.services.webhooks import signing, targets
+from api.services.webhooks import sealing, signing, targets
 
 
 def create(session: Session, owner: User, settings: Settings, url: str, events: list[str],
-           description: str) -> Webhook:
-    """A new endpoint of `owner`; `InvalidInput` (400) for a URL that may not receive webhooks."""
+           description: str) -> tuple[Webhook, str]:
+    """A new endpoint of `owner` and its signing secret (stored encrypted: this is the only time it
+    is read in clear); `InvalidInput` (400) for a URL that may not receive webhooks."""
     try:
         targets.resolve(url, settings.webhook_allow_private)
     except targets.TargetRefused as exc:
@@ -25,10 +26,10 @@ def create(session: Session, owner: User, settings: Settings, url: str, events: 
     if count >= settings.webhook_max_per_user:
         raise InvalidInput(f"You have {count} webhooks, the most allowed; delete one first")
     hook = Webhook(owner_id=owner.id, url=url.strip(), events=list(dict.fromkeys(events)),
-                   description=description.strip(), secret=signing.new_secret())
+                   description=description.strip(), secret=sealing.seal(secret := signing.new_secret(), settings))
     session.add(hook)
     session.commit()
-    return hook
+    return hook, secret
 
 
 def owned(session: Session, owner: User, webhook_id: str) -> Webhook:

@@ -37,7 +37,7 @@ from api.models import (
     WebhookEvent,
 )
 from api.models.base import utcnow
-from api.services.webhooks import signing, targets
+from api.services.webhooks import sealing, signing, targets
 
 if TYPE_CHECKING:
     from api.core.config import Settings
@@ -135,7 +135,7 @@ class Outcome:
 class Claimed:
     id: str
     url: str
-    secret: str
+    secret: str  # as stored (encrypted): decrypted in `_send`
     body: str
     attempt: int
 
@@ -196,8 +196,12 @@ class WebhookSender:
             target = targets.resolve(item.url, self.settings.webhook_allow_private)
         except targets.TargetRefused as exc:
             return Outcome(None, str(exc).removeprefix("url: "), took())
+        try:  # stored encrypted (`sealing`): read in clear only to sign
+            secret = sealing.unseal(item.secret, self.settings)
+        except sealing.SecretUnreadable as exc:
+            return Outcome(None, str(exc), took())
         headers = {"content-type": "application/json", "user-agent": USER_AGENT, "host": target.host_header,
-                   **signing.headers(item.secret, item.id, item.body)}
+                   **signing.headers(secret, item.id, item.body)}
         extensions = {"sni_hostname": target.host} if target.https else {}
         try:
             request = self._http.build_request("POST", target.pinned_url, content=item.body.encode(),
