@@ -21,6 +21,11 @@ from devstack.ports import HOST
 from devstack.processes import Process, ProcessService
 from devstack.seaweedfs import S3Settings
 
+#: the folder of `qlora_mlflow_auth` (the sign-in function: MLflow's basic auth, and only
+#: admins create experiments/registered models), put on the server's PYTHONPATH
+AUTH_MODULE_DIR = Path(__file__).resolve().parents[1] / "mlflow"
+AUTHORIZATION_FUNCTION = "qlora_mlflow_auth:authenticate_request"
+
 #: the MLflow accounts of the stack's services (passwords in `.stack/secrets.env`)
 API_ACCOUNT = "qlora-api"
 WORKER_ACCOUNT = "qlora-worker"
@@ -85,7 +90,8 @@ class MLflowServer(ProcessService):
             env |= {"MLFLOW_AUTH_CONFIG_PATH": str(self.auth_config_path),
                     "MLFLOW_AUTH_ADMIN_USERNAME": auth.admin_username,
                     "MLFLOW_AUTH_ADMIN_PASSWORD": auth.admin_password,
-                    "MLFLOW_FLASK_SERVER_SECRET_KEY": auth.secret_key}
+                    "MLFLOW_FLASK_SERVER_SECRET_KEY": auth.secret_key,
+                    "PYTHONPATH": os.pathsep.join(filter(None, (str(AUTH_MODULE_DIR), env.get("PYTHONPATH"))))}
         self.process = Process("mlflow", argv, run_dir=self.folder, env=env, cwd=self.folder)
 
     @property
@@ -102,7 +108,8 @@ class MLflowServer(ProcessService):
                 "# nobody reads anything unless granted: users READ their own experiment, services are admins\n"
                 "default_permission = NO_PERMISSIONS\n"
                 f"database_uri = {database}\n"
-                "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+                "# basic auth, and only admins (the services) create experiments and registered models\n"
+                f"authorization_function = {AUTHORIZATION_FUNCTION}\n"
                 f"auth_cache_ttl_seconds = {self.auth.cache_ttl_s}\n")
             self.auth_config_path.chmod(0o600)
         self.process.start()

@@ -12,7 +12,8 @@ Rules that keep accounts safe:
 - an MLflow *admin* account is never changed through a service user (a signup named like a
   service account is refused; its password is never set from a login);
 - at signup the user's experiment is created by the API; one that already exists was made by
-  someone else before this user existed (any MLflow user may create experiments) and is renamed
+  someone else before this user existed (an operator; users cannot create experiments, see
+  mlflow/qlora_mlflow_auth.py, but could before that rule) and is renamed
   out of the way, so nobody but the user (and the service accounts) can read the new one;
 - at login the account is checked with the user's password and repaired (created, or its
   password set) if it drifted: a signup while MLflow was down, a database restored, an old user.

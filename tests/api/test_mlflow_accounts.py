@@ -138,11 +138,17 @@ def test_signup_refuses_service_account_names_and_takes_no_squatted_experiment(a
     worker_password = mlflow_server.auth.accounts[WORKER_ACCOUNT]
     assert Mlflow(mlflow_server.url, (WORKER_ACCOUNT, worker_password)).get(f"{API2}/users/current").status_code == 200
 
-    # any MLflow user may create experiments: mallory makes carol's before carol signs up
+    # users cannot create experiments (mlflow/qlora_mlflow_auth.py); one made before that rule, or
+    # by an operator, under carol's name before carol signs up is not given to her
     mallory, carol = _signup(app_client), f"u{uuid.uuid4().hex[:10]}"
     m = Mlflow(mlflow_server.url, (mallory, PASSWORD))
-    created = m.post(f"{API2}/experiments/create", name=job_spec.mlflow_experiment_name(carol))
+    assert m.post(f"{API2}/experiments/create", name=job_spec.mlflow_experiment_name(carol)).status_code == 403
+    admin = Mlflow(mlflow_server.url, (mlflow_server.auth.admin_username, mlflow_server.auth.admin_password))
+    created = admin.post(f"{API2}/experiments/create", name=job_spec.mlflow_experiment_name(carol))
     assert created.status_code == 200, created.text
+    grant = admin.post("/api/3.0/mlflow/users/permissions/grant", username=mallory, resource_type="experiment",
+                       resource_id=created.json()["experiment_id"], permission="MANAGE")
+    assert grant.status_code == 200, grant.text  # as MLflow hands its creator
     _signup(app_client, carol)
     worker = Mlflow(mlflow_server.url, (WORKER_ACCOUNT, worker_password))
     carol_exp, carol_run = _log_run(worker, carol)
