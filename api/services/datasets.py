@@ -554,6 +554,10 @@ class DatasetService:
             DatasetStage.EXPIRED,
             "The upload was not completed in time; its objects were deleted. Initiate a new upload",
         )
+        # status `error` like the other ends: the owner's webhooks hear of it (same transaction)
+        from api.services.webhooks.outbox import dataset_ended
+
+        dataset_ended(self.session, dataset, self.settings)
 
 
 def reconcile_all(session: Session, s3: S3Storage, airflow: AirflowApi, settings: Settings, batch: int = 500) -> int:

@@ -427,3 +427,33 @@ def test_the_migration_encrypts_the_secrets_stored_in_clear(fresh_postgres_url, 
     with engine.connect() as connection:
         assert connection.execute(text("SELECT secret FROM webhooks WHERE id = 'w1'")).scalar_one() == secret
     engine.dispose()
+
+
+def test_an_upload_never_completed_ends_in_error_and_sends_dataset_error(client, auth, initiate, airflow, s3, sender,
+                                                                        receiver) -> None:
+    from api.models.dataset import Dataset as DatasetRow
+
+    create(client, auth, receiver.url, events=["dataset.error"])
+    stale, late = initiate(), initiate()
+
+    def age(dataset_id: str) -> None:
+        with client.app.state.sessionmaker() as session:
+            session.execute(update(DatasetRow).where(DatasetRow.id == dataset_id)
+                            .values(created_at=utcnow() - timedelta(seconds=601)))
+            session.commit()
+
+    age(stale["dataset_id"])
+    client.app.state.airflow = airflow
+    reconcile_once(client.app)  # the background pass expires it...
+    reconcile_once(client.app)  # ...once
+    age(late["dataset_id"])  # this one is found expired by its owner's late completion
+    resp = client.post("/v1/datasets/upload-complete", headers=auth,
+                       json={"dataset_id": late["dataset_id"], "s3_key": late["s3_key"]})
+    assert resp.status_code == 400 and "expired" in resp.json()["detail"]
+    while sender.run_once():
+        pass
+    got = sorted((b["type"], b["data"]["id"], b["data"]["status"], b["data"]["stage"]) for b in receiver.bodies())
+    assert got == sorted(("dataset.error", d["dataset_id"], "error", "expired") for d in (stale, late))
+    assert all("not completed in time" in b["data"]["error"] for b in receiver.bodies())
+    detail = client.get(f"/v1/datasets/{stale['dataset_id']}", headers=auth).json()
+    assert next(b["data"] for b in receiver.bodies() if b["data"]["id"] == stale["dataset_id"]) == detail
