@@ -5,10 +5,14 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+
+if TYPE_CHECKING:
+    from api.core.config import Settings
 
 
 def make_engine(database_url: str) -> Engine:
@@ -86,8 +90,10 @@ def exclusive_pass(engine: Engine, key: int = RECONCILE_LOCK) -> Iterator[bool]:
                 connection.commit()
 
 
-def upgrade_to_head(engine: Engine) -> None:
-    """Applies the Alembic migrations (api/migrations) up to head."""
+def upgrade_to_head(engine: Engine, settings: Settings | None = None) -> None:
+    """Applies the Alembic migrations (api/migrations) up to head; `settings` (the API's) reach
+    the migrations that need them (0008: the key of the webhook secrets), else they read the
+    environment's."""
     from alembic import command
     from alembic.config import Config
 
@@ -97,4 +103,5 @@ def upgrade_to_head(engine: Engine) -> None:
             # several API processes starting at once migrate one after the other
             connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         config.attributes["connection"] = connection
+        config.attributes["settings"] = settings
         command.upgrade(config, "head")

@@ -256,7 +256,7 @@ def _restore_example_nulls(app: FastAPI, spec: dict[str, Any]) -> dict[str, Any]
 
 
 def _migrate_and_seed(app: FastAPI) -> None:
-    upgrade_to_head(app.state.engine)
+    upgrade_to_head(app.state.engine, app.state.settings)
     with app.state.sessionmaker() as session:
         seed_catalog(session)
 
@@ -277,8 +277,14 @@ def reconcile_once(app: FastAPI) -> int:
 
 
 async def _reconcile_loop(app: FastAPI, interval_s: float) -> None:
+    """A pass every `interval_s`, started at a fixed cadence (the next one `interval_s` after the
+    last one started, at once if it took longer): a change is seen by a pass starting within one
+    interval, so its event is recorded at most one interval plus that pass's reads after it."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
     while True:
-        await asyncio.sleep(interval_s)
+        await asyncio.sleep(max(0.0, started + interval_s - loop.time()))
+        started = loop.time()
         try:
             changed = await asyncio.to_thread(reconcile_once, app)
             if changed:

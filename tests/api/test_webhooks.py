@@ -419,7 +419,9 @@ def test_the_migration_encrypts_the_secrets_stored_in_clear(fresh_postgres_url, 
         connection.execute(text("INSERT INTO webhooks (id, owner_id, url, events, description, secret, created_at) "
                                 "VALUES ('w1', 'u1', 'https://93.184.216.34/h', '[\"dataset.ready\"]', '', :s, now())"),
                            {"s": secret})
-    migrate(command.upgrade, "head")
+    from api.db import upgrade_to_head
+
+    upgrade_to_head(engine, settings)  # as the API does at start-up, with its settings (not the environment's)
     with engine.connect() as connection:
         stored = connection.execute(text("SELECT secret FROM webhooks WHERE id = 'w1'")).scalar_one()
     assert stored != secret and secret not in stored and sealing.unseal(stored, settings) == secret
