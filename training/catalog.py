@@ -31,6 +31,10 @@ class CatalogModel:
     #: frames sampled per clip unless a job says otherwise (the checkpoint's video preprocessing)
     frames: int = 8
     checkpoint: str | None = None
+    #: how frames are picked unless a job says otherwise (`training.params` frame_sampling):
+    #: 'uniform' (`frames` spread evenly) or 'fps' (`sampling_fps` a second, at most `frames`)
+    frame_sampling: str = "uniform"
+    sampling_fps: float | None = None
 
     @property
     def architecture(self) -> Architecture:
@@ -64,6 +68,11 @@ def _check(model: CatalogModel) -> None:
         raise ValueError(f"catalog entry {model.id}: need 1 <= min_rank <= max_rank")
     if not 1 <= model.frames <= 256:
         raise ValueError(f"catalog entry {model.id}: frames must be in 1..256")
+    if model.frame_sampling not in ("uniform", "fps"):
+        raise ValueError(f"catalog entry {model.id}: frame_sampling must be 'uniform' or 'fps'")
+    if (model.sampling_fps is not None) != (model.frame_sampling == "fps") or not 0 < (model.sampling_fps or 1) <= 30:
+        raise ValueError(f"catalog entry {model.id}: frame_sampling 'fps' needs sampling_fps in (0, 30], "
+                         "'uniform' none")
     if not model.tiny and not model.checkpoint:
         raise ValueError(f"catalog entry {model.id}: a real model names its checkpoint")
 

@@ -24,6 +24,7 @@ Adding a parameter: one field here, plus its use in the engine (`training/traine
 from __future__ import annotations
 
 import argparse
+import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -37,6 +38,8 @@ from training.catalog import CatalogModel, load_catalog
 MAX_RANK_ANY_MODEL = max(m.max_rank for m in load_catalog().models)
 #: LoRA rank when a request names none (clamped into the model's range)
 DEFAULT_RANK = 8
+#: frames per second of `frame_sampling: fps` when neither the job nor the model names a rate
+DEFAULT_SAMPLING_FPS = 1.0
 #: rank limits of a model folder that carries no catalog id (the engine run by hand)
 DEFAULT_MIN_RANK, DEFAULT_MAX_RANK = 1, 256
 ALL_TARGET_MODULES: tuple[str, ...] = tuple(sorted(
@@ -91,7 +94,19 @@ class TrainingParams(BaseModel):
         description="Short names of the language-model layers to adapt (empty: the model's "
                     "default_target_modules, every linear layer of the language model).")
     frames: Annotated[int, Field(ge=1, le=256), BeforeValidator(_integral)] | None = Field(None, title="Frames per clip", examples=[8],
-                               description="Frames sampled uniformly from each clip (null: the model's).")
+                               description="Frames sampled from each clip: exactly this many spread uniformly "
+                                           "over it, or with frame_sampling 'fps' at most this many "
+                                           "(null: the model's).")
+    frame_sampling: Literal["uniform", "fps"] | None = Field(
+        None, title="Frame sampling", examples=["fps"],
+        description="'uniform': `frames` frames spread evenly over each clip; 'fps': one frame every "
+                    "1/sampling_fps seconds of the clip (by timestamp, so variable frame rates sample evenly), "
+                    "at most `frames` (longer clips: `frames` spread evenly), as VideoLLaMA 3's model card "
+                    "recommends (null: the model's, uniform unless its catalog entry says otherwise).")
+    sampling_fps: Annotated[float, Field(gt=0, le=30, allow_inf_nan=False)] | None = Field(
+        None, title="Sampling rate (frames per second)", examples=[1.0],
+        description="Frames taken per second of the clip with frame_sampling 'fps' (null: the model's, else 1.0); "
+                    "not allowed with 'uniform'.")
     eval_every_epochs: _Int = Field(
         1, ge=1, le=100, title="Evaluate every N epochs", examples=[1],
         description="Held-out evaluation after every N-th epoch (and after the last one).")
@@ -108,6 +123,9 @@ class TrainingParams(BaseModel):
         duplicates = sorted({m for m in self.target_modules if self.target_modules.count(m) > 1})
         if duplicates:
             raise ValueError(f"target_modules: {', '.join(duplicates)} listed more than once")
+        if self.frame_sampling == "uniform" and self.sampling_fps is not None:
+            raise ValueError(f"sampling_fps ({self.sampling_fps!r}) applies only with frame_sampling 'fps'; "
+                             "drop it or set frame_sampling to 'fps'")
         return self
 
 
@@ -151,6 +169,10 @@ def describe_error(error: Mapping[str, Any]) -> str:
     name = ".".join(loc) or "training_params"
     if error.get("type") == "extra_forbidden":
         return f"unknown training parameter {loc[-1]!r} (known: {', '.join(PARAM_NAMES)})"
+    if error.get("type") == "literal_error" and loc and loc[0] in TrainingParams.model_fields \
+            and loc[0] != "target_modules":
+        choices = typing.get_args(_literal(TrainingParams.model_fields[loc[0]].annotation))
+        return f"{loc[0]}: {error.get('input')!r} is not one of {', '.join(map(repr, choices))}"
     if error.get("type") == "literal_error":  # target_modules' items
         return f"{loc[0]}: {error.get('input')!r} is not a known module (allowed: {', '.join(ALL_TARGET_MODULES)})"
     message = str(error.get("msg", "is invalid"))
@@ -176,11 +198,15 @@ class ModelLimits:
     max_rank: int
     default_alpha: int | None
     default_frames: int | None
+    #: the model card's frame sampling ('uniform' or 'fps') and, for 'fps', its rate
+    default_sampling: str = "uniform"
+    default_fps: float | None = None
 
     @classmethod
     def of_catalog(cls, model: CatalogModel) -> ModelLimits:
         return cls(f"model {model.id}", model.architecture, model.model_type, model.min_rank,
-                   model.max_rank, model.default_alpha, model.frames)
+                   model.max_rank, model.default_alpha, model.frames,
+                   getattr(model, "frame_sampling", None) or "uniform", getattr(model, "sampling_fps", None))
 
     @classmethod
     def of_architecture(cls, architecture: Architecture, default_frames: int | None = None) -> ModelLimits:
@@ -203,6 +229,10 @@ def model_problems(limits: ModelLimits, params: TrainingParams,
     problems.extend(
         f"target_modules: {m!r} is not allowed for {limits.architecture.name} models (allowed: "
         f"{', '.join(allowed)})" for m in params.target_modules if m not in allowed)
+    if params.frame_sampling is None and limits.default_sampling == "uniform" and params.sampling_fps is not None:
+        problems.append(f"sampling_fps ({params.sampling_fps!r}) applies only with frame_sampling 'fps' "
+                        f"({limits.where} samples uniformly by default); set frame_sampling to 'fps' "
+                        "or drop sampling_fps")
     if dataset_tasks is not None and limits.model_type is not None and limits.model_type not in dataset_tasks:
         has = ", ".join(dataset_tasks) or "none"
         problems.append(
@@ -218,11 +248,15 @@ def resolve(limits: ModelLimits, params: TrainingParams | Mapping[str, Any] | No
     if problems := model_problems(limits, params):
         raise InvalidParams(problems)
     rank = params.lora_rank or min(max(DEFAULT_RANK, limits.min_rank), limits.max_rank)
+    sampling = params.frame_sampling or limits.default_sampling
+    fps = (params.sampling_fps or limits.default_fps or DEFAULT_SAMPLING_FPS) if sampling == "fps" else None
     return params.model_copy(update={
         "lora_rank": rank,
         "lora_alpha": params.lora_alpha or limits.default_alpha or 2 * rank,
         "target_modules": list(params.target_modules or limits.architecture.default_target_modules),
         "frames": params.frames or limits.default_frames,
+        "frame_sampling": sampling,
+        "sampling_fps": fps,
     })
 
 
@@ -237,7 +271,10 @@ def _json_type(prop: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
     if options:
         (concrete,) = [o for o in options if o.get("type") != "null"]
         outer = {k: v for k, v in prop.items() if k not in ("type", "anyOf")}
-        return [concrete["type"], "null"], {k: v for k, v in concrete.items() if k != "type"} | outer
+        inner = {k: v for k, v in concrete.items() if k != "type"}
+        if "enum" in inner:  # null is a value the Param takes (the model's default)
+            inner["enum"] = [*inner["enum"], None]
+        return [concrete["type"], "null"], inner | outer
     return prop["type"], {k: v for k, v in prop.items() if k not in ("type", "anyOf")}
 
 
@@ -251,6 +288,13 @@ def airflow_param_schemas() -> dict[str, dict[str, Any]]:
         keywords.pop("examples", None)
         out[name] = {"default": prop.get("default", []), "type": json_type, **keywords}
     return out
+
+
+def _literal(annotation: Any) -> Any:
+    """The Literal inside `Literal[...] | None`."""
+    if typing.get_origin(annotation) is Literal:
+        return annotation
+    return next(a for a in typing.get_args(annotation) if typing.get_origin(a) is Literal)
 
 
 def _csv(value: str) -> list[str]:
@@ -267,12 +311,15 @@ def add_cli_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("training parameters")
     for name, info in TrainingParams.model_fields.items():
         annotation = str(info.annotation)
-        kind = _csv if "list" in annotation else float if "float" in annotation else int
+        kind = (_csv if "list" in annotation else float if "float" in annotation else str
+                if "Literal" in annotation else int)
         default = info.get_default(call_default_factory=True)
         shown = "the model's" if default is None else (",".join(default) or "the model's") \
             if isinstance(default, list) else default
         group.add_argument(_option(name), dest=name, type=kind, default=argparse.SUPPRESS,
                            metavar=name.upper() if kind is not _csv else "A,B",
+                           **({"choices": list(typing.get_args(_literal(info.annotation)))}
+                              if kind is str else {}),
                            help=f"{info.description} Default: {shown}.")
 
 

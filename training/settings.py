@@ -12,6 +12,7 @@ S3 credentials and the region stay with boto3's own chain (`AWS_ACCESS_KEY_ID`, 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import AliasChoices, Field, ValidationError
@@ -50,6 +51,10 @@ class PipelineSettings(BaseSettings):
     #: share of the dataset's clips the job fails saying which (0: the first such clip fails it)
     max_bad_clip_fraction: float = Field(DEFAULT_MAX_BAD_CLIP_FRACTION, ge=0, le=1,
                                          validation_alias="QLORA_MAX_BAD_CLIP_FRACTION")
+    #: processes that decode the training's clips ahead of the loop (a torch DataLoader's
+    #: workers), so decoding overlaps compute; 0: decoded in the training process. Unset: half
+    #: the CPU cores, at least 1 and at most 4 (`data_worker_count`)
+    data_workers: int | None = Field(None, ge=0, le=64, validation_alias="QLORA_DATA_WORKERS")
     #: the MLflow tracking server; unset: no tracking
     mlflow_tracking_uri: str | None = Field(None, validation_alias="MLFLOW_TRACKING_URI")
     #: the MLflow UI address browsers use (links), when it differs from the tracking URI
@@ -61,6 +66,14 @@ class PipelineSettings(BaseSettings):
     def cache_max_bytes(self) -> int | None:
         """The cache's size limit in bytes (None: no limit)."""
         return int(self.cache_max_gb * 1024**3) if self.cache_max_gb > 0 else None
+
+    @property
+    def data_worker_count(self) -> int:
+        """Decoding workers of a training: `QLORA_DATA_WORKERS`, else half the cores in [1, 4]
+        (1 on a 2-core machine: one core decodes while the other computes)."""
+        if self.data_workers is not None:
+            return self.data_workers
+        return min(4, max(1, (os.cpu_count() or 2) // 2))
 
     @property
     def frame_store_max_bytes(self) -> int:

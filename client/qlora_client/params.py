@@ -63,6 +63,8 @@ def _type(concrete: dict[str, Any]) -> click.ParamType:
         return click.FloatRange(**bounds)
     if kind == "array":
         return _CommaList(concrete.get("items", {}).get("enum"))
+    if concrete.get("enum"):
+        return click.Choice(concrete["enum"])
     return click.STRING
 
 

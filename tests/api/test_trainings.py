@@ -158,7 +158,8 @@ def test_start_creates_the_job_and_triggers_one_run(client, auth, airflow, mlflo
                 "max_steps": None, "warmup_ratio": 0.0, "weight_decay": 0.0, "lora_rank": 4, "lora_alpha": 16,
                 "lora_dropout": 0.05, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
                                                          "up_proj", "down_proj"],
-                "frames": 4, "eval_every_epochs": 1, "checkpoint_every_steps": None, "seed": 42}
+                "frames": 4, "frame_sampling": "uniform", "sampling_fps": None, "eval_every_epochs": 1,
+                "checkpoint_every_steps": None, "seed": 42}
     assert airflow.triggers == [("qlora_training", f"train-{job_id}", {
         "job_id": job_id, "user": client.get("/v1/auth/me", headers=auth).json()["username"], "model_id": CLS,
         "dataset_id": dataset_id, "output_name": "squares-v1", "max_runtime_minutes": 24 * 60, **resolved})]
@@ -186,6 +187,13 @@ BAD_REQUESTS = {
     "warm-up ratio one": ({"warmup_ratio": 1}, "warmup_ratio: input should be less than 1, got 1"),
     "frames zero": ({"frames": 0}, "frames: input should be greater than or equal to 1, got 0"),
     "max steps zero": ({"max_steps": 0}, "max_steps: input should be greater than or equal to 1, got 0"),
+    "unknown frame sampling": ({"frame_sampling": "keyframes"}, "frame_sampling: 'keyframes' is not one of 'uniform', 'fps'"),
+    "sampling rate zero": ({"frame_sampling": "fps", "sampling_fps": 0}, "sampling_fps: input should be greater than 0, got 0"),
+    "sampling rate too high": ({"sampling_fps": 60}, "sampling_fps: input should be less than or equal to 30, got 60"),
+    "sampling rate with uniform": ({"frame_sampling": "uniform", "sampling_fps": 2},
+                                   "sampling_fps (2.0) applies only with frame_sampling 'fps'"),
+    "sampling rate, model samples uniformly": ({"sampling_fps": 2},
+                                               "sampling_fps (2.0) applies only with frame_sampling 'fps' (model"),
     "accumulation zero": ({"gradient_accumulation_steps": 0}, "gradient_accumulation_steps: input should be greater"),
     "unknown target module": ({"target_modules": ["q_proj", "conv9"]}, "target_modules: 'conv9' is not a known module"),
     "unknown parameter": ({"warmup": 3}, "unknown training parameter 'warmup'"),
@@ -221,6 +229,20 @@ def test_target_modules_allowed_listed_once_and_empty_means_defaults(client, aut
     assert airflow.triggers == []
     assert client.post("/v1/trainings", json=body(dataset_id, target_modules=allowed), headers=auth).status_code == 202
     assert client.post("/v1/trainings", json=body(dataset_id, target_modules=[]), headers=auth).status_code == 202
+
+
+def test_fps_frame_sampling_is_accepted_and_resolved(client, auth, airflow) -> None:
+    """fps-based sampling (at most `frames` a clip) reaches the run conf and the job detail; its
+    rate defaults to 1 frame a second."""
+    dataset_id = make_dataset(client, auth)
+    for asked, rate in (({"frame_sampling": "fps", "sampling_fps": 2.5, "frames": 16}, 2.5),
+                        ({"frame_sampling": "fps"}, 1.0)):
+        resp = client.post("/v1/trainings", json=body(dataset_id, **asked), headers=auth)
+        assert resp.status_code == 202, resp.text
+        conf = airflow.triggers[-1][2]
+        assert (conf["frame_sampling"], conf["sampling_fps"], conf["frames"]) == ("fps", rate, asked.get("frames", 4))
+        detail = client.get(f"/v1/trainings/{resp.json()['job_id']}", headers=auth).json()
+        assert (detail["training_params"]["frame_sampling"], detail["training_params"]["sampling_fps"]) == ("fps", rate)
 
 
 @pytest.mark.parametrize("stage", ["validating", "failed"])

@@ -15,7 +15,8 @@ MODEL = load_catalog().get("videollama-tiny-classification")
 #: a value for every parameter, none of them its default (so a layer that drops one is seen)
 CHOSEN = {"epochs": 2, "learning_rate": 0.003, "batch_size": 2, "gradient_accumulation_steps": 2,
           "max_steps": 1, "warmup_ratio": 0.1, "weight_decay": 0.01, "lora_rank": 4, "lora_alpha": 12,
-          "lora_dropout": 0.1, "target_modules": ["q_proj", "v_proj"], "frames": 2, "eval_every_epochs": 2,
+          "lora_dropout": 0.1, "target_modules": ["q_proj", "v_proj"], "frames": 2, "frame_sampling": "fps",
+          "sampling_fps": 2.5, "eval_every_epochs": 2,
           "checkpoint_every_steps": 3, "seed": 7}
 
 

@@ -9,6 +9,7 @@ read them back instead of decoding the videos again.
 Layout, under the worker's cache folder (`QLORA_CACHE_DIR`, `training.settings`):
 
     frames/{dataset}-{hash of its folder}-{frames}f-{W}x{H}-{interpolation}/{hash of clip}.npy
+    (fps sampling: `max{frames}f-{fps}fps` in place of `{frames}f`)
 
 One store is one cache entry of `training.cache` (kind `frames`): its `.last-used` is touched
 while a training or an evaluation reads it, and the least recently used stores are evicted
@@ -51,12 +52,15 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("._")[:40] or "data"
 
 
-def store_name(data_dir: Path, frames: int, size: tuple[int, int], interpolation: str = "BILINEAR") -> str:
-    """The store's folder name: the dataset (its folder) and the frame setting."""
+def store_name(data_dir: Path, frames: int, size: tuple[int, int], interpolation: str = "BILINEAR",
+               fps: float | None = None) -> str:
+    """The store's folder name: the dataset (its folder) and the frame setting (`frames`
+    uniformly, or with `fps` at most `frames` at that rate)."""
     data_dir = Path(data_dir).resolve()
     label = data_dir.parent.name if data_dir.name == "files" else data_dir.name  # datasets/{id}/files
     digest = hashlib.sha1(str(data_dir).encode()).hexdigest()[:10]
-    return f"{_slug(label)}-{digest}-{frames}f-{size[0]}x{size[1]}-{interpolation}"
+    sampling = f"{frames}f" if not fps else f"max{frames}f-{fps:g}fps"
+    return f"{_slug(label)}-{digest}-{sampling}-{size[0]}x{size[1]}-{interpolation}"
 
 
 class FrameStore:
@@ -72,8 +76,8 @@ class FrameStore:
         self.hits = self.misses = self.writes = 0
 
     @classmethod
-    def open(cls, data_dir: str | Path, frames: int, size: tuple[int, int], interpolation: str = "BILINEAR"
-             ) -> FrameStore | None:
+    def open(cls, data_dir: str | Path, frames: int, size: tuple[int, int], interpolation: str = "BILINEAR",
+             fps: float | None = None) -> FrameStore | None:
         """The store for `data_dir` at this frame setting under the worker's cache, after
         evicting other stores beyond `QLORA_FRAME_STORE_MAX_GB`; None when that is 0 (disabled)
         or the cache folder cannot be written (the engine then decodes every time)."""
@@ -84,7 +88,7 @@ class FrameStore:
         if limit == 0:
             return None
         root = settings.cache_dir / KIND
-        folder = root / store_name(Path(data_dir), frames, size, interpolation)
+        folder = root / store_name(Path(data_dir), frames, size, interpolation, fps)
         try:
             root.mkdir(parents=True, exist_ok=True)
             cache.touch(folder)
