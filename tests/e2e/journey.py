@@ -1,14 +1,23 @@
 """The steps of a user's journey through the API, shared by the end-to-end tests: sign up and
-log in, upload a generated dataset until it is ready, start a training job, watch it."""
+log in, upload a generated dataset until it is ready, start a training job, watch it; and an
+API process of a test's own, which the test may kill and restart (`own_api`, `sigkill`)."""
 
 from __future__ import annotations
 
+import secrets
+import signal
 import time
 import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 
+from devstack.airflow import Airflow
+from devstack.api_server import APIServer
+from devstack.ports import free_ports
+from devstack.seaweedfs import S3Settings
 from training.data.synthetic import make_dataset, zip_folder
 
 TERMINAL = {"completed", "failed", "stopped"}
@@ -68,3 +77,34 @@ def watch(api: httpx.Client, job_id: str, until, timeout_s: float = 240) -> tupl
             return seen[-1], seen
         time.sleep(0.5)
     raise AssertionError(f"job {job_id} never reached the expected state: {seen[-1] if seen else None}")
+
+
+@contextmanager
+def own_api(folder: Path, *, database_url: str, s3: S3Settings, airflow: Airflow, mlflow_uri: str,
+            airflow_url: str | None = None, settings: Mapping[str, str] = ()) -> Iterator[APIServer]:
+    """`uvicorn api.main:app` of one test (not the session's `api_server`, whose process other
+    tests use): on `database_url`, the given S3, Airflow (reached at `airflow_url`, e.g. through
+    a proxy; default its own URL) and MLflow, a JWT secret of its own, plus `settings`
+    (QLORA_* overrides such as a faster reconcile pass). Stopped at the end."""
+    env = {**s3.env(), "MLFLOW_TRACKING_URI": mlflow_uri, "QLORA_ENV": "development",
+           "QLORA_DATABASE_URL": database_url, "QLORA_JWT_SECRET": secrets.token_urlsafe(48),
+           "QLORA_AIRFLOW_URL": airflow_url or airflow.url, "QLORA_AIRFLOW_USERNAME": airflow.username,
+           "QLORA_AIRFLOW_PASSWORD": airflow.password, **dict(settings)}
+    server = APIServer(folder, free_ports(1)[0], env)
+    server.start()
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+def sigkill(server) -> None:
+    """SIGKILLs a devstack server's (or `Process`'s) process group: no shutdown of any kind, as
+    a crash or an OOM kill; `start()` starts it again."""
+    process = getattr(server, "process", server)
+    stop_signal, process.stop_signal = process.stop_signal, signal.SIGKILL
+    try:
+        process.stop()
+    finally:
+        process.stop_signal = stop_signal

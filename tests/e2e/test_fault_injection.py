@@ -7,8 +7,6 @@ with the same `Idempotency-Key` gets the same job: no duplicate job, no duplicat
 
 from __future__ import annotations
 
-import secrets
-import signal
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,10 +14,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from devstack.api_server import APIServer
 from devstack.ports import free_ports
 from devstack.seed import seed_tiny_models
-from tests.e2e.journey import login, ready_dataset, watch
+from tests.e2e.journey import login, own_api, ready_dataset, sigkill, watch
 from training import job_spec
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.stack, pytest.mark.timeout(900)]
@@ -93,18 +90,11 @@ def proxy(airflow):
 def fault_api(postgres_server, s3, airflow, mlflow_uri, proxy, tmp_path):
     """An API of this test's own behind the proxy: reconcile every second, triggers of jobs
     left without a run after 2 s, Airflow calls that wait long enough to be killed in."""
-    env = {**s3.env(), "MLFLOW_TRACKING_URI": mlflow_uri, "QLORA_ENV": "development",
-           "QLORA_DATABASE_URL": postgres_server.create_database("qlora_faults", exist_ok=True),
-           "QLORA_JWT_SECRET": secrets.token_urlsafe(48), "QLORA_AIRFLOW_URL": proxy.url,
-           "QLORA_AIRFLOW_USERNAME": airflow.username, "QLORA_AIRFLOW_PASSWORD": airflow.password,
-           "QLORA_AIRFLOW_TIMEOUT_S": "120", "QLORA_RECONCILE_INTERVAL_S": "1", "QLORA_TRIGGER_GRACE_S": "2"}
-    server = APIServer(tmp_path / "api", free_ports(1)[0], env)
-    server.start()
-    try:
-        server.wait_ready()
+    with own_api(tmp_path / "api", database_url=postgres_server.create_database("qlora_faults", exist_ok=True),
+                 s3=s3, airflow=airflow, mlflow_uri=mlflow_uri, airflow_url=proxy.url,
+                 settings={"QLORA_AIRFLOW_TIMEOUT_S": "120", "QLORA_RECONCILE_INTERVAL_S": "1",
+                           "QLORA_TRIGGER_GRACE_S": "2"}) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def test_sigkill_of_the_api_between_commit_and_trigger(fault_api, proxy, airflow, s3, tmp_path):
@@ -134,10 +124,7 @@ def test_sigkill_of_the_api_between_commit_and_trigger(fault_api, proxy, airflow
         (job,) = api.get("/trainings").json()
         assert job["status"] == "queued"
 
-        stop_signal = fault_api.process.stop_signal
-        fault_api.process.stop_signal = signal.SIGKILL
-        fault_api.stop()  # SIGKILL: the trigger never reaches Airflow
-        fault_api.process.stop_signal = stop_signal
+        sigkill(fault_api)  # the trigger never reaches Airflow
         proxy.hold.clear()
         proxy.release.set()
         killed = time.monotonic()

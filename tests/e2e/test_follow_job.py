@@ -1,15 +1,14 @@
 """Following a job end to end on the real stack (API under uvicorn on PostgreSQL, SeaweedFS,
 Airflow running `qlora_training`, MLflow), without polling its detail: a webhook receiver on
 loopback hears `dataset.ready` then `training.completed` (signed; a 500 answer is retried),
-the events read from `queued` to `completed` with the epochs, the metric history equals
+the events read from `queued` to `completed` with the epochs and the checkpoint between them
+(recorded while the job ran; the lag of each event is printed), the metric history equals
 MLflow's, the whole log pages back; an API killed while a job ends still delivers after its
 restart; a private URL is refused by an API that does not allow them."""
 
 from __future__ import annotations
 
 import json
-import secrets
-import signal
 import threading
 import time
 from datetime import datetime
@@ -21,9 +20,8 @@ import pytest
 from api.clients.airflow import AirflowClient
 from api.services.webhooks import signing
 from devstack.api_server import APIServer
-from devstack.ports import free_ports
 from devstack.seed import seed_tiny_models
-from tests.e2e.journey import login, ready_dataset, start_job, watch
+from tests.e2e.journey import login, own_api, ready_dataset, sigkill, start_job, watch
 from training import job_spec
 
 pytestmark = [pytest.mark.e2e, pytest.mark.stack, pytest.mark.timeout(900)]
@@ -69,27 +67,24 @@ class Receiver:
 def follow_api(postgres_server, s3, airflow, mlflow_uri, tmp_path):
     """An API of this test's own (it is killed and restarted): loopback webhooks allowed, the
     reconcile pass every second, retries 2 s apart."""
-    env = {**s3.env(), "MLFLOW_TRACKING_URI": mlflow_uri, "QLORA_ENV": "development",
-           "QLORA_DATABASE_URL": postgres_server.create_database("qlora_follow", exist_ok=True),
-           "QLORA_JWT_SECRET": secrets.token_urlsafe(48), "QLORA_AIRFLOW_URL": airflow.url,
-           "QLORA_AIRFLOW_USERNAME": airflow.username, "QLORA_AIRFLOW_PASSWORD": airflow.password,
-           "QLORA_RECONCILE_INTERVAL_S": "1", "QLORA_WEBHOOK_ALLOW_PRIVATE": "true",
-           "QLORA_WEBHOOK_RETRY_BASE_S": "2", "QLORA_WEBHOOK_POLL_INTERVAL_S": "0.2"}
-    server = APIServer(tmp_path / "api", free_ports(1)[0], env)
-    server.start()
-    try:
-        server.wait_ready()
+    with own_api(tmp_path / "api", database_url=postgres_server.create_database("qlora_follow", exist_ok=True),
+                 s3=s3, airflow=airflow, mlflow_uri=mlflow_uri,
+                 settings={"QLORA_RECONCILE_INTERVAL_S": "1", "QLORA_WEBHOOK_ALLOW_PRIVATE": "true",
+                           "QLORA_WEBHOOK_RETRY_BASE_S": "2", "QLORA_WEBHOOK_POLL_INTERVAL_S": "0.2"}) as server:
         yield server
-    finally:
-        server.stop()
+
+
+def checkpoint_saved_at(s3, job_id: str) -> str:
+    """When the engine saved the job's first checkpoint, from the result.json the train task published."""
+    from training import s3 as s3_layout
+
+    body = s3.client().get_object(Bucket=s3.bucket, Key=s3_layout.training_result_key(job_id))["Body"].read()
+    return json.loads(body)["checkpoints"][0]["created_at"]
 
 
 def crash_and_restart(server: APIServer, until) -> float:
     """SIGKILLs the API, waits for `until()`, starts it again; returns seconds it was down."""
-    stop_signal = server.process.stop_signal
-    server.process.stop_signal = signal.SIGKILL
-    server.stop()
-    server.process.stop_signal = stop_signal
+    sigkill(server)
     down = time.monotonic()
     deadline = down + 240
     while not until():
@@ -150,6 +145,13 @@ def test_follow_a_job_events_metrics_logs_and_signed_webhooks(follow_api, airflo
         stages = [k[2] for k in kinds if k[0] == "status" and k[2]]
         assert "training" in stages and stages.index("training") < kinds.index(("epoch", None, None, 1))
         assert [e["id"] for e in events] == sorted(e["id"] for e in events)
+        # the checkpoint saved after epoch 1's evaluation: between the epochs, recorded while the job ran
+        checkpoints = [e for e in events if e["type"] == "checkpoint"]
+        assert [c["data"]["step"] for c in checkpoints] == [epochs[0]["data"]["step"]], checkpoints
+        assert checkpoints[0]["data"]["location"].startswith("s3://")
+        order = [e["id"] for e in (epochs[0], checkpoints[0], epochs[1])]
+        assert order == sorted(order) and events[-1]["id"] > order[-1]
+        assert datetime.fromisoformat(checkpoints[0]["created_at"]).timestamp() < completed_at
 
         # metric history, paged, equals MLflow's
         from mlflow.tracking import MlflowClient
@@ -183,10 +185,28 @@ def test_follow_a_job_events_metrics_logs_and_signed_webhooks(follow_api, airflo
         client = AirflowClient(airflow.url, airflow.username, airflow.password)
         try:
             run = job_spec.dag_run_id(job_id)
-            tries = client.list_task_instances("qlora_training", run)["train"].try_number
+            tis = client.list_task_instances("qlora_training", run)
+            tries = tis["train"].try_number
             full = client.get_task_log("qlora_training", run, "train", tries)
+            airflow_run = client.get_dag_run("qlora_training", run)
         finally:
             client.close()
+        # event lag: the change in Airflow (or the engine's save) -> its event (reconcile pass every 1 s)
+        def recorded(match) -> float:
+            return datetime.fromisoformat(next(e for e in events if match(e))["created_at"]).timestamp()
+
+        lags = {
+            "run started -> running": recorded(lambda e: e["data"].get("to_status") == "running")
+            - airflow_run.start_date.timestamp(),
+            "train task started -> stage training": recorded(lambda e: e["data"].get("to_stage") == "training")
+            - tis["train"].start_date.timestamp(),
+            "checkpoint saved (engine clock, 1 s resolution) -> checkpoint": recorded(lambda e: e["type"] == "checkpoint")
+            - datetime.fromisoformat(checkpoint_saved_at(s3, job_id)).timestamp(),
+            "run ended -> completed": recorded(lambda e: e["data"].get("to_status") == "completed")
+            - airflow_run.end_date.timestamp(),
+        }
+        print("event lag (QLORA_RECONCILE_INTERVAL_S=1): " + "; ".join(f"{k} {v:.2f} s" for k, v in lags.items()))
+        assert all(v > -1.5 for v in lags.values()), lags  # recorded after the fact (1 s: the engine's stamp)
         assert text == "".join(line + "\n" for line in full) and len(full) > 10
         assert detail["logs"] and detail["logs"].splitlines()[-1] in text
 
