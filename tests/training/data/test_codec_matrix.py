@@ -213,3 +213,16 @@ def test_a_rejected_dataset_leaves_nothing_in_s3_but_its_report(tmp_path, s3_env
     keys = sorted(o["Key"] for o in listed.get("Contents", []))
     assert keys == sorted([key, s3.dataset_report_key(dataset_id)])  # no extracted file is left
     assert "clips/empty.mp4 (metadata.csv row 3): the file is empty (0 bytes)" in raised.value.report["errors"]
+
+
+def test_a_clip_with_more_frames_than_the_limit_is_rejected_by_name(rejected_dataset):
+    """The frame-count limit (20,000 by default: a clip over it takes minutes to generate) with a
+    lowered limit: the 12-frame clips go over 10, each with its own detail."""
+    from training.data.limits import ClipLimits
+    from training.data.validation import ValidationLimits
+
+    report = validate_dataset(rejected_dataset, "many", ValidationLimits(clip=ClipLimits(max_frames=10)))
+    assert report["valid"] is False
+    for row, name in ((1, "h264.mp4"), (2, "vp9.webm")):
+        [error] = [e for e in report["errors"] if e.startswith(f"clips/{name} ")]
+        assert error.startswith(f"clips/{name} (metadata.csv row {row}): ") and "has more than 10 frames" in error, error
