@@ -130,9 +130,13 @@ class MlflowAccounts:
     def grant(self, username: str, resource_id: str, permission: str = USER_PERMISSION,
               resource_type: str = "experiment") -> None:
         """`permission` on an experiment (by id) or a registered model (by name; one that does
-        not exist yet is granted too, for when it is registered)."""
-        self._call("POST", _GRANT, json={"username": username, "resource_type": resource_type,
-                                          "resource_id": resource_id, "permission": permission})
+        not exist yet is granted too, for when it is registered). A grant the user already holds
+        is no error (MLflow answers 400 RESOURCE_ALREADY_EXISTS: every login grants again)."""
+        resp = self._call("POST", _GRANT, ok=(200, 400), json={
+            "username": username, "resource_type": resource_type, "resource_id": resource_id,
+            "permission": permission})
+        if resp.status_code == 400 and "RESOURCE_ALREADY_EXISTS" not in resp.text:
+            raise MlflowAccountError(f"MLflow POST {_GRANT}: 400 {resp.text[:200]}")
 
     # -- what the API does -----------------------------------------------------------------
     def _account(self, username: str, password: str) -> None:

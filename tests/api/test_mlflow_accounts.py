@@ -157,6 +157,19 @@ def test_signup_refuses_service_account_names_and_takes_no_squatted_experiment(a
     assert Mlflow(mlflow_server.url, (carol, PASSWORD)).get(f"{API2}/runs/get", run_id=carol_run).status_code == 200
 
 
+def test_every_login_checks_the_account_without_an_error(app_client, mlflow_server, caplog):
+    """The READ grants exist after signup: granting them again at each login is no failure."""
+    erin = _signup(app_client)
+    keeper = app_client.app.state.mlflow_accounts
+    first = keeper.sync_user(erin, PASSWORD)
+    assert keeper.sync_user(erin, PASSWORD) == first
+    keeper.grant_registered_model(erin, "out")
+    keeper.grant_registered_model(erin, "out")
+    with caplog.at_level("WARNING", logger="api.services.mlflow_users"):
+        _login(app_client, erin)
+    assert "not checked at login" not in caplog.text
+
+
 def test_login_repairs_an_account_that_drifted(app_client, mlflow_server):
     """A user whose MLflow account is missing (signed up while MLflow was down, or before MLflow
     had auth) or holds another password gets it back, with READ on their runs, at login."""
