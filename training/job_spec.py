@@ -135,6 +135,8 @@ def job_state(dag_run_state: str | None, *, stop_requested: bool = False,
     known of the training process to a job state; None when what was read cannot tell.
 
     * DagRun `queued` -> queued; `running` -> running once a task has started, else queued;
+      completed once every task of the DAG succeeded (the run's own state follows on the
+      scheduler's next pass: seconds under load, issue 16);
     * `success` -> completed; `failed` without a stop request -> failed;
     * `failed` after a stop request (stopping marks the run failed at once, while the train
       task's process still runs until Airflow's next heartbeat kills it): `stopped` once that
@@ -165,6 +167,8 @@ def job_state(dag_run_state: str | None, *, stop_requested: bool = False,
         if task_states is not None and not any(
                 (s or "").lower() in _TI_STARTED for s in task_states.values()):
             return JobState.QUEUED
+        if task_states is not None and all((task_states.get(t) or "").lower() == "success" for t in TASK_IDS):
+            return JobState.COMPLETED  # every task is done: the scheduler marks the run success on its next pass
         return JobState.RUNNING
     raise ValueError(f"unknown Airflow DagRun state {dag_run_state!r}")
 
