@@ -188,13 +188,15 @@ def stack_job(stack, api: httpx.Client, dataset_id: str) -> dict:
     # the engine's lines inside the train task's log (their Airflow timestamps)
     logs = airflow.get(f"/api/v2/dags/qlora_training/dagRuns/{run_id}/taskInstances/train/logs/1",
                        params={"full_content": "true"}, headers={"Accept": "application/json"}).json()
-    marks, epoch_end = {}, {}
+    marks, epoch_end, lags = {}, {}, []
     for entry in logs.get("content") or []:
         if not isinstance(entry, dict) or not entry.get("timestamp"):
             continue
         event, at = str(entry.get("event", "")), _ts(str(entry["timestamp"])) - t0
         if own := ENGINE_TIME_RE.search(event):  # the engine's own clock: the task log may lag behind it
+            logged = at
             at = datetime.strptime(own.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp() - t0
+            lags.append(logged - at)
         if event.startswith("running: "):
             marks.setdefault("spawn", at)
         elif " data: " in event:
@@ -204,6 +206,18 @@ def stack_job(stack, api: httpx.Client, dataset_id: str) -> dict:
         elif m := STEP_RE.search(event):
             marks.setdefault("first_step_log", at)
             epoch_end[int(m.group(3))] = at
+            if "first_step_lag" not in marks and lags:
+                marks["first_step_lag"] = lags[-1]
+        elif " done in " in event:
+            marks.setdefault("trained", at)
+        elif "evaluated adapter and base model" in event:
+            marks.setdefault("evaluated", at)
+        elif event.startswith("registered ") and " in " in event:
+            marks.setdefault("registered", at)
+        elif event.startswith("training process exited"):
+            marks.setdefault("exited", at)
+    # how far the task's log (Airflow's timestamp of a line) trails the engine's own clock
+    marks["log_lag_max"] = max(lags) if lags else float("nan")
     out["engine"] = marks
     out["epoch1"] = epoch_end.get(1, float("nan")) - marks.get("model", float("nan"))
     out["epoch2"] = epoch_end.get(2, float("nan")) - epoch_end.get(1, float("nan"))
@@ -234,6 +248,11 @@ def print_timeline(label: str, job: dict) -> None:
         print(f"   inside train: task start {_f(train['start_date'])} -> engine spawned {_f(e.get('spawn'))}"
               f" -> data read {_f(e.get('data'))} -> model loaded {_f(e.get('model'))}"
               f" -> first step {_f(e.get('first_step_log'))}")
+        print(f"   after the last step: trained {_f(e.get('trained'))} -> evaluated in the engine"
+              f" {_f(e.get('evaluated'))} -> engine exited {_f(e.get('exited'))} -> registered by the task"
+              f" {_f(e.get('registered'))}")
+        print(f"   the task log trails the engine's clock by {_f(e.get('first_step_lag'))} s at the first step,"
+              f" {_f(e.get('log_lag_max'))} s at most")
     print(f"   completed seen by the API at {_f(job['done'])} (finalize ended {_f(job['tasks']['finalize']['end_date'])})")
 
 
@@ -356,7 +375,8 @@ def main() -> None:
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         return
-    stack = Stack(folder / "stack", Ports.shifted(Ports.free_offset()), executor=args.executor)
+    offset = int(os.environ.get("QLORA_STACK_PORT_OFFSET") or Ports.free_offset())  # the caller's, else a free one
+    stack = Stack(folder / "stack", Ports.shifted(offset), executor=args.executor)
     try:
         started = time.monotonic()
         stack.up(log=lambda line: None)

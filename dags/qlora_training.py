@@ -32,15 +32,20 @@ triggers one run per job with run id `train-{job_id}`; its conf is flat: `job_id
    the job's last uploaded checkpoint (`training/pipeline/resume.py`): the engine runs with
    `--resume` and continues the same MLflow run from that step, so no step before it is redone.
    The new run of `POST /v1/trainings/{id}/resume` (run id `train-{job_id}-resume-N`) goes the
-   same way.
-4. **evaluate** (*evaluating*, queue `gpu`): runs `python -m training evaluate`: the adapter
-   and the base model on the held-out split; the metrics go to the MLflow run (`final_*`,
-   `base_*`) and `metrics.json` beside the adapter. Retried on a crash. The job's folders on
-   the worker are deleted afterwards (or as soon as the job ends stopped/failed).
+   same way. The engine runs with `--evaluate`: right after training, with the model still
+   loaded, it evaluates the adapter and the base model (the adapter disabled) on the held-out
+   split, as `evaluate` below would; the task then registers that evaluated adapter (step 5)
+   from the files on the worker. Either left undone (failed, stopped) is done by its own task.
+4. **evaluate** (*evaluating*, queue `gpu`): the held-out metrics of the adapter and the base
+   model: those the train task's engine computed, else runs `python -m training evaluate`. The
+   metrics go to the MLflow run (`final_*`, `base_*`, `evaluation/`) and `metrics.json` beside
+   the adapter. Retried on a crash. The job's folders on the worker are deleted afterwards (or
+   as soon as the job ends stopped/failed).
 5. **register** (*registering*): a version of the registered model `{user}~{output_name}` in
-   the MLflow Model Registry: the adapter as an MLflow pyfunc model (the run's `model` artifact,
-   `training/mlflow_model.py`) that `mlflow.pyfunc.load_model("models:/NAME/VERSION")` loads
-   and that predicts clip paths (labels or captions).
+   the MLflow Model Registry (made by the train task, else here): the adapter as an MLflow
+   pyfunc model (the run's `model` artifact, `training/mlflow_model.py`) that
+   `mlflow.pyfunc.load_model("models:/NAME/VERSION")` loads and that predicts clip paths
+   (labels or captions).
 6. **finalize**: returns `{output_path, metrics, mlflow_run_id, registered_model}` (XCom
    `return_value`).
 
@@ -134,6 +139,29 @@ def _announce_run(conf: dict[str, Any], run_id: str, experiment_id: str | None) 
     log.info("MLflow run %s (experiment %s) tracks job %s", run_id, experiment_id, conf["job_id"])
 
 
+def _register_here(conf: dict[str, Any], run_id: str, output, result) -> dict[str, str] | None:
+    """Registers the adapter the engine left in `output` (its `adapter_files`) in the train task;
+    None (logged) when it cannot: the register task then does it, with its retries."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    started = time.monotonic()
+    try:
+        with tempfile.TemporaryDirectory(prefix="qlora-adapter-") as tmp:
+            for name in result.adapter_files:  # the adapter's files only (no checkpoints, log, metrics)
+                shutil.copy2(Path(output) / name, Path(tmp) / name)
+            registered = mlflow_runs.register_adapter(
+                run_id, job_spec.registered_model_name(conf["user"], conf["output_name"]), conf["job_id"],
+                adapter_uri=tmp, base_model_uri=s3.s3_uri(get_settings().s3_bucket, s3.model_prefix(conf["model_id"])))
+    except Exception as exc:
+        log.warning("could not register the adapter here, the register task will: %s: %s", type(exc).__name__, exc)
+        return None
+    log.info("registered %s version %s in %.1f s", registered["name"], registered["version"],
+             time.monotonic() - started)
+    return registered
+
+
 @dag(
     dag_id=job_spec.DAG_ID,
     schedule=None,
@@ -187,7 +215,7 @@ def qlora_training():
             model=model_src, data=data_src, task=load_catalog().get(conf["model_id"]).model_type, output=output,
             params=params.TrainingParams(**resolved), run_name=conf["output_name"], job_id=job_id,
             output_uri=adapter_uri, checkpoint_uri=s3.s3_uri(settings.s3_bucket, s3.checkpoints_prefix(job_id)),
-            mlflow_uri=tracking, experiment=experiment, resume=restored is not None)
+            mlflow_uri=tracking, experiment=experiment, resume=restored is not None, evaluate=True)
         watcher = engine_jobs.ResultWatcher(  # publishes result.json as it changes: checkpoints listed live
             output, on_run=lambda r: _announce_run(conf, r.mlflow_run_id, r.mlflow_experiment_id),
             publish_key=s3.training_result_key(job_id))
@@ -197,6 +225,8 @@ def qlora_training():
             worker_paths.discard_job(job_id)
             raise AirflowFailException("training stopped by request before it started; no adapter was saved")
         log.info("running: %s", shlex.join(command))
+        if tracking:
+            mlflow_runs.import_ahead()  # the run's announcement then holds the engine's log back for no import
 
         started = time.monotonic()
         with cache.kept_fresh(worker_paths.cache_entries(conf["model_id"], conf["dataset_id"])):
@@ -227,15 +257,27 @@ def qlora_training():
             worker_paths.discard_job(job_id)
             log.warning("%s: Airflow retries this task, which resumes from the last uploaded checkpoint", exc)
             raise
+        evaluation = engine_jobs.engine_evaluation(output)  # evaluated by the engine right after training
+        log.info("adapter at %s (%d files)%s", result.output_uri, len(result.adapter_files),
+                 "; evaluated by the engine" if evaluation else "; not evaluated yet: the evaluate task will")
+        # an evaluated adapter is registered here, from the files on this worker, with the mlflow this
+        # process imported already; else (or should it fail) by the register task
+        registered = (_register_here(conf, run_id, output, result)
+                      if evaluation and run_id and mlflow_runs.tracking_uri() else None)
         worker_paths.discard_job(job_id)  # the adapter is in S3: evaluate, on any gpu worker, reads it there
-        log.info("adapter at %s (%d files)", result.output_uri, len(result.adapter_files))
         return {"output_dir": str(output), "output_uri": result.output_uri, "mlflow_run_id": run_id,
-                "mlflow_experiment_id": experiment_id, "train_seconds": round(time.monotonic() - started, 2)}
+                "mlflow_experiment_id": experiment_id, "train_seconds": round(time.monotonic() - started, 2),
+                "evaluation": evaluation, "registered_model": registered}
 
     @task(queue="gpu", **TRANSIENT)
     def evaluate(trained: dict[str, Any], paths: dict[str, str]) -> dict[str, Any]:
         conf, settings = _conf(), get_settings()
         job_id, tracking = conf["job_id"], settings.mlflow_tracking_uri
+        if trained.get("evaluation"):  # the train task's engine evaluated (and logged, uploaded) already
+            worker_paths.discard_job(job_id)
+            log.info("held-out metrics (evaluated by the training's engine): %s",
+                     json.dumps(trained["evaluation"], indent=1))
+            return trained["evaluation"]
         model_src, data_src = _sources(conf, paths)
         metrics_file = worker_paths.fresh_folder(worker_paths.evaluation_dir(job_id)) / METRICS_FILE
         command = engine_jobs.evaluate_command(
@@ -258,8 +300,10 @@ def qlora_training():
     @task(**TRANSIENT)
     def register(trained: dict[str, Any]) -> dict[str, Any]:
         conf = _conf()
-        registered = None
-        if trained.get("mlflow_run_id") and mlflow_runs.tracking_uri():
+        registered = trained.get("registered_model")  # the train task registered it already
+        if registered:
+            log.info("registered by the train task: %s version %s", registered["name"], registered["version"])
+        elif trained.get("mlflow_run_id") and mlflow_runs.tracking_uri():
             registered = mlflow_runs.register_adapter(
                 trained["mlflow_run_id"], job_spec.registered_model_name(conf["user"], conf["output_name"]),
                 conf["job_id"], adapter_uri=trained["output_uri"],

@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     engine.add_argument("--clip-report", default=None,
                         help="the dataset's validation report (path or s3:// URI): its decoded clips are trusted; "
                              "without it clips are checked as they are read")
+    engine.add_argument("--evaluate", action="store_true",
+                        help="after training, evaluate the adapter and the base model on the held-out split here "
+                             "(as `evaluate` does, the model already loaded): metrics.json in --output")
     engine.add_argument("--step-delay", type=float, default=0.0, help=argparse.SUPPRESS)
 
     for name, help_text in (("evaluate", "the adapter and the base model on a dataset's held-out split"),

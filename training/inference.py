@@ -42,7 +42,8 @@ def _setup(args: argparse.Namespace):
     info = ModelInfo.load(adapter)
     train_info = json.loads((adapter / TRAINING_INFO_FILE).read_text()) if (adapter / TRAINING_INFO_FILE).is_file() else {}
     dev = device()
-    model, id2label = load_adapter_model(base, adapter, args.quantization, dev)
+    # the head the training started from (its seed): what "base" is measured with, as in `run --evaluate`
+    model, id2label = load_adapter_model(base, adapter, args.quantization, dev, head_seed=train_info.get("seed", 0))
     frames = args.frames or train_info.get("frames") or base.prep.frames
     task = getattr(args, "task", None) or (info.task if info else None) or train_info.get("task")
     if task is None:
@@ -56,7 +57,6 @@ def evaluate_command(args: argparse.Namespace) -> int:
     `final_*`/`base_*` metrics and the `evaluation/` artifacts (`training.evaluation_report`) on
     the training's MLflow run (--mlflow-run-id), the file uploaded to --output-uri."""
     from training.data.loader import ClipDataset, read_examples, split_examples
-    from training.evaluation import evaluate
     from training.s3 import local_folder
 
     base, model, id2label, frames, task, train_info, dev, dtype = _setup(args)
@@ -74,6 +74,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
         if unknown:
             raise InputError(f"labels {', '.join(unknown)} are not among the adapter's labels", field="data")
     from training.data.frame_store import FrameStore
+    from training.models.preprocess import size_key, store_resample
     from training.data.loader import BadClips
     from training.settings import get_settings
 
@@ -82,44 +83,78 @@ def evaluate_command(args: argparse.Namespace) -> int:
     bad_clips = BadClips(len(examples), get_settings().max_bad_clip_fraction)
     dataset = ClipDataset(examples, task=task, family=base.family, prep=base.prep, tokenizer=base.tokenizer,
                           frames=frames, label2id=label2id, bad_clips=bad_clips,
-                          store=FrameStore.open(data_dir, frames, (base.prep.image_size, base.prep.image_size)))
+                          store=FrameStore.open(data_dir, frames, size_key(base.prep, frames), store_resample(base.prep)))
     batch_size = (train_info.get("params") or {}).get("batch_size") or 8
-    from training.evaluation_report import SAMPLES, caption_samples
+    from training.evaluation import evaluate
+    from training.evaluation_report import SAMPLES
 
-    report = {"task": task, "split": args.split, "held_out_examples": len(dataset),
-              "adapter": evaluate(model, base.family, task, base.prep, dataset, dev=dev, dtype=dtype,
-                                  batch_size=batch_size, id2label=id2label, samples=SAMPLES)}
-    if args.with_base:
-        with model.disable_adapter():
-            report["base"] = evaluate(model, base.family, task, base.prep, dataset, dev=dev, dtype=dtype,
-                                      batch_size=batch_size, id2label=id2label, samples=SAMPLES)
-    if task != "video_classification":
-        report["samples"] = caption_samples(report)
-    if bad_clips.failed:
-        report["skipped_clips"] = dict(bad_clips.failed)
-    text = json.dumps(report, indent=2)
+    adapter_metrics = evaluate(model, base.family, task, base.prep, dataset, dev=dev, dtype=dtype,
+                               batch_size=batch_size, id2label=id2label, samples=SAMPLES)
+    report = held_out_report(model, base, task, dataset, adapter_metrics, dev=dev, dtype=dtype,
+                             batch_size=batch_size, id2label=id2label, with_base=args.with_base, split=args.split)
     from training.settings import get_settings
 
     uri = args.mlflow_uri if args.mlflow_uri is not None else get_settings().mlflow_tracking_uri
-    if uri and args.mlflow_run_id:
-        _log_final_metrics(uri, args.mlflow_run_id, report, train_info.get("steps") or 0)
+    text = publish_report(report, Path(args.output) if args.output else None, mlflow_uri=uri,
+                          mlflow_run_id=args.mlflow_run_id, step=train_info.get("steps") or 0,
+                          output_uri=args.output_uri)
+    print(text)
+    return 0
+
+
+def held_out_report(model, base, task: str, dataset, adapter_metrics: dict, *, dev, dtype, batch_size: int,
+                    id2label: dict[int, str] | None, with_base: bool = True, split: str = "validation",
+                    should_stop=lambda: False) -> dict | None:
+    """The evaluation report of `dataset` (METRICS_FILE's content): `adapter_metrics` (the
+    adapter's, `training.evaluation.evaluate` with `samples=SAMPLES`) and, with `with_base`, the
+    base model's: the same model with its adapter disabled (peft's `disable_adapter()`: the
+    base weights and the classification head the training started from). Used by `evaluate`
+    (a fresh process) and by `run --evaluate` (the training's process, its model already loaded).
+    None when stopped midway."""
+    from training.evaluation import evaluate
+    from training.evaluation_report import SAMPLES, caption_samples
+
+    report = {"task": task, "split": split, "held_out_examples": len(dataset), "adapter": adapter_metrics}
+    if with_base:
+        with model.disable_adapter():
+            report["base"] = evaluate(model, base.family, task, base.prep, dataset, dev=dev, dtype=dtype,
+                                      batch_size=batch_size, id2label=id2label, samples=SAMPLES,
+                                      should_stop=should_stop)
+        if not report["base"]:
+            return None
+    if task != "video_classification":
+        report["samples"] = caption_samples(report)
+    names = {e.file_name for e in dataset.examples}
+    bad = dataset.bad_clips.failed if dataset.bad_clips is not None else {}
+    if skipped := {name: reason for name, reason in bad.items() if name in names}:
+        report["skipped_clips"] = skipped
+    return report
+
+
+def publish_report(report: dict, metrics_file: Path | None, *, mlflow_uri: str | None, mlflow_run_id: str | None,
+                   step: int, output_uri: str | None) -> str:
+    """Logs the report to the training's MLflow run (`final_*`/`base_*` metrics at `step`, the
+    `evaluation/` artifacts), writes it to `metrics_file` and uploads that file under
+    `output_uri` (beside the adapter); returns its JSON text."""
+    text = json.dumps(report, indent=2)
+    if mlflow_uri and mlflow_run_id:
+        _log_final_metrics(mlflow_uri, mlflow_run_id, report, step)
         from training.evaluation_report import log_to_mlflow
 
-        log_to_mlflow(uri, args.mlflow_run_id, report)  # evaluation/: the report, tables, confusion matrix
-    if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(text + "\n")
-        if args.output_uri:
+        log_to_mlflow(mlflow_uri, mlflow_run_id, report)  # evaluation/: the report, tables, confusion matrix
+    if metrics_file:
+        metrics_file.parent.mkdir(parents=True, exist_ok=True)
+        metrics_file.write_text(text + "\n")
+        if output_uri:
             import shutil
             import tempfile
 
             from training.s3 import upload_folder
 
             with tempfile.TemporaryDirectory() as folder:  # the metrics file alone, under its name
-                shutil.copy2(args.output, Path(folder) / Path(args.output).name)
-                upload_folder(Path(folder), args.output_uri)
-    print(text)
-    return 0
+                shutil.copy2(metrics_file, Path(folder) / metrics_file.name)
+                upload_folder(Path(folder), output_uri)
+    return text
 
 
 def _numbers(metrics: dict) -> dict[str, float]:

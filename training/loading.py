@@ -13,6 +13,8 @@ from training.errors import InputError
 from training.model_info import ModelInfo
 from training.models import Family, Preprocessing, family_for_config
 from training.models.base import PREPROCESSING_FILE
+from training.models.preprocess import (IMAGE_PROCESSOR_FILE, VIDEO_PROCESSOR_FILE, ProcessorConfigError,
+                                        read_preprocessing)
 
 LABEL_MAP_FILE = "label_map.json"
 TRAINING_INFO_FILE = "training_info.json"
@@ -42,8 +44,15 @@ def read_base_model(folder: Path, source: str | None = None) -> BaseModel:
         family = family_for_config(config)
     except ValueError as exc:
         raise InputError(f"{source or folder}: {exc}", field="model") from None
-    prep = (Preprocessing.from_pretrained(folder) if (folder / PREPROCESSING_FILE).is_file()
-            else family.default_preprocessing(config))
+    engine_prep = Preprocessing.from_pretrained(folder) if (folder / PREPROCESSING_FILE).is_file() else None
+    try:  # sizes, resampling, mean/std, patch/merge sizes: the model's own processor config
+        prep = read_preprocessing(folder, family.name, engine_prep)
+    except ProcessorConfigError as exc:
+        if engine_prep is None:  # a folder from before processor configs keeps its preprocessing_config.json
+            raise InputError(f"{source or folder}: {exc}; copy the checkpoint's processor config files "
+                             f"({IMAGE_PROCESSOR_FILE}, {VIDEO_PROCESSOR_FILE}) beside its config.json",
+                             field="model") from None
+        prep = engine_prep
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
     except Exception as exc:
@@ -70,8 +79,10 @@ def read_label_map(adapter: Path) -> dict[int, str] | None:
     return {int(i): label for i, label in data["id2label"].items()}
 
 
-def load_adapter_model(base: BaseModel, adapter: Path, quantization: str, dev: torch.device):
-    """A fresh base (4-bit or not) with the trained adapter (and classification head) on it."""
+def load_adapter_model(base: BaseModel, adapter: Path, quantization: str, dev: torch.device, head_seed: int = 0):
+    """A fresh base (4-bit or not) with the trained adapter (and classification head) on it.
+    `head_seed`: the seed of the untrained head under the trained one (what the model computes
+    with its adapter disabled: the training's seed gives the head its training started from)."""
     from peft import PeftModel
 
     from training.modeling import attach_classifier
@@ -82,7 +93,7 @@ def load_adapter_model(base: BaseModel, adapter: Path, quantization: str, dev: t
     model = load_base_model(base.folder, base.family, quantization, dev, extra_skip=("classifier",))
     id2label = read_label_map(adapter)
     if id2label:
-        attach_classifier(model, len(id2label), seed=0)
+        attach_classifier(model, len(id2label), seed=head_seed)
     model = PeftModel.from_pretrained(model, str(adapter))
     disable_cpu_repack(model)
     model.eval()

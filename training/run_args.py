@@ -37,6 +37,10 @@ class RunArgs:
     #: the dataset's validation report (path or s3:// URI): the clips it decoded are trusted
     clip_report: str | None = None
     step_delay: float = 0.0
+    #: after training, the adapter and the base model on the held-out split in this process
+    #: (what `python -m training evaluate` does, without loading the model again): METRICS_FILE
+    #: in the output folder and under `output_uri`, `final_*`/`base_*` and `evaluation/` in MLflow
+    evaluate: bool = False
 
     def validate(self) -> None:
         """Checks the engine's own options (the parameters checked themselves when parsed)."""

@@ -65,10 +65,11 @@ def engine_env(job_id: str, tracking: bool) -> dict[str, str]:
 
 def train_command(*, model: str, data: str, task: str, output: Path, params: TrainingParams, run_name: str,
                   job_id: str, output_uri: str, checkpoint_uri: str | None = None, mlflow_uri: str | None = None,
-                  experiment: str | None = None, resume: bool = False) -> list[str]:
+                  experiment: str | None = None, resume: bool = False, evaluate: bool = False) -> list[str]:
     """`python -m training run ...` for a job: the resolved training parameters as options;
     the engine uploads its adapter to `output_uri` and each checkpoint under `checkpoint_uri`
-    itself; `resume`: continue from the checkpoint restored into `output`."""
+    itself; `resume`: continue from the checkpoint restored into `output`; `evaluate`: it also
+    evaluates the adapter and the base model right after training (METRICS_FILE in `output`)."""
     command = [*ENGINE, "run", "--model", model, "--data", data, "--task", task, "--output", str(output),
                *cli_args(params), "--run-name", run_name, "--job-id", job_id, "--output-uri", output_uri]
     if checkpoint_uri:
@@ -79,7 +80,24 @@ def train_command(*, model: str, data: str, task: str, output: Path, params: Tra
             command += ["--experiment", experiment]
     if resume:
         command.append("--resume")
+    if evaluate:
+        command.append("--evaluate")
     return command
+
+
+def engine_evaluation(output: Path) -> dict[str, Any] | None:
+    """The evaluation report `run --evaluate` wrote into `output` (None when it wrote none: it
+    failed or was stopped, the `evaluate` task then runs the evaluation itself)."""
+    from training.result import METRICS_FILE
+
+    try:
+        report = json.loads((Path(output) / METRICS_FILE).read_text())
+    except FileNotFoundError:
+        return None
+    except ValueError as exc:
+        log.warning("the engine's %s is not JSON, evaluating again: %s", METRICS_FILE, exc)
+        return None
+    return report if isinstance(report, dict) and report.get("adapter") else None
 
 
 def evaluate_command(*, model: str, adapter: str, data: str, metrics_file: Path, mlflow_uri: str | None = None,
@@ -104,7 +122,7 @@ class ResultWatcher:
     engine writes it before the first step). With `publish_key`, each manifest that differs from
     the last published one in what the API shows (run, status, checkpoints, adapter files; not
     the step) is uploaded there with `exited: false`, so the API lists checkpoints as the run
-    goes. Never raises: a failing callback or upload is logged."""
+    goes (and the clips skipped so far). Never raises: a failing callback or upload is logged."""
 
     def __init__(self, output: Path, on_run: Callable[[EngineResult], None] | None = None,
                  publish_key: str | None = None) -> None:
@@ -144,7 +162,7 @@ class ResultWatcher:
 
     def _publish(self, result: EngineResult) -> None:
         shown = (result.mlflow_run_id, result.status, json.dumps([c.name for c in result.checkpoints]),
-                 tuple(result.adapter_files), result.output_uri)
+                 tuple(result.adapter_files), result.output_uri, json.dumps(result.skipped_clips, sort_keys=True))
         if shown == self.published:
             return
         try:

@@ -33,6 +33,26 @@ def client():
     return MlflowClient(tracking_uri=tracking_uri())
 
 
+def import_ahead() -> None:
+    """Imports mlflow's client and boto3's S3 client (seconds of CPU, tens under load) in a
+    background thread, so that the train task's first MLflow call and result upload (made in the
+    loop that forwards the engine's log) do not hold the log back (issue 16)."""
+    import threading
+
+    def load() -> None:
+        try:
+            from mlflow.entities import RunTag  # noqa: F401
+            from mlflow.tracking import MlflowClient  # noqa: F401
+
+            from training import s3
+
+            s3.client()
+        except Exception as exc:  # the calls themselves import (and report) what is missing
+            log.debug("import ahead: %s", exc)
+
+    threading.Thread(target=load, daemon=True, name="import-ahead").start()
+
+
 def job_tags(conf: Mapping[str, Any], airflow_run_id: str) -> dict[str, str]:
     """The tags that tie the run to its job (the engine knows only the job id)."""
     return {"job_id": conf["job_id"], "user": conf["user"], "mlflow.user": conf["user"],
@@ -80,9 +100,9 @@ def tag_run(run_id: str, tags: Mapping[str, str]) -> bool:
     """Sets `tags` on the run; False (logged) when MLflow cannot: tracking extras never fail a
     training."""
     try:
-        mlflow = client()
-        for key, value in tags.items():
-            mlflow.set_tag(run_id, key, value)
+        from mlflow.entities import RunTag
+
+        client().log_batch(run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])  # one request
         return True
     except Exception as exc:
         log.warning("could not tag MLflow run %s: %s", run_id, exc)

@@ -261,3 +261,30 @@ def test_the_watcher_publishes_the_manifest_while_the_engine_runs(tmp_path, s3_e
         engine_jobs._put_result = original
     watcher.poll()  # retried
     assert (published()["status"], published()["exited"]) == ("stopped", False)
+
+
+def test_a_skipped_clip_is_published_while_the_engine_runs(tmp_path, s3_env):
+    """The live result.json names the clips skipped so far (issue 16), not only the final one."""
+    from training import s3
+
+    key = s3.training_result_key("job-skips")
+    watcher = ResultWatcher(tmp_path, publish_key=key)
+    write_result(tmp_path, EngineResult(mlflow_run_id=RUN, step=1))
+    watcher.poll()
+    write_result(tmp_path, EngineResult(mlflow_run_id=RUN, step=2, skipped_clips={"a.mp4": "no video stream"}))
+    watcher.poll()
+    body = json.loads(s3_env.client().get_object(Bucket=s3_env.bucket, Key=key)["Body"].read())
+    assert body["skipped_clips"] == {"a.mp4": "no video stream"} and body["exited"] is False
+
+
+def test_the_train_command_asks_the_engine_to_evaluate_and_the_task_reads_its_report(tmp_path):
+    common = dict(model="m", data="d", task="video_classification", output=tmp_path, params=_resolved(),
+                  run_name="n", job_id="j", output_uri=URI)
+    assert "--evaluate" not in engine_jobs.train_command(**common)
+    assert engine_jobs.train_command(**common, evaluate=True)[-1] == "--evaluate"
+    assert engine_jobs.engine_evaluation(tmp_path) is None  # none written: the evaluate task evaluates
+    (tmp_path / "metrics.json").write_text("{not json")
+    assert engine_jobs.engine_evaluation(tmp_path) is None
+    report = {"task": "video_classification", "adapter": {"accuracy": 1.0}, "base": {"accuracy": 0.5}}
+    (tmp_path / "metrics.json").write_text(json.dumps(report))
+    assert engine_jobs.engine_evaluation(tmp_path) == report
