@@ -459,3 +459,26 @@ def test_an_upload_never_completed_ends_in_error_and_sends_dataset_error(client,
     assert all("not completed in time" in b["data"]["error"] for b in receiver.bodies())
     detail = client.get(f"/v1/datasets/{stale['dataset_id']}", headers=auth).json()
     assert next(b["data"] for b in receiver.bodies() if b["data"]["id"] == stale["dataset_id"]) == detail
+
+
+def test_a_message_claimed_by_a_sender_that_died_is_sent_again(client, auth, airflow, mlflow, s3, sender,
+                                                               receiver) -> None:
+    """The API dies after claiming a message and before its answer is recorded: the claim expires
+    (after the timeout plus a slack) and another process sends the same message."""
+    hook = create(client, auth, receiver.url).json()
+    client.app.state.airflow = airflow
+    validated_dataset(client, auth, airflow, s3)
+    reconcile_once(client.app)
+    dead = WebhookSender(client.app.state.sessionmaker, sender.settings)
+    claimed = dead._claim()  # ...and the process is killed here: nothing sent, nothing recorded
+    dead.close()
+    assert len(claimed) == 1 and sender.run_once() == 0  # claimed: not sent twice at once
+    with client.app.state.sessionmaker() as session:
+        delivery = session.get(WebhookDelivery, claimed[0].id)
+        assert delivery.status == "pending" and delivery.next_attempt_at > utcnow() + timedelta(seconds=20)
+    make_due(client)  # the claim's lease ran out
+    assert sender.run_once() == 1
+    (headers, body), = receiver.received
+    assert headers["webhook-id"] == claimed[0].id and signing.verify(hook["secret"], headers, body)
+    newest = client.get(f"/v1/webhooks/{hook['id']}/deliveries", headers=auth).json()[0]
+    assert newest["status"] == "delivered" and [a["attempt"] for a in newest["attempts"]] == [2]
