@@ -312,6 +312,7 @@ def _run(args: RunArgs, output: Path, result: EngineResult) -> int:
 
     last_loss: float | None = None
     last_eval: dict[str, float] = {}
+    final_eval: dict = {}  # the adapter's full metrics after the last step (for --evaluate's report)
 
     def checkpoint_now(reason: str) -> None:
         from datetime import datetime, timezone
@@ -401,12 +402,17 @@ def _run(args: RunArgs, output: Path, result: EngineResult) -> int:
                 break
             epoch_ended = step == min((epoch + 1) * steps_per_epoch, total_steps)
             if epoch_ended and ((epoch + 1) % p.eval_every_epochs == 0 or step >= total_steps):
+                from training.evaluation_report import SAMPLES
+
                 metrics = evaluate(model, base.family, args.task, base.prep, held_set, dev=dev, dtype=dtype,
-                                   batch_size=p.batch_size, id2label=id2label, should_stop=lambda: bool(stop))
+                                   batch_size=p.batch_size, id2label=id2label, should_stop=lambda: bool(stop),
+                                   samples=SAMPLES if step >= total_steps else 5)
                 if metrics:
                     log.info("epoch %d eval: %s", epoch + 1, _numbers(metrics))
                     tracker.log_metrics({f"epoch_{k}": v for k, v in _numbers(metrics).items()}, step)
                     last_eval = _numbers(metrics)
+                    if step >= total_steps:
+                        final_eval = metrics
             if epoch_ended and p.checkpoint_every_steps is None and step < total_steps and not stop:
                 checkpoint_now("epoch")
             if step >= total_steps:
@@ -429,6 +435,10 @@ def _run(args: RunArgs, output: Path, result: EngineResult) -> int:
         save_and_upload()
         tracker.log_artifacts(_adapter_files(output), "adapter")
         log.info("done in %.1f s: %s", time.time() - started, output)
+        if args.evaluate and held_set.examples:
+            evaluate_here(args, output, model, base, held_set, final_eval, dev=dev, dtype=dtype,
+                          batch_size=p.batch_size, id2label=id2label, tracker=tracker, step=step,
+                          should_stop=lambda: bool(stop))
         tracker.log_file(output / LOG_FILE, "logs")
         result.status, result.step = RunStatus.COMPLETED, step
         write_result(output, result)
@@ -446,6 +456,43 @@ def _run(args: RunArgs, output: Path, result: EngineResult) -> int:
         if bar is not None:
             bar.close()
         tracker.end(status)
+
+
+def evaluate_here(args: RunArgs, output: Path, model, base, held_set: ClipDataset, adapter_metrics: dict, *, dev,
+                  dtype, batch_size: int, id2label, tracker, step: int, should_stop) -> Path | None:
+    """`--evaluate`: the evaluation report of the held-out split (the adapter's metrics of the
+    last epoch's evaluation, the base model's with the adapter disabled), as `python -m training
+    evaluate` writes it: METRICS_FILE in `output` (uploaded under `output_uri`), `final_*`,
+    `base_*` and `evaluation/` in the MLflow run. A failure or a stop midway is logged and
+    leaves no METRICS_FILE (the DAG's `evaluate` task then runs the evaluation itself): the
+    adapter is complete and uploaded already. Returns the file, or None."""
+    from training.evaluation import evaluate
+    from training.evaluation_report import SAMPLES
+    from training.inference import held_out_report, publish_report
+    from training.result import METRICS_FILE
+
+    started = time.time()
+    try:
+        if not adapter_metrics:  # no evaluation after the last step (eval_every_epochs did not fall on it)
+            adapter_metrics = evaluate(model, base.family, args.task, base.prep, held_set, dev=dev, dtype=dtype,
+                                       batch_size=batch_size, id2label=id2label, samples=SAMPLES,
+                                       should_stop=should_stop)
+        report = held_out_report(model, base, args.task, held_set, adapter_metrics, dev=dev, dtype=dtype,
+                                 batch_size=batch_size, id2label=id2label, should_stop=should_stop) \
+            if adapter_metrics else None
+        if report is None:
+            log.warning("evaluation stopped before its end: no %s", METRICS_FILE)
+            return None
+        tracker.flush()
+        publish_report(report, output / METRICS_FILE, mlflow_uri=_tracking_uri(args), mlflow_run_id=tracker.run_id,
+                       step=step, output_uri=args.output_uri)
+    except Exception as exc:  # the training is done and uploaded: a separate evaluation can still follow
+        log.warning("evaluation after training failed, no %s: %s: %s", METRICS_FILE, type(exc).__name__, exc)
+        (output / METRICS_FILE).unlink(missing_ok=True)
+        return None
+    log.info("evaluated adapter and base model on %d held-out clips in %.1f s: %s", len(held_set),
+             time.time() - started, METRICS_FILE)
+    return output / METRICS_FILE
 
 
 def _report_beside(data_dir: Path) -> str | None:

@@ -309,6 +309,13 @@ def test_a_tiny_job_trains_end_to_end(airflow_env, s3, mlflow_uri, mlflow_server
     metrics = result["metrics"]
     assert metrics["task"] == "video_classification" and metrics["held_out_examples"] > 0, metrics
     assert "accuracy" in metrics["adapter"] and "accuracy" in metrics["base"], metrics
+    # evaluated by the training's engine (model loaded once) and registered by the train task:
+    # evaluate and register only pass them on, without a second engine (issue 16)
+    trained = run["xcoms"]["train.return_value"]
+    assert trained["evaluation"] == metrics and trained["registered_model"] == result["registered_model"]
+    log = (tmp_path / "dag-test.log").read_text()
+    assert "evaluated adapter and base model on" in log and "held-out metrics (evaluated by the training's engine)" in log
+    assert "registered by the train task: alice~tiny-colours version" in log and "training evaluate" not in log
     worker_cache = Path(airflow_env["QLORA_CACHE_DIR"])
     assert not (worker_cache / "trainings" / job_id).exists()  # the job's folders are gone from the worker
     assert (worker_cache / "models" / model_id).is_dir()  # the cache's model stays for the next job
