@@ -188,22 +188,23 @@ def test_follow_a_job_events_metrics_logs_and_signed_webhooks(follow_api, airflo
             tis = client.list_task_instances("qlora_training", run)
             tries = tis["train"].try_number
             full = client.get_task_log("qlora_training", run, "train", tries)
-            airflow_run = client.get_dag_run("qlora_training", run)
         finally:
             client.close()
         # event lag: the change in Airflow (or the engine's save) -> its event (reconcile pass every 1 s)
         def recorded(match) -> float:
             return datetime.fromisoformat(next(e for e in events if match(e))["created_at"]).timestamp()
 
+        first_start = min(t.start_date for t in tis.values() if t.start_date).timestamp()
+        last_end = max(t.end_date for t in tis.values() if t.end_date).timestamp()
         lags = {
-            "run started -> running": recorded(lambda e: e["data"].get("to_status") == "running")
-            - airflow_run.start_date.timestamp(),
+            "first task started -> running": recorded(lambda e: e["data"].get("to_status") == "running")
+            - first_start,
             "train task started -> stage training": recorded(lambda e: e["data"].get("to_stage") == "training")
             - tis["train"].start_date.timestamp(),
             "checkpoint saved (engine clock, 1 s resolution) -> checkpoint": recorded(lambda e: e["type"] == "checkpoint")
             - datetime.fromisoformat(checkpoint_saved_at(s3, job_id)).timestamp(),
-            "run ended -> completed": recorded(lambda e: e["data"].get("to_status") == "completed")
-            - airflow_run.end_date.timestamp(),
+            # completed once every task succeeded (the run's own success may come later)
+            "last task ended -> completed": recorded(lambda e: e["data"].get("to_status") == "completed") - last_end,
         }
         print("event lag (QLORA_RECONCILE_INTERVAL_S=1): " + "; ".join(f"{k} {v:.2f} s" for k, v in lags.items()))
         assert all(v > -1.5 for v in lags.values()), lags  # recorded after the fact (1 s: the engine's stamp)
