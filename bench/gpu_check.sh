@@ -4,8 +4,12 @@
 # (env.txt, tests.log, bench.log) and the last lines print a summary.
 #   1. the engine's tests on CUDA: tiny models of both architectures x both tasks in NF4, the
 #      adapter reloaded, evaluation, predict, SIGTERM stop and --resume (tests/training);
-#   2. python -m bench.training --sections big: VideoLLaMA 3 7B (random weights, published
-#      config), NF4 vs bf16 LoRA through the engine and the bare transformers+peft NF4 loop;
+#      and the catalog's real checkpoints (stored published configs, cut to a few layers) trained
+#      two NF4 steps with their published preprocessing, which is checked against transformers'
+#      processors (tests/training/test_real_checkpoints.py, test_processor_parity.py);
+#   2. python -m bench.training --sections big: VideoLLaMA 3 7B (random weights, the published
+#      config and processor configs stored in training/models/checkpoints/), NF4 vs bf16 LoRA
+#      through the engine and the bare transformers+peft NF4 loop;
 #   3. IDEFICS 9B in NF4 through the engine, if the deadline allows.
 # Dry run on a CPU: SIZE=tiny OUT=/tmp/gpu-out bash bench/gpu_check.sh
 set -uo pipefail
@@ -31,7 +35,8 @@ $PY -m bench.training --sections big --size "$SIZE" --archs video_llama,flamingo
 writer=$!
 if [ "$RUN_TESTS" = 1 ]; then
   timeout 300 $PY -m pytest -q -p no:cacheprovider --confcutdir=tests/training --basetemp=/tmp/pt -o timeout=280 \
-    tests/training/test_qlora_training.py tests/training/test_stop_resume.py > "$OUT/tests.log" 2>&1
+    tests/training/test_qlora_training.py tests/training/test_stop_resume.py \
+    tests/training/test_real_checkpoints.py tests/training/test_processor_parity.py > "$OUT/tests.log" 2>&1
   echo "tests exit $?" >> "$OUT/tests.log"
   echo "train.log files of the tests that ran on cuda: $(grep -l ' on cuda' -r /tmp/pt --include train.log | wc -l)" \
     "of $(find /tmp/pt -name train.log | wc -l)" >> "$OUT/tests.log"

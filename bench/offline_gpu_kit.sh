@@ -4,7 +4,8 @@
 # whose python3 already holds torch, transformers' deps, numpy and pandas (a lent GPU box, an
 # air-gapped worker). The versions are the lock file's. bitsandbytes ships one library per CUDA
 # runtime (~130 MB together); only CUDA 13.0's (PyTorch's cu130 builds) and the CPU's are kept
-# (KEEP_CUDA=132 keeps another). pydantic & co: the engine's parameters and settings.
+# (KEEP_CUDA=132 keeps another). pydantic & co: the engine's parameters and settings; pillow: the
+# engine resizes sampled frames with PIL's filters, as the checkpoints' processors do.
 #
 #   bash bench/offline_gpu_kit.sh            # here, with network or a local index
 #   # there, from the repository root:
@@ -23,7 +24,8 @@ for p in manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_24_x86_64 manyl
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$PY_VERSION" --implementation cp \
   "${platforms[@]}" -d .whl "$(lock av)" "$(lock transformers)" "$(lock peft)" "$(lock nltk)" \
   "$(lock bitsandbytes)" "$(lock pydantic)" "$(lock pydantic-core)" "$(lock pydantic-settings)" \
-  "$(lock annotated-types)" "$(lock typing-inspection)" "$(lock python-dotenv)" 2>&1 | grep -v "is ignored" || true
+  "$(lock annotated-types)" "$(lock typing-inspection)" "$(lock python-dotenv)" "$(lock pillow)" \
+  2>&1 | grep -v "is ignored" || true
 # rouge_score is published as an sdist only: build its (pure Python) wheel here
 python3 -m pip wheel -q --no-deps -w .whl "$(lock rouge_score)" 2>&1 | grep -v "is ignored" || true
 python3 - <<'PY'

@@ -265,71 +265,47 @@ def decode_rows(data: Path) -> list[tuple[str, str]]:
 
 
 # ---- 4. 7B-size VideoLLaMA 3 ----------------------------------------------------------------
-#: Qwen2.5-7B (the language model of VideoLLaMA3-7B) and its SigLIP-so400m patch-14 encoder
-TEXT_7B = dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
-               num_key_value_heads=4, vocab_size=152064, max_position_embeddings=32768, rms_norm_eps=1e-6,
-               hidden_act="silu", tie_word_embeddings=False, use_sliding_window=False, max_window_layers=28,
-               rope_parameters={"rope_type": "default", "rope_theta": 1000000.0})
-VISION_7B = dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
-                 patch_size=14, layer_norm_eps=1e-6, hidden_act="gelu_pytorch_tanh")
-TEXT_TINY = {**TEXT_7B, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-             "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 512, "max_window_layers": 2}
-VISION_TINY = {**VISION_7B, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-               "num_attention_heads": 4}
 BIG_FRAMES, SHARD_BYTES = 8, 2 << 30
 #: the 7B model on the CPU (`--big-on-cpu`): NF4 only (fp32 would need ~31 GiB), 3 steps (one
 #: warm-up, one timed, the last cut short by SIGTERM so the slow generation eval is skipped)
 CPU_7B_STEPS, CPU_7B_WARMUP = 3, 1
 GiB = 2**30
 
-
-#: IDEFICS 9B (HuggingFaceM4/idefics-9b, the open Flamingo): LLaMA-7B text, gated cross-attention
-#: every 4th layer, CLIP ViT-H/14 vision, a 6-layer perceiver resampler with 64 latents
-#: (IdeficsConfig's defaults are the 9B's text values; vision, interval and resampler as published)
-IDEFICS_9B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-                  cross_layer_interval=4, use_resampler=True, qk_layer_norms=False, rms_norm_eps=1e-6,
-                  max_position_embeddings=2048, vocab_size=32000, additional_vocab_size=0,
-                  vision_config=dict(embed_dim=1280, image_size=224, intermediate_size=5120, patch_size=14,
-                                     num_hidden_layers=32, num_attention_heads=16, hidden_act="gelu"),
-                  perceiver_config=dict(use_resampler=True, resampler_n_latents=64, resampler_depth=6,
-                                        resampler_n_heads=16, resampler_head_dim=96))
+#: the published checkpoints of the catalog's real entries: their stored config.json, processor
+#: configs and special token ids (training/models/checkpoints/, sources in its README): VideoLLaMA 3
+#: 7B (Qwen2.5-7B text, SigLIP patch-14 vision) and IDEFICS 9B Instruct (LLaMA-7B text, gated
+#: cross-attention every 4th layer, ViT-H/14 vision, 6-layer perceiver with 64 latents)
+BIG_CHECKPOINTS = {"video_llama": "lkhl/VideoLLaMA3-7B-Image-HF", "flamingo": "HuggingFaceM4/idefics-9b-instruct"}
 BIG_MODELS = {"video_llama": "VideoLLaMA 3 7B", "flamingo": "IDEFICS 9B"}
 
 
-def big_config(arch: str, size: str, tokenizer, family):
-    ids = dict(pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-               eos_token_id=tokenizer.eos_token_id)
-    if arch == "flamingo":
-        from transformers import IdeficsConfig
+def big_config(arch: str, size: str):
+    """The published config of `arch`'s checkpoint ("7b"), or cut to a few layers ("tiny")."""
+    from training.models.published import CUT, published_config
 
-        if size != "7b":
-            return family.tiny_config(tokenizer, family.tiny_preprocessing())
-        values = {**IDEFICS_9B, "vocab_size": max(IDEFICS_9B["vocab_size"], len(tokenizer))}
-        return IdeficsConfig(**values, freeze_text_layers=False, freeze_vision_layers=False, freeze_lm_head=False,
-                             tie_word_embeddings=False, **ids)
-    from transformers import VideoLlama3Config
-
-    text, vision = (TEXT_7B, VISION_7B) if size == "7b" else (TEXT_TINY, VISION_TINY)
-    # token ids of our offline tokenizer (the published ones index Qwen's vocabulary)
-    return VideoLlama3Config(text_config={"model_type": "qwen2", **text, **ids}, vision_config=dict(vision),
-                             video_token_id=tokenizer.convert_tokens_to_ids("<|video_pad|>"),
-                             image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"), **ids)
+    return published_config(BIG_CHECKPOINTS[arch], None if size == "7b" else CUT[arch])
 
 
 def write_random_model(size: str, folder: Path, arch: str = "video_llama") -> tuple[Path, int]:
     """A loadable model folder with random weights, written tensor by tensor in <= 2 GiB shards
-    (the model itself is only built on the meta device), with the engine's tokenizer and
-    preprocessing (8 frames). `size` "7b" is the published size of `arch` (VideoLLaMA 3 7B or
-    IDEFICS 9B), "tiny" the same code on tiny dimensions. Returns (folder, parameter count)."""
+    (the model itself is only built on the meta device), with the published checkpoint's
+    processor configs (its real preprocessing), a stand-in tokenizer holding its special tokens
+    at their published ids, and 8 frames. `size` "7b" is the published size of `arch`
+    (VideoLLaMA 3 7B or IDEFICS 9B), "tiny" the same config cut to a few layers. Returns
+    (folder, parameter count)."""
+    import shutil
+
     from safetensors.torch import save_file
 
     from training.model_info import ModelInfo
     from training.models import get_family
-    from training.models.tokenizer import build_tokenizer
+    from training.models.base import Preprocessing
+    from training.models.preprocess import IMAGE_PROCESSOR_FILE, VIDEO_PROCESSOR_FILE, read_preprocessing
+    from training.models.published import checkpoint_folder, standin_tokenizer
 
     family = get_family(arch)
-    tokenizer = build_tokenizer(family.special_tokens())
-    config = big_config(arch, size, tokenizer, family)
+    tokenizer = standin_tokenizer(BIG_CHECKPOINTS[arch])
+    config = big_config(arch, size)
     with torch.device("meta"):
         shapes = {name: t.shape for name, t in family.model_class()(config).state_dict().items()}
     gen_dev = "cuda" if torch.cuda.is_available() else "cpu"
@@ -362,11 +338,10 @@ def write_random_model(size: str, folder: Path, arch: str = "video_llama") -> tu
         {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1))
     config.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    prep = family.default_preprocessing(config)
-    prep.frames = BIG_FRAMES
-    if size != "7b" and arch == "video_llama":
-        prep.image_size = config.vision_config.patch_size * 2 * 2  # 4 patches a side, 1 token a frame
-    prep.save_pretrained(folder)
+    for name in (IMAGE_PROCESSOR_FILE, VIDEO_PROCESSOR_FILE):
+        if (checkpoint_folder(BIG_CHECKPOINTS[arch]) / name).is_file():
+            shutil.copyfile(checkpoint_folder(BIG_CHECKPOINTS[arch]) / name, folder / name)
+    read_preprocessing(folder, arch, Preprocessing(architecture=arch, frames=BIG_FRAMES)).save_pretrained(folder)
     ModelInfo(architecture=arch, task="video_captioning", catalog_id=None, tiny=size != "7b",
               labels=[]).save(folder)
     return folder, n_params

@@ -1,5 +1,6 @@
 """`python -m training build-tiny`: a tiny model of a real architecture class, random weights,
-hidden sizes >= 64, with its offline tokenizer and preprocessing config. Loadable with
+hidden sizes >= 64, with its offline tokenizer, its processor config files (as a published
+checkpoint has them: the engine reads both the same way) and preprocessing config. Loadable with
 `from_pretrained`; a few hundred KB; built in well under a second once torch is imported."""
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from transformers.utils import logging as hf_logging
 
 from training.model_info import ModelInfo, tiny_build_id
 from training.models import get_family
+from training.models.preprocess import write_processor_files
 from training.models.tokenizer import build_tokenizer
 
 
@@ -29,6 +31,7 @@ def build_tiny(architecture: str, task: str, out: str | Path, *, labels: list[st
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     prep.save_pretrained(out)
+    write_processor_files(prep, out)  # read back by the engine like a real checkpoint's
     ModelInfo(architecture=architecture, task=task, catalog_id=catalog_id, tiny=True,
               labels=list(labels or []), build_id=tiny_build_id()).save(out)
     return out

@@ -62,7 +62,7 @@ def generate_captions(model, family: Family, prep: Preprocessing, dataset: ClipD
     captions = []
     for index in indices:
         item = dataset[index]
-        item = dict(item, input_ids=list(dataset.prompt_ids))
+        item = dict(item, input_ids=list(item["prompt_ids"]))
         item.pop("labels", None)
         batch = collate([item], tokenizer.pad_token_id)
         inputs = model_inputs(family, prep, batch, dev, dtype)

@@ -74,6 +74,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
         if unknown:
             raise InputError(f"labels {', '.join(unknown)} are not among the adapter's labels", field="data")
     from training.data.frame_store import FrameStore
+    from training.models.preprocess import size_key, store_resample
     from training.data.loader import BadClips
     from training.settings import get_settings
 
@@ -82,7 +83,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
     bad_clips = BadClips(len(examples), get_settings().max_bad_clip_fraction)
     dataset = ClipDataset(examples, task=task, family=base.family, prep=base.prep, tokenizer=base.tokenizer,
                           frames=frames, label2id=label2id, bad_clips=bad_clips,
-                          store=FrameStore.open(data_dir, frames, (base.prep.image_size, base.prep.image_size)))
+                          store=FrameStore.open(data_dir, frames, size_key(base.prep, frames), store_resample(base.prep)))
     batch_size = (train_info.get("params") or {}).get("batch_size") or 8
     from training.evaluation import evaluate
     from training.evaluation_report import SAMPLES

@@ -13,6 +13,8 @@ from training.errors import InputError
 from training.model_info import ModelInfo
 from training.models import Family, Preprocessing, family_for_config
 from training.models.base import PREPROCESSING_FILE
+from training.models.preprocess import (IMAGE_PROCESSOR_FILE, VIDEO_PROCESSOR_FILE, ProcessorConfigError,
+                                        read_preprocessing)
 
 LABEL_MAP_FILE = "label_map.json"
 TRAINING_INFO_FILE = "training_info.json"
@@ -42,8 +44,15 @@ def read_base_model(folder: Path, source: str | None = None) -> BaseModel:
         family = family_for_config(config)
     except ValueError as exc:
         raise InputError(f"{source or folder}: {exc}", field="model") from None
-    prep = (Preprocessing.from_pretrained(folder) if (folder / PREPROCESSING_FILE).is_file()
-            else family.default_preprocessing(config))
+    engine_prep = Preprocessing.from_pretrained(folder) if (folder / PREPROCESSING_FILE).is_file() else None
+    try:  # sizes, resampling, mean/std, patch/merge sizes: the model's own processor config
+        prep = read_preprocessing(folder, family.name, engine_prep)
+    except ProcessorConfigError as exc:
+        if engine_prep is None:  # a folder from before processor configs keeps its preprocessing_config.json
+            raise InputError(f"{source or folder}: {exc}; copy the checkpoint's processor config files "
+                             f"({IMAGE_PROCESSOR_FILE}, {VIDEO_PROCESSOR_FILE}) beside its config.json",
+                             field="model") from None
+        prep = engine_prep
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
     except Exception as exc:

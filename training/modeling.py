@@ -43,7 +43,11 @@ def attach_classifier(model: nn.Module, num_labels: int, seed: int) -> nn.Linear
 def model_inputs(family: Family, prep: Preprocessing, batch: dict, dev: torch.device,
                  dtype: torch.dtype) -> dict[str, torch.Tensor]:
     inputs = {"input_ids": batch["input_ids"].to(dev), "attention_mask": batch["attention_mask"].to(dev)}
-    visual = family.visual_inputs(batch["frames"], batch["attention_mask"], prep)
+    if batch.get("frame_counts") is None:
+        visual = family.visual_inputs(batch["frames"], batch["attention_mask"], prep)
+    else:  # clips of different lengths (fps sampling): zero frames pad the shorter ones
+        visual = family.visual_inputs(batch["frames"], batch["attention_mask"], prep,
+                                      frame_counts=batch["frame_counts"])
     for key, value in visual.items():
         value = value.to(dev)
         inputs[key] = value.to(dtype) if value.is_floating_point() else value
@@ -66,5 +70,14 @@ def batch_loss(model: nn.Module, family: Family, task: str, prep: Preprocessing,
     if task == "video_classification":
         logits = classification_logits(model, family, inputs)
         return nn.functional.cross_entropy(logits, batch["class_labels"].to(dev)), logits
-    out = model(**inputs, labels=batch["labels"].to(dev), use_cache=False)
-    return out.loss, None
+    return caption_loss(model(**inputs, use_cache=False).logits, batch["labels"].to(dev)), None
+
+
+def caption_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy over the caption tokens (labels -100 elsewhere), in fp32: what
+    transformers' causal-LM loss computes, over all of the logits' columns. (IDEFICS' own loss
+    reshapes its logits to `config.vocab_size` columns and fails on the published checkpoints,
+    whose decoupled head adds `additional_vocab_size` 3 columns for its image tokens.)"""
+    shifted = logits[:, :-1].float()
+    return nn.functional.cross_entropy(shifted.reshape(-1, shifted.shape[-1]), labels[:, 1:].reshape(-1),
+                                       ignore_index=-100)

@@ -222,7 +222,8 @@ def _run(args: RunArgs, output: Path, result: EngineResult) -> int:
     from training.data.frame_store import FrameStore
 
     bad_clips = BadClips(len(splits.train) + len(splits.held_out), get_settings().max_bad_clip_fraction)
-    store = FrameStore.open(data_dir, frames, (base.prep.image_size, base.prep.image_size))
+    from training.models.preprocess import size_key, store_resample
+    store = FrameStore.open(data_dir, frames, size_key(base.prep, frames), store_resample(base.prep))
     common = dict(task=args.task, family=base.family, prep=base.prep, tokenizer=base.tokenizer, frames=frames,
                   label2id=label2id, store=store, bad_clips=bad_clips)
     train_set, held_set = ClipDataset(splits.train, **common), ClipDataset(splits.held_out, **common)

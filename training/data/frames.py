@@ -137,10 +137,14 @@ def _target(size: Size, width: int, height: int) -> tuple[int, int]:
 
 
 class _Converter:
-    """Sampled frame -> upright uint8 (3, H, W) at the target size, scaled by swscale."""
+    """Sampled frame -> upright uint8 (3, H, W) at the target size, scaled by swscale; or, with
+    `resample` (a PIL resample code, as processor configs store it), converted to RGB at its own
+    size by swscale and resized by PIL, as transformers' PIL image processors resize (swscale's
+    one-pass conversion and scaling interpolates chroma differently: up to 0.77 apart after
+    normalisation at a red/grey edge, against <= 1e-6 this way; see tests/training/test_processor_parity.py)."""
 
-    def __init__(self, size: Size, interpolation: str) -> None:
-        self.size, self.interpolation = size, interpolation
+    def __init__(self, size: Size, interpolation: str, resample: int | None = None) -> None:
+        self.size, self.interpolation, self.resample = size, interpolation, resample
         self.rotation: int | None = None
         self.converted = 0
 
@@ -152,7 +156,14 @@ class _Converter:
         upright_w, upright_h = (frame.height, frame.width) if turned else (frame.width, frame.height)
         w, h = _target(self.size, upright_w, upright_h)
         sw, sh = (h, w) if turned else (w, h)
-        array = frame.to_ndarray(width=sw, height=sh, format="rgb24", interpolation=self.interpolation)
+        if self.resample is None:
+            array = frame.to_ndarray(width=sw, height=sh, format="rgb24", interpolation=self.interpolation)
+        else:  # one source-size RGB frame at a time: memory bounded by the frame, not the clip
+            array = frame.to_ndarray(format="rgb24")
+            if (sw, sh) != (frame.width, frame.height):
+                from PIL import Image
+
+                array = np.asarray(Image.fromarray(array).resize((sw, sh), resample=self.resample))
         if self.rotation:
             array = np.rot90(array, k=self.rotation // 90)
         return np.ascontiguousarray(array.transpose(2, 0, 1))
@@ -226,16 +237,20 @@ def _decode_through(container, stream, count: int, convert: _Converter,
 
 
 def decode_frames(path: str | Path, count: int, size: Size = None, *, fps: float | None = None,
-                  interpolation: str = "BILINEAR", stats: dict | None = None) -> torch.Tensor:
+                  interpolation: str = "BILINEAR", stats: dict | None = None,
+                  resample: int | None = None) -> torch.Tensor:
     """Sampled frames of the clip as uint8 (T, 3, H, W), upright, scaled in the decoder.
 
     `count` frames uniformly over the clip, or with `fps` one frame per 1/fps seconds up to
     `count` frames (`sample_indices_fps`). `size`: (width, height) of the output, or a function
     of the upright source (width, height), or None for the source size. `stats`, when given,
-    receives what it cost: frames in the clip, decoded, converted, and seeks."""
+    receives what it cost: frames in the clip, decoded, converted, and seeks, and `times`: the
+    sampled frames' presentation times in seconds from the first frame. `resample`: resize with
+    PIL (that resample code) after swscale's RGB conversion, instead of swscale scaling."""
     name = Path(path).name
-    convert = _Converter(size, interpolation)
+    convert = _Converter(size, interpolation, resample)
     counts = {"frames": 0, "decoded": 0, "converted": 0, "seeks": 0}
+    times: list[float] = []
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
@@ -250,9 +265,10 @@ def decode_frames(path: str | Path, count: int, size: Size = None, *, fps: float
                 raise ClipError(f"{name}: {too_big[0]}")
             index = index_clip(container, stream)
             if index.pts:
-                times = index.times()
-                picks = (sample_indices_fps(times, fps, count) if fps else sample_indices(len(times), count))
-                counts["frames"] = len(times)
+                clip_times = index.times()
+                picks = (sample_indices_fps(clip_times, fps, count) if fps else sample_indices(len(clip_times), count))
+                times = [clip_times[i] for i in picks]
+                counts["frames"] = len(clip_times)
                 by_pts = _decode_sampled(container, stream, index, picks, convert, counts)
                 arrays = [by_pts[index.pts[i]] for i in picks if index.pts[i] in by_pts]
                 expected = len(picks)
@@ -261,8 +277,11 @@ def decode_frames(path: str | Path, count: int, size: Size = None, *, fps: float
 
                 def choose(total: int) -> list[int]:
                     if fps:
-                        return sample_indices_fps([i / rate for i in range(total)], fps, count)
-                    return sample_indices(total, count)
+                        chosen = sample_indices_fps([i / rate for i in range(total)], fps, count)
+                    else:
+                        chosen = sample_indices(total, count)
+                    times[:] = [i / rate for i in chosen]
+                    return chosen
 
                 container.seek(0)
                 arrays = _decode_through(container, stream, count, convert, choose, counts)
@@ -272,12 +291,32 @@ def decode_frames(path: str | Path, count: int, size: Size = None, *, fps: float
     except (av.FFmpegError, OSError, ValueError, StopIteration) as exc:
         raise ClipError(f"{name}: cannot be decoded ({exc.__class__.__name__}: {exc})") from None
     if stats is not None:
-        stats.update(counts, converted=convert.converted)
+        stats.update(counts, converted=convert.converted, times=times)
     if not arrays:
         raise ClipError(f"{name}: no frames could be decoded")
     if len(arrays) < expected:
         raise ClipError(f"{name}: only {len(arrays)} of the sampled frames could be decoded")
     return torch.from_numpy(np.stack(arrays))
+
+
+def sampled_times(path: str | Path, count: int, fps: float | None = None) -> list[float] | None:
+    """The presentation times (seconds from the first frame) of the frames `decode_frames` samples,
+    from the demux pass alone (nothing decoded); None when the clip cannot be read."""
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            index = index_clip(container, stream)
+            if index.pts:
+                times = index.times()
+            else:  # no timestamps: frames at the stream's rate (as decode_frames assumes)
+                rate = float(stream.average_rate or stream.guessed_rate or 0) or 25.0
+                times = [i / rate for i in range(index.packets)]
+    except (av.FFmpegError, OSError, ValueError, IndexError):
+        return None
+    if not times:
+        return None
+    picks = sample_indices_fps(times, fps, count) if fps else sample_indices(len(times), count)
+    return [times[i] for i in picks]
 
 
 def resize_and_normalise(frames: torch.Tensor, size: int | tuple[int, int], mean: tuple[float, ...],

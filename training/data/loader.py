@@ -28,8 +28,9 @@ import torch
 
 from training.errors import InputError
 from training.data.dataset_format import TASK_COLUMNS, DatasetFormatError, read_dataset
-from training.data.frames import ClipError, decode_frames, resize_and_normalise
+from training.data.frames import ClipError, sampled_times
 from training.models.base import Family, Preprocessing
+from training.models.preprocess import clip_prefix, decode_clip, dynamic, normalise
 
 log = logging.getLogger("training")
 
@@ -207,24 +208,40 @@ class ClipDataset:
         self.bad: set[int] = set()
         self.decoded = 0  # clips decoded from their video (not from memory or the store)
         self._cache: dict[Path, torch.Tensor] = {}
+        self._times: dict[Path, list[float] | None] = {}  # the sampled frames' times (VideoLLaMA 3's prompt)
         self._cache_left = cache_bytes
         prompt = prep.caption_prompt if task == "video_captioning" else prep.classification_prompt
-        self.prompt_ids = ([tokenizer.bos_token_id] + family.visual_prefix(tokenizer, prep, frames)
-                           + tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        self._text_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        self.prompt_ids = self._bos() + family.visual_prefix(tokenizer, prep, frames) + self._text_ids
+
+    def _bos(self) -> list[int]:
+        """The BOS token, where the tokenizer has one (Qwen2's, VideoLLaMA 3's, has none)."""
+        return [] if self.tokenizer.bos_token_id is None else [self.tokenizer.bos_token_id]
+
+    def prompt_of(self, path: Path, pixels: torch.Tensor) -> list[int]:
+        """The prompt of one clip: with dynamic resolution (VideoLLaMA 3) its visual tokens
+        depend on its size, content (token compression) and frame times; else `prompt_ids`."""
+        if not dynamic(self.prep):
+            return self.prompt_ids
+        if path not in self._times:
+            self._times[path] = sampled_times(path, self.frames)
+        return self._bos() + clip_prefix(self.family, self.tokenizer, self.prep, pixels, self._times[path]) \
+            + self._text_ids
 
     def __len__(self) -> int:
         return len(self.examples)
 
     def clip_frames(self, path: Path) -> torch.Tensor:
-        """uint8 (T, 3, S, S) frames of one clip (decoded once while the cache has room)."""
+        """uint8 (T, 3, H, W) frames of one clip at the model's size (decoded once while the cache has room)."""
         cached = self._cache.get(path)
         if cached is not None:
             return cached
         raw = self.store.get(path) if self.store is not None else None
         if raw is None:
-            size = self.prep.image_size
-            # only the sampled frames are converted, scaled to the model's size in the decoder
-            raw = decode_frames(path, self.frames, (size, size))
+            # only the sampled frames are converted and resized, as the model's processor config says
+            stats: dict = {}
+            raw = decode_clip(self.prep, path, self.frames, stats=stats)
+            self._times[path] = stats.get("times")
             self.decoded += 1
             if self.store is not None:
                 self.store.put(path, raw)
@@ -262,8 +279,7 @@ class ClipDataset:
                 raise InputError(f"unreadable clip {example.file_name}: {exc}") from None
 
     def pixels(self, path: Path) -> torch.Tensor:
-        return resize_and_normalise(self.clip_frames(path), self.prep.image_size, self.prep.image_mean,
-                                    self.prep.image_std)
+        return normalise(self.prep, self.clip_frames(path))
 
     def caption_ids(self, caption: str) -> list[int]:
         ids = self.tokenizer(" " + caption.strip(), add_special_tokens=False)["input_ids"]
@@ -272,24 +288,28 @@ class ClipDataset:
     def __getitem__(self, index: int) -> dict:
         example = self.examples[index]
         item = {"frames": self.pixels(example.path), "index": index}
+        prompt = self.prompt_of(example.path, item["frames"])
+        item["prompt_ids"] = prompt
         if self.task == "video_captioning":
             target = self.caption_ids(example.caption or "")
-            item["input_ids"] = self.prompt_ids + target
-            item["labels"] = [IGNORE_INDEX] * len(self.prompt_ids) + target
+            item["input_ids"] = prompt + target
+            item["labels"] = [IGNORE_INDEX] * len(prompt) + target
         else:
-            item["input_ids"] = list(self.prompt_ids)
+            item["input_ids"] = list(prompt)
             item["class_label"] = self.label2id[example.label]
         return item
 
 
 def collate(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pads token ids (labels with -100) and stacks frames (B, T, 3, S, S)."""
+    """Right-pads token ids (labels with -100) and stacks frames (B, T, 3, S, S); clips of
+    different sizes (VideoLLaMA 3's dynamic resolution) stay a list of (T, 3, H_b, W_b)."""
     longest = max(len(i["input_ids"]) for i in items)
+    frames = [i["frames"] for i in items]
     batch = {
         "input_ids": torch.tensor([i["input_ids"] + [pad_id] * (longest - len(i["input_ids"])) for i in items]),
         "attention_mask": torch.tensor([[1] * len(i["input_ids"]) + [0] * (longest - len(i["input_ids"]))
                                         for i in items]),
-        "frames": torch.stack([i["frames"] for i in items]),
+        "frames": torch.stack(frames) if len({f.shape for f in frames}) == 1 else frames,
         "index": torch.tensor([i["index"] for i in items]),
     }
     if "labels" in items[0]:
