@@ -164,3 +164,28 @@ def test_idefics_matches_transformers(tmp_path, width, height):
     assert ours_ids == ref["input_ids"][0].tolist()
     image_id = tokenizer.convert_tokens_to_ids("<image>")
     assert image_id == 32001 and ours_ids.count(image_id) == frames
+
+
+def test_videollama3_fps_sampling_splits_the_pixel_budget_over_the_frames_sampled(tmp_path):
+    """1 frame a second of a 3 s clip, at most 16: 3 frames, each resized within max_pixels // 3
+    (what the video processor does with the 3 frames it is given), not max_pixels // 16."""
+    from transformers.models.video_llama_3.image_processing_pil_video_llama_3 import VideoLlama3ImageProcessorPil
+
+    folder = checkpoint_folder(_real("video_llama"))
+    cfg = json.loads((folder / "video_preprocessor_config.json").read_text())
+    prep = read_preprocessing(folder, "video_llama")
+    clip = write_clip(tmp_path / "clip.mp4", 1280, 720, 24)  # 8 fps
+    stats: dict = {}
+    frames = decode_clip(prep, clip, 16, fps=1.0, stats=stats)
+    assert stats["times"] == [0.0, 1.0, 2.0]
+    decoded = full_frames(clip)
+    processor = VideoLlama3ImageProcessorPil(
+        size={"shortest_edge": cfg["size"]["shortest_edge"], "longest_edge": cfg["size"]["longest_edge"] // 3},
+        patch_size=cfg["patch_size"], merge_size=cfg["merge_size"], image_mean=cfg["image_mean"],
+        image_std=cfg["image_std"], resample=cfg["resample"])
+    ref = processor([decoded[i] for i in (0, 8, 16)], return_tensors="pt")
+    _, gh, gw = ref["image_grid_thw"][0].tolist()
+    assert frames.shape == (3, 3, gh * cfg["patch_size"], gw * cfg["patch_size"]) == (3, 3, 728, 1288)
+    pixels = normalise(prep, frames)
+    ours = get_family("video_llama").visual_inputs(pixels[None], torch.ones(1, 1, dtype=torch.long), prep)
+    assert (ours["pixel_values_videos"] - ref["pixel_values"]).abs().max().item() <= 1e-2

@@ -223,9 +223,13 @@ def decode_clip(prep: Preprocessing, path, count: int, *, fps: float | None = No
                 stats: dict | None = None) -> torch.Tensor:
     """The engine's sampled frames of a clip, uint8 (T, 3, H, W) at the model's size (only the
     sampled frames converted; resized with the processor config's resample filter)."""
-    from training.data.frames import decode_frames
+    from training.data.frames import decode_frames, sampled_times
 
-    size = (lambda w, h: frame_size(prep, w, h, count)) if dynamic(prep) else (prep.image_size, prep.image_size)
+    frames = count
+    if fps and dynamic(prep):  # the clip's pixel budget is split over the frames it really gets
+        times = sampled_times(path, count, fps)  # (a demux pass: nothing decoded)
+        frames = len(times) if times else count
+    size = (lambda w, h: frame_size(prep, w, h, frames)) if dynamic(prep) else (prep.image_size, prep.image_size)
     return decode_frames(path, count, size, fps=fps, stats=stats, resample=prep.resample)
 
 
