@@ -29,8 +29,8 @@ import torch
 from training import params
 from training.architectures import get_architecture
 from training.catalog import load_catalog
-from training.data.loader import (BadClips, ClipDataset, collate, epoch_batches, read_examples, split_examples,
-                                  trusted_clips)
+from training.data.loader import (BadClips, BatchFeeder, ClipDataset, epoch_batches, read_examples,
+                                  split_examples, trusted_clips)
 from training.errors import InputError
 from training.loading import LABEL_MAP_FILE, TRAINING_INFO_FILE, read_base_model
 from training.model_info import ModelInfo
@@ -206,6 +206,7 @@ def _run(args: RunArgs, output: Path, result: EngineResult) -> int:
     arch = get_architecture(base.family.name)
     p: TrainingParams = params.resolve(_model_limits(base), args.params)  # every default filled in
     frames = p.frames or base.prep.frames
+    fps = p.sampling_fps if p.frame_sampling == "fps" else None  # None: `frames` uniformly
     result.params = p.model_dump()
 
     data_dir = local_folder(args.data, "data")
@@ -222,13 +223,13 @@ def _run(args: RunArgs, output: Path, result: EngineResult) -> int:
     from training.data.frame_store import FrameStore
 
     bad_clips = BadClips(len(splits.train) + len(splits.held_out), get_settings().max_bad_clip_fraction)
-    from training.models.preprocess import size_key, store_resample
-    store = FrameStore.open(data_dir, frames, size_key(base.prep, frames), store_resample(base.prep))
+    store = FrameStore.open(data_dir, frames, (base.prep.image_size, base.prep.image_size), fps=fps)
     common = dict(task=args.task, family=base.family, prep=base.prep, tokenizer=base.tokenizer, frames=frames,
-                  label2id=label2id, store=store, bad_clips=bad_clips)
+                  label2id=label2id, store=store, bad_clips=bad_clips, fps=fps)
     train_set, held_set = ClipDataset(splits.train, **common), ClipDataset(splits.held_out, **common)
-    log.info("data: %d train / %d held-out clips (%s split), %d frames per clip; %s; frame store %s",
-             len(train_set), len(held_set), splits.source, frames,
+    log.info("data: %d train / %d held-out clips (%s split), %s; %s; frame store %s",
+             len(train_set), len(held_set), splits.source,
+             f"{frames} frames per clip" if fps is None else f"{fps:g} frames a second, at most {frames} per clip",
              trusted_clips(args.clip_report or _report_beside(data_dir), splits.train + splits.held_out, bad_clips),
              store.folder if store else "off")
 
@@ -287,6 +288,14 @@ def _run(args: RunArgs, output: Path, result: EngineResult) -> int:
         state = load_checkpoint(checkpoint, model, optimizer, scheduler)
         step, run_id = state["step"], state.get("mlflow_run_id")
         log.info("resumed from %s (step %d of %d)", checkpoint.name, step, total_steps)
+
+    # the batches this run will read, in the loop's order, decoded ahead of it by worker processes
+    # (started before the tracker's thread, so they fork a process with no other thread running)
+    workers = get_settings().data_worker_count
+    feeder = BatchFeeder(train_set, _planned_batches(len(train_set), p, steps_per_epoch, total_steps, step),
+                         base.tokenizer.pad_token_id, workers=workers, seed=p.seed)
+    log.info("decoding: %s", f"{workers} worker processes ahead of the loop (QLORA_DATA_WORKERS)" if workers
+             else "in the training process (QLORA_DATA_WORKERS=0)")
 
     tracker = make_tracker(_tracking_uri(args))
     job_id = args.job_id or get_settings().job_id or ""
@@ -367,14 +376,13 @@ def _run(args: RunArgs, output: Path, result: EngineResult) -> int:
                     break
                 step_loss, samples = 0.0, 0
                 for indices in group:
-                    items = train_set.items(indices)  # skips (and counts) clips that do not decode
-                    if not items:
+                    batch, count = feeder.next_batch(indices)  # skips (and counts) clips that do not decode
+                    if batch is None:
                         continue
-                    batch = collate(items, base.tokenizer.pad_token_id)
                     loss, _ = batch_loss(model, base.family, args.task, base.prep, batch, dev, dtype)
                     (loss / len(group)).backward()
                     step_loss += float(loss.detach()) / len(group)
-                    samples += len(items)
+                    samples += count
                 torch.nn.utils.clip_grad_norm_(trainable, 1.0)
                 optimizer.step()
                 scheduler.step()
@@ -454,6 +462,7 @@ def _run(args: RunArgs, output: Path, result: EngineResult) -> int:
         status = "FAILED"
         raise
     finally:
+        feeder.close()
         if bar is not None:
             bar.close()
         tracker.end(status)
@@ -494,6 +503,23 @@ def evaluate_here(args: RunArgs, output: Path, model, base, held_set: ClipDatase
     log.info("evaluated adapter and base model on %d held-out clips in %.1f s: %s", len(held_set),
              time.time() - started, METRICS_FILE)
     return output / METRICS_FILE
+
+
+def _planned_batches(n: int, p: TrainingParams, steps_per_epoch: int, total_steps: int,
+                     step: int) -> list[list[int]]:
+    """The batches the loop below reads from `step` on, in its order (each epoch's seeded
+    permutation, grouped by `gradient_accumulation_steps`, until `total_steps`)."""
+    plan: list[list[int]] = []
+    for epoch in range(step // steps_per_epoch, p.epochs):
+        batches = epoch_batches(n, p.batch_size, p.seed, epoch)
+        for i in range(0, len(batches), p.gradient_accumulation_steps):
+            if epoch * steps_per_epoch + i // p.gradient_accumulation_steps < step:
+                continue
+            if step >= total_steps:
+                return plan
+            plan += batches[i:i + p.gradient_accumulation_steps]
+            step += 1
+    return plan
 
 
 def _report_beside(data_dir: Path) -> str | None:

@@ -28,9 +28,8 @@ import torch
 
 from training.errors import InputError
 from training.data.dataset_format import TASK_COLUMNS, DatasetFormatError, read_dataset
-from training.data.frames import ClipError, sampled_times
+from training.data.frames import ClipError, decode_frames, resize_and_normalise
 from training.models.base import Family, Preprocessing
-from training.models.preprocess import clip_prefix, decode_clip, dynamic, normalise
 
 log = logging.getLogger("training")
 
@@ -201,47 +200,45 @@ class ClipDataset:
 
     def __init__(self, examples: list[Example], *, task: str, family: Family, prep: Preprocessing,
                  tokenizer, frames: int, label2id: dict[str, int] | None = None,
-                 cache_bytes: int = 1 << 30, store=None, bad_clips: BadClips | None = None) -> None:
+                 cache_bytes: int = 1 << 30, store=None, bad_clips: BadClips | None = None,
+                 fps: float | None = None) -> None:
         self.examples, self.task, self.family, self.prep = examples, task, family, prep
         self.tokenizer, self.frames, self.label2id = tokenizer, frames, label2id or {}
+        #: None: `frames` frames uniformly; else `fps` frames a second of the clip, at most `frames`
+        #: (so clips differ in their number of frames, and in their prompts' visual tokens)
+        self.fps = fps
         self.store, self.bad_clips = store, bad_clips
         self.bad: set[int] = set()
         self.decoded = 0  # clips decoded from their video (not from memory or the store)
         self._cache: dict[Path, torch.Tensor] = {}
-        self._times: dict[Path, list[float] | None] = {}  # the sampled frames' times (VideoLLaMA 3's prompt)
         self._cache_left = cache_bytes
         prompt = prep.caption_prompt if task == "video_captioning" else prep.classification_prompt
         self._text_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        self.prompt_ids = self._bos() + family.visual_prefix(tokenizer, prep, frames) + self._text_ids
+        self._prompts: dict[int, list[int]] = {}
+        self.prompt_ids = self.prompt_for(frames)
 
-    def _bos(self) -> list[int]:
-        """The BOS token, where the tokenizer has one (Qwen2's, VideoLLaMA 3's, has none)."""
-        return [] if self.tokenizer.bos_token_id is None else [self.tokenizer.bos_token_id]
-
-    def prompt_of(self, path: Path, pixels: torch.Tensor) -> list[int]:
-        """The prompt of one clip: with dynamic resolution (VideoLLaMA 3) its visual tokens
-        depend on its size, content (token compression) and frame times; else `prompt_ids`."""
-        if not dynamic(self.prep):
-            return self.prompt_ids
-        if path not in self._times:
-            self._times[path] = sampled_times(path, self.frames)
-        return self._bos() + clip_prefix(self.family, self.tokenizer, self.prep, pixels, self._times[path]) \
-            + self._text_ids
+    def prompt_for(self, num_frames: int) -> list[int]:
+        """The prompt of a clip of `num_frames` sampled frames (its visual tokens, then the text)."""
+        ids = self._prompts.get(num_frames)
+        if ids is None:
+            ids = self._prompts[num_frames] = ([self.tokenizer.bos_token_id]
+                                               + self.family.visual_prefix(self.tokenizer, self.prep, num_frames)
+                                               + self._text_ids)
+        return ids
 
     def __len__(self) -> int:
         return len(self.examples)
 
     def clip_frames(self, path: Path) -> torch.Tensor:
-        """uint8 (T, 3, H, W) frames of one clip at the model's size (decoded once while the cache has room)."""
+        """uint8 (T, 3, S, S) frames of one clip (decoded once while the cache has room)."""
         cached = self._cache.get(path)
         if cached is not None:
             return cached
         raw = self.store.get(path) if self.store is not None else None
         if raw is None:
-            # only the sampled frames are converted and resized, as the model's processor config says
-            stats: dict = {}
-            raw = decode_clip(self.prep, path, self.frames, stats=stats)
-            self._times[path] = stats.get("times")
+            size = self.prep.image_size
+            # only the sampled frames are converted, scaled to the model's size in the decoder
+            raw = decode_frames(path, self.frames, (size, size), fps=self.fps)
             self.decoded += 1
             if self.store is not None:
                 self.store.put(path, raw)
@@ -279,7 +276,8 @@ class ClipDataset:
                 raise InputError(f"unreadable clip {example.file_name}: {exc}") from None
 
     def pixels(self, path: Path) -> torch.Tensor:
-        return normalise(self.prep, self.clip_frames(path))
+        return resize_and_normalise(self.clip_frames(path), self.prep.image_size, self.prep.image_mean,
+                                    self.prep.image_std)
 
     def caption_ids(self, caption: str) -> list[int]:
         ids = self.tokenizer(" " + caption.strip(), add_special_tokens=False)["input_ids"]
@@ -288,7 +286,7 @@ class ClipDataset:
     def __getitem__(self, index: int) -> dict:
         example = self.examples[index]
         item = {"frames": self.pixels(example.path), "index": index}
-        prompt = self.prompt_of(example.path, item["frames"])
+        prompt = self.prompt_for(item["frames"].shape[0])
         item["prompt_ids"] = prompt
         if self.task == "video_captioning":
             target = self.caption_ids(example.caption or "")
@@ -301,17 +299,24 @@ class ClipDataset:
 
 
 def collate(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pads token ids (labels with -100) and stacks frames (B, T, 3, S, S); clips of
-    different sizes (VideoLLaMA 3's dynamic resolution) stay a list of (T, 3, H_b, W_b)."""
+    """Right-pads token ids (labels with -100) and stacks frames (B, T, 3, S, S). Clips with
+    fewer frames than the longest (fps sampling) are padded with zero frames; `frame_counts`
+    then says how many of each clip's frames are real (the families mask the rest)."""
     longest = max(len(i["input_ids"]) for i in items)
-    frames = [i["frames"] for i in items]
+    counts = [i["frames"].shape[0] for i in items]
+    most = max(counts)
+    frames = [i["frames"] if i["frames"].shape[0] == most else
+              torch.cat([i["frames"], i["frames"].new_zeros((most - i["frames"].shape[0],) + i["frames"].shape[1:])])
+              for i in items]
     batch = {
         "input_ids": torch.tensor([i["input_ids"] + [pad_id] * (longest - len(i["input_ids"])) for i in items]),
         "attention_mask": torch.tensor([[1] * len(i["input_ids"]) + [0] * (longest - len(i["input_ids"]))
                                         for i in items]),
-        "frames": torch.stack(frames) if len({f.shape for f in frames}) == 1 else frames,
+        "frames": torch.stack(frames),
         "index": torch.tensor([i["index"] for i in items]),
     }
+    if len(set(counts)) > 1:
+        batch["frame_counts"] = torch.tensor(counts)
     if "labels" in items[0]:
         batch["labels"] = torch.tensor([i["labels"] + [IGNORE_INDEX] * (longest - len(i["labels"]))
                                         for i in items])
@@ -327,3 +332,90 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, shuffle: bool 
     if shuffle:
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000 + epoch)).tolist()
     return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+
+
+class _PlannedBatches(torch.utils.data.Dataset):
+    """Batch k of the plan, read (decoded) and collated: what a DataLoader worker produces."""
+
+    def __init__(self, dataset: ClipDataset, plan: list[list[int]], pad_id: int) -> None:
+        self.dataset, self.plan, self.pad_id = dataset, plan, pad_id
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def __getitem__(self, k: int) -> tuple[list[int], dict | None, int, list[tuple[int, str]]]:
+        items, failed = [], []
+        for i in self.plan[k]:
+            if i in self.dataset.bad:
+                continue
+            try:
+                items.append(self.dataset[i])
+            except ClipError as exc:
+                self.dataset.bad.add(i)  # this process's copy: its next epochs skip the clip at once
+                failed.append((i, str(exc)))
+        for item in items:
+            item.pop("prompt_ids", None)
+        return self.plan[k], (collate(items, self.pad_id) if items else None), len(items), failed
+
+
+def _unbatched(sample):
+    return sample
+
+
+def _worker_init(worker_id: int) -> None:
+    """A decoding worker leaves SIGTERM/SIGINT to the training process (which finishes its step
+    and checkpoints: the workers must still answer until it closes them) and shares the
+    in-memory frame budget with the other workers."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    info = torch.utils.data.get_worker_info()
+    if info is not None:
+        info.dataset.dataset._cache_left //= max(1, info.num_workers)
+
+
+class BatchFeeder:
+    """Reads the batches of `plan` (lists of dataset indices, in the order the loop will ask for
+    them) ahead of the training loop in `workers` processes (a `torch.utils.data.DataLoader`;
+    0: in this process, when asked), so decoding overlaps compute. The order is the plan's, so
+    the seeded batch order and an exact resume are unchanged; the DataLoader draws its worker
+    seeds from its own generator, never from the global RNG that dropout uses.
+
+    `next_batch(indices)` returns (collated batch or None, number of clips in it); a clip that
+    failed to decode is recorded here (`dataset.bad`, `bad_clips`, which raises past its
+    threshold), as `ClipDataset.items` does."""
+
+    def __init__(self, dataset: ClipDataset, plan: list[list[int]], pad_id: int, *, workers: int, seed: int,
+                 prefetch: int = 2) -> None:
+        self.dataset = dataset
+        self.workers = workers
+        options = dict(prefetch_factor=prefetch, worker_init_fn=_worker_init) if workers else {}
+        self._loader = torch.utils.data.DataLoader(
+            _PlannedBatches(dataset, plan, pad_id), batch_size=None, shuffle=False, num_workers=workers,
+            collate_fn=_unbatched, generator=torch.Generator().manual_seed(seed), **options)
+        self._iter = iter(self._loader) if plan else None
+
+    def next_batch(self, indices: list[int]) -> tuple[dict | None, int]:
+        if self._iter is None:
+            raise RuntimeError("the batch plan is exhausted")
+        try:
+            planned, batch, count, failed = next(self._iter)
+        except StopIteration:
+            self._iter = None
+            raise RuntimeError("the batch plan is exhausted") from None
+        if list(planned) != list(indices):
+            raise RuntimeError(f"batch plan out of step: expected {indices}, read {planned}")
+        for i, reason in failed:
+            self.dataset.bad.add(i)
+            name = self.dataset.examples[i].file_name
+            if self.dataset.bad_clips is None:
+                raise InputError(f"unreadable clip {name}: {reason}")
+            self.dataset.bad_clips.add(name, reason)
+        return batch, count
+
+    def close(self) -> None:
+        """Stops the workers (also done when the feeder is garbage-collected)."""
+        it, self._iter = self._iter, None
+        if it is not None and hasattr(it, "_shutdown_workers"):
+            it._shutdown_workers()
