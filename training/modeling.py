@@ -70,5 +70,14 @@ def batch_loss(model: nn.Module, family: Family, task: str, prep: Preprocessing,
     if task == "video_classification":
         logits = classification_logits(model, family, inputs)
         return nn.functional.cross_entropy(logits, batch["class_labels"].to(dev)), logits
-    out = model(**inputs, labels=batch["labels"].to(dev), use_cache=False)
-    return out.loss, None
+    return caption_loss(model(**inputs, use_cache=False).logits, batch["labels"].to(dev)), None
+
+
+def caption_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy over the caption tokens (labels -100 elsewhere), in fp32: what
+    transformers' causal-LM loss computes, over all of the logits' columns. (IDEFICS' own loss
+    reshapes its logits to `config.vocab_size` columns and fails on the published checkpoints,
+    whose decoupled head adds `additional_vocab_size` 3 columns for its image tokens.)"""
+    shifted = logits[:, :-1].float()
+    return nn.functional.cross_entropy(shifted.reshape(-1, shifted.shape[-1]), labels[:, 1:].reshape(-1),
+                                       ignore_index=-100)

@@ -221,9 +221,10 @@ def _run(args: RunArgs, output: Path, result: EngineResult) -> int:
         id2label = {i: label for label, i in label2id.items()}
     # no pass over the clips here: they are decoded as batches need them (issue 16)
     from training.data.frame_store import FrameStore
+    from training.models.preprocess import size_key, store_resample
 
     bad_clips = BadClips(len(splits.train) + len(splits.held_out), get_settings().max_bad_clip_fraction)
-    store = FrameStore.open(data_dir, frames, (base.prep.image_size, base.prep.image_size), fps=fps)
+    store = FrameStore.open(data_dir, frames, size_key(base.prep, frames), store_resample(base.prep), fps=fps)
     common = dict(task=args.task, family=base.family, prep=base.prep, tokenizer=base.tokenizer, frames=frames,
                   label2id=label2id, store=store, bad_clips=bad_clips, fps=fps)
     train_set, held_set = ClipDataset(splits.train, **common), ClipDataset(splits.held_out, **common)

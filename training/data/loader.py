@@ -28,8 +28,9 @@ import torch
 
 from training.errors import InputError
 from training.data.dataset_format import TASK_COLUMNS, DatasetFormatError, read_dataset
-from training.data.frames import ClipError, decode_frames, resize_and_normalise
+from training.data.frames import ClipError, sampled_times
 from training.models.base import Family, Preprocessing
+from training.models.preprocess import clip_prefix, decode_clip, dynamic, normalise
 
 log = logging.getLogger("training")
 
@@ -211,6 +212,7 @@ class ClipDataset:
         self.bad: set[int] = set()
         self.decoded = 0  # clips decoded from their video (not from memory or the store)
         self._cache: dict[Path, torch.Tensor] = {}
+        self._times: dict[Path, list[float] | None] = {}  # the sampled frames' times (VideoLLaMA 3's prompt)
         self._cache_left = cache_bytes
         prompt = prep.caption_prompt if task == "video_captioning" else prep.classification_prompt
         self._text_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
@@ -221,24 +223,39 @@ class ClipDataset:
         """The prompt of a clip of `num_frames` sampled frames (its visual tokens, then the text)."""
         ids = self._prompts.get(num_frames)
         if ids is None:
-            ids = self._prompts[num_frames] = ([self.tokenizer.bos_token_id]
+            ids = self._prompts[num_frames] = (self._bos()
                                                + self.family.visual_prefix(self.tokenizer, self.prep, num_frames)
                                                + self._text_ids)
         return ids
+
+    def _bos(self) -> list[int]:
+        """The BOS token, where the tokenizer has one (Qwen2's, VideoLLaMA 3's, has none)."""
+        return [] if self.tokenizer.bos_token_id is None else [self.tokenizer.bos_token_id]
+
+    def prompt_of(self, path: Path, pixels: torch.Tensor) -> list[int]:
+        """The prompt of one clip: with dynamic resolution (VideoLLaMA 3) its visual tokens
+        depend on its size, content (token compression) and frame times; else `prompt_for`."""
+        if not dynamic(self.prep):
+            return self.prompt_for(pixels.shape[0])
+        if path not in self._times:
+            self._times[path] = sampled_times(path, self.frames, self.fps)
+        return self._bos() + clip_prefix(self.family, self.tokenizer, self.prep, pixels, self._times[path]) \
+            + self._text_ids
 
     def __len__(self) -> int:
         return len(self.examples)
 
     def clip_frames(self, path: Path) -> torch.Tensor:
-        """uint8 (T, 3, S, S) frames of one clip (decoded once while the cache has room)."""
+        """uint8 (T, 3, H, W) frames of one clip at the model's size (decoded once while the cache has room)."""
         cached = self._cache.get(path)
         if cached is not None:
             return cached
         raw = self.store.get(path) if self.store is not None else None
         if raw is None:
-            size = self.prep.image_size
-            # only the sampled frames are converted, scaled to the model's size in the decoder
-            raw = decode_frames(path, self.frames, (size, size), fps=self.fps)
+            # only the sampled frames are converted and resized, as the model's processor config says
+            stats: dict = {}
+            raw = decode_clip(self.prep, path, self.frames, fps=self.fps, stats=stats)
+            self._times[path] = stats.get("times")
             self.decoded += 1
             if self.store is not None:
                 self.store.put(path, raw)
@@ -276,8 +293,7 @@ class ClipDataset:
                 raise InputError(f"unreadable clip {example.file_name}: {exc}") from None
 
     def pixels(self, path: Path) -> torch.Tensor:
-        return resize_and_normalise(self.clip_frames(path), self.prep.image_size, self.prep.image_mean,
-                                    self.prep.image_std)
+        return normalise(self.prep, self.clip_frames(path))
 
     def caption_ids(self, caption: str) -> list[int]:
         ids = self.tokenizer(" " + caption.strip(), add_special_tokens=False)["input_ids"]
@@ -286,7 +302,7 @@ class ClipDataset:
     def __getitem__(self, index: int) -> dict:
         example = self.examples[index]
         item = {"frames": self.pixels(example.path), "index": index}
-        prompt = self.prompt_for(item["frames"].shape[0])
+        prompt = self.prompt_of(example.path, item["frames"])
         item["prompt_ids"] = prompt
         if self.task == "video_captioning":
             target = self.caption_ids(example.caption or "")
@@ -301,18 +317,23 @@ class ClipDataset:
 def collate(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pads token ids (labels with -100) and stacks frames (B, T, 3, S, S). Clips with
     fewer frames than the longest (fps sampling) are padded with zero frames; `frame_counts`
-    then says how many of each clip's frames are real (the families mask the rest)."""
+    then says how many of each clip's frames are real (the families mask the rest). Clips of
+    different sizes (VideoLLaMA 3's dynamic resolution) stay a list of (T_b, 3, H_b, W_b)."""
     longest = max(len(i["input_ids"]) for i in items)
     counts = [i["frames"].shape[0] for i in items]
     most = max(counts)
     frames = [i["frames"] if i["frames"].shape[0] == most else
               torch.cat([i["frames"], i["frames"].new_zeros((most - i["frames"].shape[0],) + i["frames"].shape[1:])])
               for i in items]
+    if len({f.shape[-2:] for f in frames}) > 1:  # dynamic resolution: a list of clips at their own sizes
+        stacked, counts = [i["frames"] for i in items], [most] * len(items)  # (unpadded: no frame_counts)
+    else:
+        stacked = torch.stack(frames)
     batch = {
         "input_ids": torch.tensor([i["input_ids"] + [pad_id] * (longest - len(i["input_ids"])) for i in items]),
         "attention_mask": torch.tensor([[1] * len(i["input_ids"]) + [0] * (longest - len(i["input_ids"]))
                                         for i in items]),
-        "frames": torch.stack(frames),
+        "frames": stacked,
         "index": torch.tensor([i["index"] for i in items]),
     }
     if len(set(counts)) > 1:

@@ -18,9 +18,15 @@ class Preprocessing:
 
     architecture: str
     frames: int = 4
+    #: square frame size; 0 where it depends on the clip (VideoLLaMA 3's dynamic resolution).
+    #: The processing values (size, resample, rescale, mean/std, `extra`) come from the model's
+    #: processor config files (`training.models.preprocess`), not from this file's defaults
     image_size: int = 32
     image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    #: PIL resample code of the resize (3: bicubic) and the factor taking uint8 to [0, 1]
+    resample: int = 3
+    rescale_factor: float = 1 / 255
     caption_prompt: str = "describe the video:"
     classification_prompt: str = "what is in the video?"
     max_new_tokens: int = 16
@@ -63,10 +69,6 @@ class Family:
 
     def tiny_init(self, model) -> None:
         """Adjusts the random init of a freshly built tiny model (default: nothing)."""
-
-    def default_preprocessing(self, config) -> Preprocessing:
-        """Preprocessing for a checkpoint that carries no `preprocessing_config.json`."""
-        raise NotImplementedError
 
     def visual_prefix(self, tokenizer, prep: Preprocessing, num_frames: int) -> list[int]:
         """Token ids standing for the clip at the start of the prompt."""

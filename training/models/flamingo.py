@@ -9,11 +9,14 @@ import torch
 from transformers import IdeficsConfig, IdeficsForVisionText2Text
 
 from training.models.base import Family, Preprocessing
+from training.models.preprocess import IDEFICS_FAKE_TOKEN as FAKE_TOKEN
+from training.models.preprocess import IDEFICS_IMAGE_TOKEN as IMAGE_TOKEN
+from training.models.preprocess import processing_values
 
-IMAGE_TOKEN = "<image>"
-FAKE_TOKEN = "<fake_token_around_image>"
-IDEFICS_MEAN = (0.48145466, 0.4578275, 0.40821073)
-IDEFICS_STD = (0.26862954, 0.26130258, 0.27577711)
+#: the tiny model's image processor config: the published IDEFICS one (CLIP mean/std, bicubic)
+#: at 32 pixels (`training/models/checkpoints/HuggingFaceM4__idefics-9b-instruct/`)
+TINY_IMAGE_PROCESSOR = {"image_size": 32, "image_mean": [0.48145466, 0.4578275, 0.40821073],
+                        "image_std": [0.26862954, 0.26130258, 0.27577711], "resample": 3}
 
 
 class FlamingoFamily(Family):
@@ -27,8 +30,8 @@ class FlamingoFamily(Family):
         return [FAKE_TOKEN, IMAGE_TOKEN]
 
     def tiny_preprocessing(self) -> Preprocessing:
-        return Preprocessing(architecture=self.name, frames=4, image_size=32, image_mean=IDEFICS_MEAN,
-                             image_std=IDEFICS_STD, extra={"image_token": IMAGE_TOKEN, "fake_token": FAKE_TOKEN})
+        values = processing_values(self.name, {"preprocessor_config.json": TINY_IMAGE_PROCESSOR})
+        return Preprocessing(architecture=self.name, frames=4, **values)
 
     def tiny_config(self, tokenizer, prep: Preprocessing) -> IdeficsConfig:
         vision = {"embed_dim": 64, "image_size": prep.image_size, "intermediate_size": 128,
@@ -50,11 +53,6 @@ class FlamingoFamily(Family):
         # so every frame would resample to nearly the same latents; small latents let the
         # frames through, as in a trained model.
         torch.nn.init.normal_(model.model.perceiver_resampler.latents, mean=0.0, std=0.02)
-
-    def default_preprocessing(self, config) -> Preprocessing:
-        return Preprocessing(architecture=self.name, frames=8, image_size=int(config.vision_config.image_size),
-                             image_mean=IDEFICS_MEAN, image_std=IDEFICS_STD,
-                             extra={"image_token": IMAGE_TOKEN, "fake_token": FAKE_TOKEN})
 
     def check_tokenizer(self, tokenizer, config) -> None:
         for token in (IMAGE_TOKEN, FAKE_TOKEN):
