@@ -21,6 +21,8 @@ REAL = [m for m in load_catalog().models if not m.tiny]
 
 def test_every_real_entry_names_a_stored_native_checkpoint():
     assert {m.base_architecture for m in REAL} == {"video_llama", "flamingo"}
+    assert {m.checkpoint for m in REAL} == {"lkhl/VideoLLaMA3-2B-Image-HF", "lkhl/VideoLLaMA3-7B-Image-HF",
+                                            "HuggingFaceM4/idefics-9b-instruct"}
     for model in REAL:
         config = published_config(model.checkpoint)
         assert config.architectures == [model.architecture_class]  # no auto_map: loads without remote code
