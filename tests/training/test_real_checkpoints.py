@@ -90,3 +90,24 @@ def test_real_architecture_trains_two_nf4_steps_with_its_preprocessing(tmp_path,
         assert saved["extra"]["max_pixels"] == 12845056 and saved["extra"]["merge_size"] == 2
     else:
         assert saved["image_size"] == 224 and saved["image_std"][0] == pytest.approx(0.26862954)
+
+
+def test_the_engines_caption_loss_is_transformers_causal_lm_loss(tiny_models, colour_dataset):
+    """`modeling.caption_loss` (the engine's, needed for IDEFICS' published decoupled head) equals
+    the loss transformers computes from `labels` where that works (a tiny VideoLLaMA 3)."""
+    import torch
+
+    from training.data.loader import ClipDataset, collate, read_examples
+    from training.loading import read_base_model
+    from training.modeling import caption_loss, model_inputs
+
+    base = read_base_model(tiny_models("video_llama", "video_captioning"))
+    examples = [e for e, _ in read_examples(colour_dataset, "video_captioning")][:2]
+    dataset = ClipDataset(examples, task="video_captioning", family=base.family, prep=base.prep,
+                          tokenizer=base.tokenizer, frames=4)
+    batch = collate([dataset[0], dataset[1]], base.tokenizer.pad_token_id)
+    model = base.family.model_class().from_pretrained(str(base.folder))
+    inputs = model_inputs(base.family, base.prep, batch, torch.device("cpu"), torch.float32)
+    with torch.no_grad():
+        out = model(**inputs, labels=batch["labels"], use_cache=False)
+    assert caption_loss(out.logits, batch["labels"]).item() == pytest.approx(out.loss.item(), rel=1e-5)
