@@ -51,6 +51,13 @@ def _setup(args: argparse.Namespace):
     return base, model, id2label, frames, task, train_info, dev, compute_dtype(dev)
 
 
+def sampling_fps(train_info: dict) -> float | None:
+    """The rate of the training's fps frame sampling (None: it sampled `frames` uniformly), from
+    the params its `training_info.json` records."""
+    p = train_info.get("params") or {}
+    return p.get("sampling_fps") if p.get("frame_sampling") == "fps" else None
+
+
 def evaluate_command(args: argparse.Namespace) -> int:
     """The adapter and (unless --no-base) the base model on the held-out split: METRICS_FILE
     `{"task", "split", "adapter", "base", "held_out_examples"}` (+ `samples` for captioning),
@@ -81,9 +88,11 @@ def evaluate_command(args: argparse.Namespace) -> int:
     # no pass before: clips are read once (the training's frame store holds them already), a clip
     # that does not decode is skipped and counted, as in training
     bad_clips = BadClips(len(examples), get_settings().max_bad_clip_fraction)
+    fps = sampling_fps(train_info)  # the training's frame sampling (and so its frame store)
     dataset = ClipDataset(examples, task=task, family=base.family, prep=base.prep, tokenizer=base.tokenizer,
-                          frames=frames, label2id=label2id, bad_clips=bad_clips,
-                          store=FrameStore.open(data_dir, frames, size_key(base.prep, frames), store_resample(base.prep)))
+                          frames=frames, label2id=label2id, bad_clips=bad_clips, fps=fps,
+                          store=FrameStore.open(data_dir, frames, size_key(base.prep, frames), store_resample(base.prep),
+                                                fps=fps))
     batch_size = (train_info.get("params") or {}).get("batch_size") or 8
     from training.evaluation import evaluate
     from training.evaluation_report import SAMPLES
@@ -180,8 +189,9 @@ class Predictor:
     (`training.mlflow_model`), so both give the same predictions."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        (self.base, self.model, self.id2label, self.frames, self.task, _, self.dev,
+        (self.base, self.model, self.id2label, self.frames, self.task, train_info, self.dev,
          self.dtype) = _setup(args)
+        self.fps = sampling_fps(train_info)
 
     @classmethod
     def load(cls, model: str | Path, adapter: str | Path, *, quantization: str = "nf4",
@@ -202,7 +212,7 @@ class Predictor:
         example = Example(clip.name, clip, label=next(iter(id2label.values())) if id2label else None, caption="")
         label2id = {l: i for i, l in id2label.items()} if id2label else None
         dataset = ClipDataset([example], task=self.task, family=base.family, prep=base.prep,
-                              tokenizer=base.tokenizer, frames=self.frames, label2id=label2id)
+                              tokenizer=base.tokenizer, frames=self.frames, label2id=label2id, fps=self.fps)
         dataset.check_clips()
         if self.task == "video_classification":
             probs = classify(self.model, base.family, base.prep, dataset, 0, self.dev, self.dtype)

@@ -67,6 +67,12 @@ def test_fps_sampling_trains_on_the_frames_at_that_rate(tmp_path, tiny_models, c
         assert frames is not None, name
         assert [read_pattern(f.numpy()) for f in frames] == expected, name
     assert not list(folder.parent.glob("*-8f-*")), "uniform sampling was used somewhere"
+    if architecture == "video_llama":
+        # `python -m training evaluate` samples as the training did: it reads the training's store, makes no other
+        assert main(["evaluate", "--model", str(tiny_models(architecture, task)), "--adapter", str(out),
+                     "--data", str(clip_dataset), "--no-base", "--output", str(tmp_path / "metrics.json"),
+                     "--mlflow-uri", ""]) == 0
+        assert [p.name for p in folder.parent.iterdir() if p.is_dir()] == [folder.name]
 
 
 def test_uniform_sampling_is_the_default_and_takes_exactly_frames(tmp_path, tiny_models, clip_dataset, monkeypatch):
