@@ -126,23 +126,25 @@ def engine_loop(model: Path, data: Path, out: Path, mlflow_uri: str, marks: list
     `stop_at`, the process sends itself SIGTERM as step `stop_at` starts: the engine finishes
     that step, saves its checkpoint and adapter and returns 75 (its stop path). With `rss`, the anonymous RSS is read at every mark too."""
     import training.trainer as trainer
+    from training.data.loader import BatchFeeder
     from training.params import PARAM_NAMES, TrainingParams
     from training.run_args import RunArgs
 
-    collate = trainer.collate
+    next_batch = BatchFeeder.next_batch
 
-    def marked_collate(items, pad_id):
+    def marked_next_batch(self, indices):
         marks.append(_now())
         if rss is not None:
             rss.append(anon_rss_gib())
         if len(marks) == stop_at:
             os.kill(os.getpid(), signal.SIGTERM)
-        batch = collate(items, pad_id)
-        if tokens is not None:
+        batch, count = next_batch(self, indices)
+        if tokens is not None and batch is not None:
             tokens.append(int(batch["input_ids"].numel()))
-        return batch
+        return batch, count
 
-    trainer.collate = marked_collate  # the loop's first call of a step; evaluation has its own import
+    # the loop's first call of a step (its batch, read ahead by the feeder); evaluation reads its own
+    BatchFeeder.next_batch = marked_next_batch
     options = dict(model=str(model), data=str(data), task=TASK, output=str(out), mlflow_uri=mlflow_uri,
                    run_name=f"bench-{out.name}", experiment="bench-training")
     chosen = dict(epochs=EPOCHS, batch_size=BATCH, frames=FRAMES, learning_rate=LR, seed=SEED,
