@@ -12,6 +12,7 @@ boto3's standard chain (`AWS_ACCESS_KEY_ID`, ..., or an IAM role).
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Iterable
@@ -19,6 +20,8 @@ from pathlib import Path
 
 from training.errors import InputError
 from training.settings import get_settings
+
+log = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------------------------
 # 1. The key layout
@@ -246,6 +249,37 @@ def local_folder(location: str, what: str) -> Path:
     if not found:
         raise InputError(f"{location}: no objects under that prefix", field=what)
     return target
+
+
+def upload_folder_retrying(folder: Path, uri: str, within_s: float, pause_s: float = 5.0) -> int:
+    """`upload_folder`, tried again every `pause_s` while S3 cannot be reached or answers 5xx,
+    for at most `within_s`; then `S3UploadFailed` naming the destination, how long it was
+    tried and the last error. Other refusals (403, no such bucket) fail at once."""
+    import time
+
+    from boto3.exceptions import S3UploadFailedError
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    started = time.monotonic()
+    while True:
+        try:
+            return upload_folder(folder, uri)
+        except (BotoCoreError, ClientError, S3UploadFailedError) as exc:
+            status = getattr(exc, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode")
+            refused = (status is not None and status < 500) or any(
+                code in str(exc) for code in ("AccessDenied", "NoSuchBucket", "InvalidAccessKeyId",
+                                              "SignatureDoesNotMatch"))
+            waited = time.monotonic() - started
+            if refused or waited + pause_s > within_s:
+                raise S3UploadFailed(f"could not upload to {uri} (S3 at {get_settings().s3_endpoint_url or 'AWS'}, "
+                                     f"tried for {waited:.0f} s): {type(exc).__name__}: {exc}") from exc
+            log.warning("S3 did not take the upload to %s (%s: %s); trying again in %.0f s", uri,
+                        type(exc).__name__, exc, pause_s)
+            time.sleep(pause_s)
+
+
+class S3UploadFailed(RuntimeError):
+    """An upload S3 did not take within its retry window."""
 
 
 def upload_folder(folder: Path, uri: str) -> int:

@@ -21,6 +21,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 DEFAULT_CACHE_MAX_GB = 200.0
 DEFAULT_FRAME_STORE_MAX_GB = 20.0
 DEFAULT_MAX_BAD_CLIP_FRACTION = 0.01
+DEFAULT_ADAPTER_UPLOAD_RETRY_S = 300.0
 
 
 def _default_cache_dir() -> Path:
@@ -61,6 +62,10 @@ class PipelineSettings(BaseSettings):
     mlflow_ui_url: str | None = Field(None, validation_alias="QLORA_MLFLOW_UI_URL")
     #: the job a training process belongs to (set by the train task for its engine)
     job_id: str | None = Field(None, validation_alias="QLORA_JOB_ID")
+    #: how long the engine keeps retrying the upload of a finished adapter while S3 does not
+    #: answer (a restart, a network cut) before the training fails naming it
+    adapter_upload_retry_s: float = Field(DEFAULT_ADAPTER_UPLOAD_RETRY_S, ge=0,
+                                          validation_alias="QLORA_ADAPTER_UPLOAD_RETRY_S")
 
     @property
     def cache_max_bytes(self) -> int | None:

@@ -353,10 +353,12 @@ def _run(args: RunArgs, output: Path, result: EngineResult) -> int:
         files = _adapter_files(output)
         result.adapter_files = sorted(f.name for f in files.iterdir())
         result.adapter_manifest = file_entries(files)
-        if args.output_uri:
-            from training.s3 import upload_folder
+        if args.output_uri:  # S3 down for a while (a restart) is waited out, within a bound
+            from training.s3 import upload_folder_retrying
 
-            log.info("uploaded %d files to %s", upload_folder(files, args.output_uri), args.output_uri)
+            within = 0.0 if stop else get_settings().adapter_upload_retry_s  # a stop has seconds, not minutes
+            log.info("uploaded %d files to %s", upload_folder_retrying(files, args.output_uri, within),
+                     args.output_uri)
             result.output_uri = args.output_uri
 
     # ---- the loop --------------------------------------------------------------------------
