@@ -22,7 +22,6 @@ and a task instance without a heartbeat for 60 s fails and is retried
 from __future__ import annotations
 
 import hashlib
-import os
 import secrets
 import shutil
 import tempfile
