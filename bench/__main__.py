@@ -9,7 +9,7 @@ import runpy
 import sys
 from pathlib import Path
 
-#: run only when named (`python -m bench load`): a full private stack and 10-15 minutes
+#: run only when named (`python -m bench load`): a full private stack and ~25 minutes on a loaded 2-core machine
 BY_NAME_ONLY = {"load"}
 names = sorted(m.name for m in pkgutil.iter_modules([str(Path(__file__).parent)]) if not m.name.startswith("_"))
 selected = [n for n in names if n in sys.argv[1:] or (not sys.argv[1:] and n not in BY_NAME_ONLY)]

@@ -16,7 +16,7 @@ p50/p99 of the polls in each phase, and what the submissions took.
 
     python -m bench.load [--users 20] [--jobs 200] [--pollers 50] [--seconds 20] [--max-load-s 300]
 
-Not part of `make bench` (a full stack and ~10-15 min); run it by name. Measures; asserts nothing.
+Not part of a bare `make bench` (a full stack; 25 min on the loaded 2-core dev machine, 10 of them validating the 20 datasets); run it by name. Measures; asserts nothing.
 """
 
 from __future__ import annotations
