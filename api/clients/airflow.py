@@ -28,6 +28,11 @@ class AirflowUnavailable(AirflowError):
     """Airflow could not be reached (connection refused, timeout, 5xx, authentication)."""
 
 
+class AirflowTimeout(AirflowUnavailable):
+    """Airflow took the request but did not answer in time (a read or write timeout): it is up
+    but slow, and may have done what was asked."""
+
+
 class DagNotFound(AirflowUnavailable):
     """Airflow does not know the DAG itself (not parsed yet, renamed, a fresh metadata
     database): a state of Airflow to wait out, never evidence that a run is gone."""
@@ -115,6 +120,8 @@ class AirflowClient:
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
             return self._http.request(method, path, **kwargs)
+        except (httpx.ReadTimeout, httpx.WriteTimeout) as exc:
+            raise AirflowTimeout(f"Airflow at {self._http.base_url} did not answer {method} {path} in time") from exc
         except httpx.TimeoutException as exc:
             raise AirflowUnavailable(f"Airflow at {self._http.base_url} timed out") from exc
         except httpx.TransportError as exc:

@@ -113,3 +113,28 @@ def test_a_missing_dag_is_never_read_as_missing_runs() -> None:
         assert isinstance(caught.value, AirflowUnavailable)
         assert "not loaded in Airflow yet" in caught.value.detail
     assert client.get_dag_run("dv", "train-404") is None  # a missing run of a known DAG stays None
+
+
+def test_a_slow_airflow_is_a_timeout_and_a_closed_port_is_unavailable() -> None:
+    """A server that takes the request and never answers (Airflow up but slow) raises
+    `AirflowTimeout`, which the job start treats as 'maybe triggered'; a port nobody listens on
+    is a plain `AirflowUnavailable` (503, the job undone). Real sockets, no mock transport."""
+    import socket
+
+    from api.clients.airflow import AirflowTimeout, AirflowUnavailable
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # the kernel accepts the connections; nobody ever answers
+        slow = AirflowClient(f"http://127.0.0.1:{silent.getsockname()[1]}", "admin", "pw", 0.5)
+        with pytest.raises(AirflowTimeout, match="in time"):
+            slow.trigger_dag_run("dv", "train-1", {})
+        slow.close()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]  # bound but not listening: connection refused
+        closed = AirflowClient(f"http://127.0.0.1:{closed_port}", "admin", "pw", 0.5)
+        with pytest.raises(AirflowUnavailable) as refused:
+            closed.trigger_dag_run("dv", "train-1", {})
+        assert not isinstance(refused.value, AirflowTimeout)
+        closed.close()

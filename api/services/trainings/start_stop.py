@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from api.clients.airflow import AirflowError
+from api.clients.airflow import AirflowError, AirflowTimeout
 from api.models import (
     ACTIVE_TRAINING_STATUSES,
     CatalogModelRow,
@@ -55,7 +55,8 @@ def start_job(ctx: TrainingContext, owner: User, request: TrainingRequest,
     validates everything (400 with every problem), checks the user's active jobs (429), commits
     the job, then triggers its run. Returns the answer and whether it is a replay. An Airflow
     that refuses the trigger (unreachable, the DAG not loaded) raises `AirflowError` (503) and
-    leaves no job behind."""
+    leaves no job behind; one that takes the trigger without answering in time (`AirflowTimeout`)
+    leaves the job queued for the reconcile pass to trigger (202)."""
     key = idempotency.check_key(idempotency_key)
     digest = idempotency.body_hash(request.model_dump(mode="json", exclude_unset=True)) if key else ""
     if _active_jobs(ctx, owner) >= ctx.settings.max_active_jobs_per_user:
@@ -90,6 +91,12 @@ def start_job(ctx: TrainingContext, owner: User, request: TrainingRequest,
         raise
     try:
         ctx.airflow.trigger_dag_run(ctx.dag_id, run_id(job), conf)
+    except AirflowTimeout as exc:
+        # Airflow is up but slow (seen under load: triggers answered in 10-130 s): the job stays
+        # queued and the reconcile pass triggers its run, or finds it if this trigger went through
+        log.warning("job %s: the trigger of its run got no answer in time (%s); the reconcile pass triggers it",
+                    job.id, exc)
+        return answer, False
     except AirflowError:
         _undo(ctx, job)
         raise
