@@ -15,4 +15,5 @@ names = sorted(m.name for m in pkgutil.iter_modules([str(Path(__file__).parent)]
 selected = [n for n in names if n in sys.argv[1:] or (not sys.argv[1:] and n not in BY_NAME_ONLY)]
 for name in selected:
     print(f"\n=== bench.{name} ===", flush=True)
+    sys.argv = [f"bench.{name}"]  # each with its defaults: the names given here are not its options
     runpy.run_module(f"bench.{name}", run_name="__main__")
