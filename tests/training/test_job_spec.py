@@ -97,7 +97,8 @@ def test_an_unknown_parameter_is_named():
     assert validate_job_request(CAPTIONING, None, {"epoch": 3}) == [
         "unknown training parameter 'epoch' (known: epochs, learning_rate, batch_size, "
         "gradient_accumulation_steps, max_steps, warmup_ratio, weight_decay, lora_rank, lora_alpha, "
-        "lora_dropout, target_modules, frames, eval_every_epochs, checkpoint_every_steps, seed)"]
+        "lora_dropout, target_modules, frames, frame_sampling, sampling_fps, eval_every_epochs, checkpoint_every_steps, "
+        "seed)"]
 
 
 def test_training_params_must_be_an_object():
@@ -201,7 +202,8 @@ def test_defaults_come_from_the_definition_and_the_model():
     assert resolved.model_dump() == {
         "epochs": 3, "learning_rate": 2e-4, "batch_size": 4, "gradient_accumulation_steps": 1, "max_steps": None,
         "warmup_ratio": 0.0, "weight_decay": 0.0, "lora_rank": 8, "lora_alpha": CAPTIONING.default_alpha,
-        "lora_dropout": 0.05, "target_modules": ALL_LINEAR, "frames": CAPTIONING.frames, "eval_every_epochs": 1,
+        "lora_dropout": 0.05, "target_modules": ALL_LINEAR, "frames": CAPTIONING.frames,
+        "frame_sampling": "uniform", "sampling_fps": None, "eval_every_epochs": 1,
         "checkpoint_every_steps": None, "seed": 42}
     assert resolve_job_params(BIG, {}).lora_rank == 8 and resolve_job_params(BIG, {}).frames == 8
     assert resolve_job_params(BIG, {"lora_rank": 4}).lora_rank == 4
@@ -228,7 +230,8 @@ def test_cli_args_follow_the_engine_contract():
     assert args == ["--epochs", "3", "--learning-rate", "0.001", "--batch-size", "4",
                     "--gradient-accumulation-steps", "1", "--warmup-ratio", "0.0", "--weight-decay", "0.0",
                     "--lora-rank", "8", "--lora-alpha", "16", "--lora-dropout", "0.05",
-                    "--target-modules", ",".join(ALL_LINEAR), "--frames", "4", "--eval-every-epochs", "1",
+                    "--target-modules", ",".join(ALL_LINEAR), "--frames", "4", "--frame-sampling", "uniform",
+                    "--eval-every-epochs", "1",
                     "--seed", "42"]
 
 
