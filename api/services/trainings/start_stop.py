@@ -249,6 +249,23 @@ def end_orphan_runs(ctx: TrainingContext) -> int:
     return ended
 
 
+def _stop_unread(ctx: TrainingContext, job: TrainingJob, exc: AirflowTimeout) -> TrainingJob:
+    """A stop while Airflow is up but too slow to read the run (seen under load): the request is
+    recorded and left for the train task, which reads it before it starts its engine and while
+    the engine trains (`training.pipeline.train_control`): a run that has not trained yet ends
+    without training, a training in progress saves its partial adapter, and one that finished
+    first completes the job. Nothing is marked failed in Airflow without knowing the run's state."""
+    log.warning("job %s: Airflow did not answer in time (%s); the stop is left to the train task", job.id, exc)
+    if job.stop_requested_at is None:
+        job.stop_requested_at = utcnow()
+        events.stop_requested(ctx.session, job)
+        ctx.session.commit()
+    assert ctx.s3 is not None
+    ctx.s3.put_json(s3_layout.training_stop_key(job.id),
+                    {"run_id": run_id(job), "requested_at": job.stop_requested_at.isoformat()})
+    return job
+
+
 def stop_job(ctx: TrainingContext, owner: User, job_id: str) -> TrainingJob:
     """Records the request and stops the training, and only it. While the train task runs, the
     request goes to it (`training.s3.training_stop_key`): the task stops its engine (SIGTERM:
@@ -260,8 +277,13 @@ def stop_job(ctx: TrainingContext, owner: User, job_id: str) -> TrainingJob:
     job = owned_job(ctx, owner, job_id)
     tis: dict = {}
     if job.status in ACTIVE_TRAINING_STATUSES:
-        run = ctx.airflow.get_dag_run(ctx.dag_id, run_id(job))
-        tis = ctx.airflow.list_task_instances(ctx.dag_id, run_id(job)) if run is not None else {}
+        try:
+            run = ctx.airflow.get_dag_run(ctx.dag_id, run_id(job))
+            tis = ctx.airflow.list_task_instances(ctx.dag_id, run_id(job)) if run is not None else {}
+        except AirflowTimeout as exc:
+            if ctx.s3 is None:
+                raise
+            return _stop_unread(ctx, job, exc)
         apply_run(ctx, job, run, tis if run is not None else None, utcnow())
     if job.status not in ACTIVE_TRAINING_STATUSES:
         ctx.session.commit()
