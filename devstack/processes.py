@@ -144,6 +144,21 @@ def pids_with_args(*args: str) -> list[int]:
     return found
 
 
+def root_pids_with_args(*args: str) -> list[int]:
+    """`pids_with_args` without the children of another match: the training engine itself, not
+    its DataLoader workers (forked, they carry the engine's command line)."""
+    found = pids_with_args(*args)
+    return [pid for pid in found if _ppid_of(pid) not in found]
+
+
+def _ppid_of(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1])  # after "pid (comm) state": the parent's pid
+
+
 def _pgid_of(pid: int) -> int | None:
     try:
         return os.getpgid(pid)

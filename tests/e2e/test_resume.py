@@ -19,7 +19,7 @@ import time
 import httpx
 import pytest
 
-from devstack.processes import pids_with_args
+from devstack.processes import root_pids_with_args
 from devstack.seed import seed_tiny_models
 from tests.e2e.journey import TERMINAL, login, ready_dataset, start_job, watch
 
@@ -60,7 +60,7 @@ def test_a_killed_engine_resumes_and_a_stopped_job_resumes_on_request(api_server
         # 1. SIGKILL of the engine after its first checkpoint: Airflow's retry resumes from it
         killed = start_job(api, dataset_id, MODEL, "killed", **PARAMS)
         checkpoint_step = _first_checkpoint(api, killed)
-        pids = pids_with_args("training", "run", killed)
+        pids = root_pids_with_args("training", "run", killed)  # the engine, not its data-loading workers
         assert len(pids) == 1, f"the engine of {killed} is not running once its first checkpoint is listed: {pids}"
         os.kill(pids[0], signal.SIGKILL)
         killed_at = time.monotonic()
