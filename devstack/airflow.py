@@ -85,7 +85,7 @@ class Airflow:
             Process("airflow-api-server", [*airflow, "api-server", "--host", HOST, "--port", str(port), "--workers", "1"],
                     run_dir=run, env=self.env, cwd=self.folder),
             Process("airflow-scheduler", [*airflow, "scheduler", "--skip-serve-logs"],
-                    run_dir=run, env=self.env, cwd=self.folder),
+                    run_dir=run, env=self.env, cwd=self.folder, stop_leftovers_on_start=False),
             Process("airflow-dag-processor", [*airflow, "dag-processor"], run_dir=run, env=self.env, cwd=self.folder),
         ]
         #: Celery workers by queue: each its own process tree and cache folder (QLORA_CACHE_DIR)
@@ -97,7 +97,7 @@ class Airflow:
                 f"airflow-worker-{queue}",
                 [*airflow, "celery", "worker", "--queues", queue, "--concurrency", str(concurrency),
                  "--celery-hostname", f"{queue}@%h", "--skip-serve-logs", "--without-gossip", "--without-mingle"],
-                run_dir=run, env=env, cwd=self.folder, stop_timeout=30)
+                run_dir=run, env=env, cwd=self.folder, stop_timeout=30, stop_leftovers_on_start=False)
         self.processes += self.workers.values()
         self._airflow = airflow
 

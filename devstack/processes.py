@@ -53,7 +53,8 @@ class Process:
     never mistaken for it; its output goes to `log`."""
 
     def __init__(self, name: str, argv: Sequence[str], *, run_dir: Path, env: Mapping[str, str] | None = None,
-                 cwd: Path | None = None, stop_signal: int = signal.SIGTERM, stop_timeout: float = 10.0):
+                 cwd: Path | None = None, stop_signal: int = signal.SIGTERM, stop_timeout: float = 10.0,
+                 stop_leftovers_on_start: bool = True):
         self.name = name
         self.argv = [str(a) for a in argv]
         self.env = dict(env) if env is not None else None
@@ -62,6 +63,10 @@ class Process:
         self.stop_timeout = stop_timeout
         self.pid_file = Path(run_dir) / f"{name}.pid"
         self.log = Path(run_dir) / f"{name}.log"
+        #: whether `start` first stops what a dead previous instance left in its process group
+        #: (a server's worker that still holds the port); off for the scheduler, whose orphaned
+        #: task processes still finish their task and report it to Airflow's API
+        self.stop_leftovers_on_start = stop_leftovers_on_start
         self._popen: subprocess.Popen | None = None
 
     # -- state ---------------------------------------------------------------------------
@@ -79,11 +84,34 @@ class Process:
     def running(self) -> bool:
         return self.pid() is not None
 
+    def leftover_pids(self) -> list[int]:
+        """The live processes a dead instance left behind: its main process (recorded in the pid
+        file, leader of its own process group since `start` spawns a new session) is gone, its
+        group is not (e.g. MLflow's or uvicorn's worker after a SIGKILL of the main process only).
+        A group id is not reused while the group has members, so these are its own."""
+        try:
+            pgid = int(self.pid_file.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return []
+        if self.pid() is not None:
+            return []
+        return [p for p in _all_pids() if p != os.getpid() and _pgid_of(p) == pgid and pid_alive(p)]
+
+    def stop_leftovers(self) -> list[int]:
+        """Stops `leftover_pids` (SIGTERM to the group, SIGKILL after `stop_timeout`); returns them."""
+        leftovers = self.leftover_pids()
+        if leftovers:
+            pgid = int(self.pid_file.read_text().split()[0])
+            _stop_group(pgid, self.stop_signal, self.stop_timeout)
+        return leftovers
+
     # -- start / stop --------------------------------------------------------------------
     def start(self) -> int:
         """Spawns the command in its own session (it outlives the caller) unless it runs."""
         if (pid := self.pid()) is not None:
             return pid
+        if self.stop_leftovers_on_start:
+            self.stop_leftovers()
         self.pid_file.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as log:
             log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} start: {' '.join(self.argv)}\n".encode())
@@ -106,8 +134,9 @@ class Process:
         Returns True if something was running."""
         pid = self.pid()
         if pid is None:
+            stopped = bool(self.stop_leftovers())
             self.pid_file.unlink(missing_ok=True)
-            return False
+            return stopped
         stop_pid(pid, self.stop_signal, self.stop_timeout, popen=self._popen)
         self.pid_file.unlink(missing_ok=True)
         return True
@@ -124,6 +153,20 @@ def _group_alive(pgid: int) -> bool:
         return False
     # members may all be zombies waiting for a reaper: count only live ones
     return any(_pgid_of(p) == pgid and pid_alive(p) for p in _all_pids())
+
+
+def _stop_group(pgid: int, sig: int, timeout: float) -> None:
+    """`sig` to every member of process group `pgid` (its leader is gone), SIGKILL after `timeout`."""
+    for s, wait in ((sig, timeout), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(pgid, s)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while _group_alive(pgid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if not _group_alive(pgid):
+            return
 
 
 def _all_pids() -> list[int]:

@@ -168,6 +168,7 @@ class Stack:
                 self._seed(log)
             return False
         self._stop_unhealthy(log)
+        self._stop_leftovers(log)
         self._check_ports_free()
         started = time.monotonic()
         for server in self.celery_servers:
@@ -223,6 +224,19 @@ class Stack:
             if not self._healthy(service):
                 log(f"  restarting {service.name}: it runs but does not answer as healthy")
                 service.stop()
+
+    def _stop_leftovers(self, log) -> None:
+        """Stops what the dead main process of a service left running (e.g. MLflow's worker
+        after its `mlflow server` was killed alone): it would hold the port, answer as if all
+        were well, and keep the restart from binding."""
+        for service in self.services:
+            processes = getattr(service, "processes", None) or [getattr(service, "process", None)]
+            for process in processes:
+                if process is None or not process.stop_leftovers_on_start:
+                    continue
+                if leftovers := process.stop_leftovers():
+                    log(f"  restarting {process.name}: its main process died; stopped the "
+                        f"{len(leftovers)} process(es) it left running ({', '.join(map(str, leftovers))})")
 
     def _seed(self, log) -> None:
         for line in seed_tiny_models(self.s3.settings, self.folder / "seed.log"):

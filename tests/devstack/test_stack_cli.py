@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from devstack.ports import port_open
+from devstack.processes import pid_alive
 from devstack.secrets_file import read_env_file
 
 pytestmark = pytest.mark.stack
@@ -93,6 +94,20 @@ def test_up_status_down_up_keeps_state_and_secrets(stack_cli):
     print(f"devstack up (restart): {time.monotonic() - restart:.1f} s")
     assert _wait_for_health(env["QLORA_API_URL"], 200, timeout=60)["status"] == "ok"
     print(f"restart -> /v1/health 200: {time.monotonic() - restart:.1f} s")
+
+    # `mlflow server` killed alone: its worker keeps the port; `up` stops it and starts MLflow again
+    mlflow_pid = int((folder / "mlflow" / "mlflow.pid").read_text().split()[0])
+    os.kill(mlflow_pid, signal.SIGKILL)
+    while pid_alive(mlflow_pid):
+        time.sleep(0.1)
+    mlflow_port = int(env["MLFLOW_TRACKING_URI"].rsplit(":", 1)[1])
+    assert port_open(mlflow_port)  # the orphaned worker still answers
+    out = stack_cli("up", "--no-seed")
+    assert "restarting mlflow: its main process died; stopped the 1 process(es)" in out, out
+    assert "taken by another program" not in out
+    assert stack_cli("status").count("healthy") == 4
+    new_pid = int((folder / "mlflow" / "mlflow.pid").read_text().split()[0])
+    assert new_pid != mlflow_pid and httpx.get(f"{mlflow_api}/users/current", auth=ada).status_code == 200
 
     assert "stopped: api, airflow, mlflow, seaweedfs" in stack_cli("down")
     assert "healthy" not in stack_cli("status")
