@@ -13,7 +13,11 @@
                     (`training.s3.training_result_key`), and once more from its final copy when the
                     job settles; each names its S3 folder. Recorded once per save (key: folder name
                     and save time), in step order with the epochs (`follow`)
-    warning/error   what a user can act on: the reason a job failed, a stop that saved no adapter
+    warning/error   what a user can act on: the reason a job failed, a stop that saved no adapter,
+                    clips the training skipped because they did not decode: read while the job runs
+                    from the same published `result.json` (`skipped_clips`), one event each time
+                    its count grew, naming the clips new since the last such event and the count so
+                    far (key: the count in this run), and once more when the job settles
 
 Events are written by whoever applies a change: the background reconcile pass (every
 `reconcile_interval_s`, QLORA_RECONCILE_INTERVAL_S, 15 s by default) records them unwatched, and a
@@ -53,15 +57,22 @@ EVAL_PREFIX = "epoch_"
 MAX_PAGE = 1000
 
 
+def _lock_job(session: Session, job_id: str) -> str:
+    """Locks the job's row until the transaction ends (PostgreSQL; SQLite serializes its writers
+    anyway), so events read after it are all that were committed; returns the dialect's name."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        session.execute(select(TrainingJob.id).where(TrainingJob.id == job_id).with_for_update())
+    return dialect
+
+
 def record(session: Session, job_id: str, type_: EventType, message: str, *, key: str,
            level: EventLevel = EventLevel.INFO, data: dict[str, Any] | None = None) -> bool:
     """Adds one event to the session's transaction unless the job already has one with `key`;
     True if added. Locks the job's row first (PostgreSQL), so the events of one job commit in
     the order of their ids."""
-    bind = session.get_bind()
-    dialect = bind.dialect.name
+    dialect = _lock_job(session, job_id)
     if dialect == "postgresql":
-        session.execute(select(TrainingJob.id).where(TrainingJob.id == job_id).with_for_update())
         from sqlalchemy.dialects.postgresql import insert
     else:
         from sqlalchemy.dialects.sqlite import insert
@@ -131,8 +142,7 @@ def stop_requested(session: Session, job: TrainingJob) -> None:
 def job_settled(ctx: TrainingContext, job: TrainingJob) -> None:
     """What a settled (terminal, details cached) job adds: its remaining epochs, its checkpoints,
     the reason it failed or a warning, and the webhook deliveries of its end."""
-    follow(ctx, job, final=True)
-    skipped_clips(ctx, job)
+    follow(ctx, job, final=True)  # with the clips skipped since the last pass
     status, stage = _last_state(ctx.session, job.id)
     state_changed(ctx.session, job, status, stage)
     if job.status == TrainingStatus.FAILED:
@@ -204,18 +214,39 @@ def _new_checkpoints(session: Session, job: TrainingJob, result: dict[str, Any] 
     return out
 
 
-def skipped_clips(ctx: TrainingContext, job: TrainingJob) -> int:
-    """A warning naming the clips the training skipped because they did not decode (issue 16),
-    from the engine's final result."""
-    result = _published_result(ctx, job)
+SKIPPED_CLIPS_KEY = "warning:skipped-clips"
+SHOWN_CLIPS = 5  # clips named in a message; the event's data names all of them
+
+
+def skipped_clips(session: Session, job: TrainingJob, result: dict[str, Any] | None) -> int:
+    """A warning when the published result names clips the training skipped because they did not
+    decode (issue 16) that no earlier event named: one event per growth of the count, naming the
+    new clips and the count so far, so a user following the events learns of each skip within a
+    pass. Key: the count in this run, read under the job's row lock (two passes or readers that
+    see the same or different snapshots record each clip once); a resumed run that skips a clip
+    again names it no more."""
     skipped = result.get("skipped_clips") if result else None
     if not isinstance(skipped, dict) or not skipped:
         return 0
-    shown = "; ".join(f"{name} ({reason})" for name, reason in list(skipped.items())[:5])
-    return int(record(ctx.session, job.id, EventType.WARNING,
-                      f"{len(skipped)} clip(s) could not be decoded during training and were skipped: {shown}"
-                      f"{' ...' if len(skipped) > 5 else ''}", key="warning:skipped-clips",
-                      level=EventLevel.WARNING, data={"count": len(skipped), "skipped_clips": skipped}))
+    _lock_job(session, job.id)
+    named: set[str] = set()
+    for data in session.scalars(select(TrainingEvent.data).where(
+            TrainingEvent.job_id == job.id, TrainingEvent.type == EventType.WARNING.value,
+            TrainingEvent.key.like(f"%{SKIPPED_CLIPS_KEY}%"))):
+        named.update((data or {}).get("new_clips") or (data or {}).get("skipped_clips") or {})
+    new = {str(name): str(reason) for name, reason in skipped.items() if str(name) not in named}
+    if not new:
+        return 0
+    count = len(skipped)
+    shown = "; ".join(f"{name} ({reason})" for name, reason in list(new.items())[:SHOWN_CLIPS])
+    more = " ..." if len(new) > SHOWN_CLIPS else ""
+    if named:
+        message = (f"{len(new)} more clip(s) could not be decoded during training and were skipped "
+                   f"({count} so far): {shown}{more}")
+    else:
+        message = f"{len(new)} clip(s) could not be decoded during training and were skipped: {shown}{more}"
+    return int(record(session, job.id, EventType.WARNING, message, key=_in_run(job, f"{SKIPPED_CLIPS_KEY}:{count}"),
+                      level=EventLevel.WARNING, data={"count": count, "new_clips": new}))
 
 
 def follow(ctx: TrainingContext, job: TrainingJob, *, final: bool = False) -> int:
@@ -224,8 +255,10 @@ def follow(ctx: TrainingContext, job: TrainingJob, *, final: bool = False) -> in
     checkpoints of the manifest the train task publishes live, each once the epochs before it
     are recorded (a checkpoint past an epoch end whose evaluation is not logged yet waits for
     it, and every new one waits while MLflow cannot be read: the engine logs its metrics before
-    it lists a checkpoint). `final` (the job settled): everything that is there."""
-    fresh = _new_checkpoints(ctx.session, job, _published_result(ctx, job))
+    it lists a checkpoint). `final` (the job settled): everything that is there. Then a warning
+    for the clips skipped since the last one (`skipped_clips`)."""
+    result = _published_result(ctx, job)
+    fresh = _new_checkpoints(ctx.session, job, result)
     epochs, blocked, known = _epoch_events(ctx, job, final=final, force=bool(fresh))
     if not known and not final:
         fresh = []
@@ -234,7 +267,7 @@ def follow(ctx: TrainingContext, job: TrainingJob, *, final: bool = False) -> in
     added = 0
     for item in sorted([*epochs, *fresh], key=lambda p: (p.step, p.order)):
         added += record(ctx.session, job.id, item.type, item.message, key=item.key, data=item.data)
-    return added
+    return added + skipped_clips(ctx.session, job, result)
 
 
 # --- epochs -----------------------------------------------------------------------------------

@@ -396,6 +396,53 @@ def test_clips_skipped_by_the_training_are_a_warning(client, auth, airflow, mlfl
     assert warnings[0]["data"]["count"] == 2
 
 
+def test_clips_skipped_while_the_job_runs_are_warnings_at_once_each_clip_once(
+        client, auth, airflow, mlflow, reconcile, s3) -> None:
+    job_id = start(client, auth, make_dataset(client, auth), epochs=2)
+    run = f"train-{job_id}"
+    train_running(airflow, mlflow, run)
+    mlflow.summary(progress=0.1)
+    reconcile()
+
+    def publish(skipped: dict, exited: bool = False) -> None:  # as the train task republishes it live
+        s3.client().put_object(Bucket=s3.bucket, Key=s3_layout.training_result_key(job_id), Body=json.dumps({
+            "status": "running", "mlflow_run_id": RUN_ID, "exited": exited, "checkpoints": [],
+            "skipped_clips": skipped}).encode())
+
+    def warnings() -> list[tuple]:
+        return [(w["level"], w["message"], w["data"]) for w in events(client, auth, job_id) if w["type"] == "warning"]
+
+    a, b, c = ("clips/a.mp4", "a.mp4: cannot be decoded"), ("clips/b.mp4", "b.mp4: no frames"), \
+        ("clips/c.mp4", "c.mp4: no video stream")
+    publish(dict([a]))
+    reconcile()
+    first = ("warning", "1 clip(s) could not be decoded during training and were skipped: clips/a.mp4 (a.mp4: "
+             "cannot be decoded)", {"count": 1, "new_clips": dict([a])})
+    assert warnings() == [first]  # while the job runs, from the pass alone
+    assert client.get(f"/v1/trainings/{job_id}", headers=auth).json()["status"] == "running"
+    reconcile()  # seen again: nothing more
+    assert warnings() == [first]
+    publish(dict([a, b, c]))
+    reconcile()
+    second = ("warning", "2 more clip(s) could not be decoded during training and were skipped (3 so far): "
+              "clips/b.mp4 (b.mp4: no frames); clips/c.mp4 (c.mp4: no video stream)",
+              {"count": 3, "new_clips": dict([b, c])})
+    assert warnings() == [first, second]
+    publish(dict([a, b]))  # an older copy read late (another reader's snapshot): names nothing again
+    reconcile()
+    assert warnings() == [first, second]
+
+    # the job ends with the same clips skipped: settling records no warning again
+    publish(dict([a, b, c]), exited=True)
+    airflow.states[run] = "success"
+    for task in job_spec.TASK_IDS:
+        airflow.task(run, task, "success")
+    reconcile()
+    shown = events(client, auth, job_id)
+    assert shown[-1]["data"].get("to_status") == "completed"
+    assert warnings() == [first, second]
+
+
 def publish_result(s3, job_id: str, checkpoints: list[dict], exited: bool = False) -> None:
     """The engine's result.json as the train task publishes it (live: `exited: false`)."""
     s3.client().put_object(Bucket=s3.bucket, Key=s3_layout.training_result_key(job_id), Body=json.dumps({
