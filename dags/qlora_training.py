@@ -69,7 +69,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from training import cache, job_spec, params, s3
 from training.catalog import load_catalog
-from training.pipeline import engine_jobs, job_inputs, mlflow_runs, resume, worker_paths
+from training.pipeline import engine_jobs, job_inputs, mlflow_runs, resume, warm_engine, worker_paths
 from training.pipeline.engine_process import run_engine
 from training.pipeline.train_control import TrainControl
 from training.pipeline.errors import JobFailed
@@ -195,6 +195,7 @@ def qlora_training():
     def prepare(resolved: dict[str, Any]) -> dict[str, str]:
         conf = _conf()
         started = time.monotonic()
+        warm_engine.ensure_started()  # the engine's imports run while the data downloads
         with _for_good():
             cached = job_inputs.fill_worker_cache(conf["model_id"], conf["dataset_id"])
         log.info("cache ready in %.1f s (%d model and %d dataset files downloaded): %s, %s",
@@ -228,10 +229,13 @@ def qlora_training():
         if tracking:
             mlflow_runs.import_ahead()  # the run's announcement then holds the engine's log back for no import
 
+        # forked warm when this worker's server runs (or is importing: started by `prepare`); a
+        # server started only now serves the next engine, this one starts cold beside it
+        warm_wait_s = 0.0 if warm_engine.ensure_started() else warm_engine.READY_WAIT_S
         started = time.monotonic()
         with cache.kept_fresh(worker_paths.cache_entries(conf["model_id"], conf["dataset_id"])):
             ended = run_engine(command, engine_jobs.engine_env(job_id, bool(tracking)), on_tick=watcher.poll,
-                               should_stop=control)
+                               should_stop=control, warm_wait_s=warm_wait_s)
         log.info("training process exited with code %s after %.1f s", ended.code, time.monotonic() - started)
         if ended.stop_at is not None:
             log.info("the engine exited %.2f s after the stop request", time.monotonic() - ended.stop_at)

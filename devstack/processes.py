@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import signal
 import subprocess
 import time
@@ -175,11 +176,13 @@ def _all_pids() -> list[int]:
 
 def pids_with_args(*args: str) -> list[int]:
     """The processes whose command line holds every one of `args` as a whole argument (e.g. the
-    training engine of one job: `pids_with_args("training", "run", job_id)` matches its `--job-id`)."""
+    training engine of one job: `pids_with_args("training", "run", job_id)` matches its `--job-id`).
+    A process title set with setproctitle (the engines the warm engine server forks:
+    `training.pipeline.warm_engine`) is one string: its words count as arguments."""
     found = []
     for pid in _all_pids():
         try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            argv = re.split(rb"[\0 ]", Path(f"/proc/{pid}/cmdline").read_bytes())
         except OSError:
             continue
         if all(a.encode() in argv for a in args):

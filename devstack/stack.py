@@ -249,6 +249,12 @@ class Stack:
                 with ThreadPoolExecutor(len(group)) as pool:
                     stopped.update(zip((r.name for r in group), pool.map(lambda r: r.stop(), group)))
         names = [name for name, was_running in stopped.items() if was_running]
+        # the warm engine servers the train tasks started: each leaves once its engines ended
+        from training.pipeline import warm_engine
+
+        caches = {Path(self.env["QLORA_CACHE_DIR"]), *(self.airflow.worker_cache_dir(q) for q in self.airflow.workers)}
+        if sum(warm_engine.release(cache) for cache in caches):
+            names.append("warm engine")
         log(f"stopped: {', '.join(names)}" if names else "nothing was running")
 
     def status(self) -> list[tuple[str, list[int], int, bool]]:

@@ -27,6 +27,7 @@ from devstack.airflow import Airflow
 from devstack.api_server import APIServer
 from devstack.mlflow_server import API_ACCOUNT, WORKER_ACCOUNT, MlflowAuth, MLflowServer
 from devstack import processes
+from training.pipeline import warm_engine
 from devstack.ports import free_ports
 from devstack.postgres import Postgres
 from devstack.seaweedfs import S3Settings, SeaweedFS
@@ -34,6 +35,8 @@ from devstack.stack import Ports
 
 REPO = Path(__file__).resolve().parents[1]
 processes.DIE_WITH_PARENT = True  # a killed test session leaves no services behind
+# warm engine servers (training.pipeline.warm_engine) started by tests' train tasks leave soon after
+os.environ.setdefault("QLORA_WARM_ENGINE_IDLE_S", "120")
 
 #: Fixtures that start real services (or migrate a temp Airflow home: tests/dags/conftest.py).
 #: A test whose fixture closure holds one is marked `stack`; fixtures built on them (postgres_url,
@@ -168,7 +171,7 @@ def airflow(s3: S3Settings, mlflow_server: MlflowHandle, tmp_path_factory: pytes
     MLflow environment: `.url` (= `.base_url`), `.username`, `.password`, `.token()`."""
     folder = tmp_path_factory.mktemp("airflow")
     env = {**s3.env(), **mlflow_server.env(WORKER_ACCOUNT), "QLORA_CACHE_DIR": str(folder / "cache"),
-           "QLORA_GPU_POOL_SLOTS": "1"}
+           "QLORA_GPU_POOL_SLOTS": "1", "QLORA_WARM_ENGINE_IDLE_S": os.environ["QLORA_WARM_ENGINE_IDLE_S"]}
     server = Airflow(folder, free_ports(1)[0], password=secrets.token_urlsafe(12),
                      jwt_secret=secrets.token_urlsafe(32), secret_key=secrets.token_urlsafe(32), extra_env=env)
     server.start()
@@ -177,6 +180,7 @@ def airflow(s3: S3Settings, mlflow_server: MlflowHandle, tmp_path_factory: pytes
         yield server
     finally:
         server.stop()
+        warm_engine.release(folder / "cache")  # its server leaves once the engines it forked ended
 
 
 # -- the API as a real server ----------------------------------------------------------------

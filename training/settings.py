@@ -22,6 +22,7 @@ DEFAULT_CACHE_MAX_GB = 200.0
 DEFAULT_FRAME_STORE_MAX_GB = 20.0
 DEFAULT_MAX_BAD_CLIP_FRACTION = 0.01
 DEFAULT_ADAPTER_UPLOAD_RETRY_S = 300.0
+DEFAULT_WARM_ENGINE_IDLE_S = 1800.0
 
 
 def _default_cache_dir() -> Path:
@@ -66,6 +67,11 @@ class PipelineSettings(BaseSettings):
     #: answer (a restart, a network cut) before the training fails naming it
     adapter_upload_retry_s: float = Field(DEFAULT_ADAPTER_UPLOAD_RETRY_S, ge=0,
                                           validation_alias="QLORA_ADAPTER_UPLOAD_RETRY_S")
+    #: start training engines by forking a per-worker process that imported torch, transformers,
+    #: peft and mlflow already (`training.pipeline.warm_engine`) instead of a new interpreter
+    warm_engine: bool = Field(True, validation_alias="QLORA_WARM_ENGINE")
+    #: a warm engine server with no engine running and no request leaves after this long
+    warm_engine_idle_s: float = Field(DEFAULT_WARM_ENGINE_IDLE_S, gt=0, validation_alias="QLORA_WARM_ENGINE_IDLE_S")
 
     @property
     def cache_max_bytes(self) -> int | None:

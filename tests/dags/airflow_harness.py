@@ -24,6 +24,8 @@ def make_airflow_env(home: Path) -> dict[str, str]:
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
         "QLORA_CACHE_DIR": str(home / "cache"),
+        # a warm engine server a test's train task started leaves soon after the session
+        "QLORA_WARM_ENGINE_IDLE_S": "120",
         "GX_ANALYTICS_ENABLED": "False",
     })
     migrate = subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=env,

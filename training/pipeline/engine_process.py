@@ -4,6 +4,10 @@
 the task) to it, and makes sure it never outlives the task: the child is SIGKILLed by the
 kernel when the task process dies, and is stopped (SIGTERM: it saves its adapter) when the
 task's own supervisor (Airflow's task runner in the worker) dies.
+
+The child is forked by the worker's warm engine server when one runs (`warm_engine`: no
+import time; it dies with the task through a lifeline pipe instead of the kernel's parent-death
+signal), else it is a new `python -m training` process.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import NamedTuple
 
+from training.pipeline import warm_engine
 from training.result import EXIT_BAD_INPUT
 
 log = logging.getLogger(__name__)
@@ -63,7 +68,7 @@ def die_with_parent() -> None:
     os.setsid()
 
 
-def stop_when_orphaned(process: subprocess.Popen, state: dict, check_s: float = SUPERVISOR_CHECK_S) -> None:
+def stop_when_orphaned(process: subprocess.Popen | warm_engine.WarmProcess, state: dict, check_s: float = SUPERVISOR_CHECK_S) -> None:
     """Watches the task's parent, Airflow's supervisor. If it dies (the Celery worker crashed
     or was OOM-killed), Airflow fails the task after its heartbeat timeout and may give the GPU
     to another training, while this process, reparented, would train on: so the engine is
@@ -90,7 +95,8 @@ def _read_lines(stream, lines: queue.Queue) -> None:
 def run_engine(command: list[str], env: dict[str, str], *, on_line: Callable[[str], None] | None = None,
                on_tick: Callable[[], None] | None = None, tick_s: float = 1.0,
                should_stop: Callable[[], str | None] | None = None,
-               kill_after_s: float = STOP_KILL_AFTER_S) -> EngineExit:
+               kill_after_s: float = STOP_KILL_AFTER_S, warm_wait_s: float | None = warm_engine.READY_WAIT_S
+               ) -> EngineExit:
     """Runs `command`, logging each output line (`[engine] ...`; progress bars' `\\r` redraws
     split into lines) and returns how it ended. SIGTERM/SIGINT received meanwhile are
     forwarded to it as SIGTERM.
@@ -100,11 +106,21 @@ def run_engine(command: list[str], env: dict[str, str], *, on_line: Callable[[st
     each tick too, returns why the engine must stop (a deadline passed, a stop was requested) or
     None: the first answer is kept as `EngineExit.asked` and the engine gets SIGTERM (it saves its
     adapter), then SIGKILL if it still runs `kill_after_s` later.
+
+    An engine command (`python -m training ...`) is forked by the warm engine server when one
+    runs for this environment (`training.pipeline.warm_engine`; waiting up to `warm_wait_s` for
+    one that is still importing; None: never), else started as a new process.
     """
     tail: deque[str] = deque(maxlen=TAIL_LINES)
     state = {"stop_at": None, "orphaned": False, "asked": None}
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               bufsize=1, env=env, preexec_fn=die_with_parent, errors="replace")
+    asked_at = time.monotonic()
+    process = warm_engine.spawn(command, env, ready_wait_s=warm_wait_s) if warm_wait_s is not None else None
+    if process is None:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                   bufsize=1, env=env, preexec_fn=die_with_parent, errors="replace")
+    log.info("engine pid %d started %s in %.2f s", process.pid,
+             "warm (forked by the warm engine server)" if isinstance(process, warm_engine.WarmProcess) else "cold",
+             time.monotonic() - asked_at)
     threading.Thread(target=stop_when_orphaned, args=(process, state), daemon=True,
                      name="supervisor-watch").start()
     lines: queue.Queue[str | None] = queue.Queue()
@@ -154,7 +170,7 @@ def run_engine(command: list[str], env: dict[str, str], *, on_line: Callable[[st
     return EngineExit(code, state["stop_at"], list(tail), state["orphaned"], state["asked"])
 
 
-def _check_stop(process: subprocess.Popen, state: dict, should_stop: Callable[[], str | None] | None,
+def _check_stop(process: subprocess.Popen | warm_engine.WarmProcess, state: dict, should_stop: Callable[[], str | None] | None,
                 kill_after_s: float) -> None:
     """Asks the engine to stop once `should_stop` gives a reason; SIGKILL once it ignored that
     for `kill_after_s`."""
