@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 from dataclasses import dataclass
@@ -89,6 +90,8 @@ class TrainingAirflowApi(AirflowApi, Protocol):
 
     def list_active_runs(self, dag_id: str, limit: int = 500) -> list[DagRun]: ...
 
+    def with_timeout(self, timeout_s: float) -> TrainingAirflowApi: ...
+
 
 class AirflowClient:
     """Authenticates with `POST /auth/token`, caches the token and refreshes it on a 401."""
@@ -104,8 +107,9 @@ class AirflowClient:
         self._http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout_s, transport=transport)
         self._username = username
         self._password = password
-        self._token: str | None = None
+        self._token: list[str | None] = [None]  # shared with the `with_timeout` views
         self._lock = threading.Lock()
+        self._timeout: httpx.Timeout | Any = httpx.USE_CLIENT_DEFAULT
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AirflowClient:
@@ -116,10 +120,17 @@ class AirflowClient:
     def close(self) -> None:
         self._http.close()
 
+    def with_timeout(self, timeout_s: float) -> AirflowClient:
+        """This client (the same connections and token) with requests that give up after
+        `timeout_s` (connect, each read, a free connection): the detail's per-job reads."""
+        view = copy.copy(self)
+        view._timeout = httpx.Timeout(timeout_s)
+        return view
+
     # --- transport -------------------------------------------------------------------------
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
-            return self._http.request(method, path, **kwargs)
+            return self._http.request(method, path, timeout=self._timeout, **kwargs)
         except (httpx.ReadTimeout, httpx.WriteTimeout) as exc:
             raise AirflowTimeout(f"Airflow at {self._http.base_url} did not answer {method} {path} in time") from exc
         except httpx.TimeoutException as exc:
@@ -138,9 +149,9 @@ class AirflowClient:
 
     def _token_value(self, refresh: bool = False) -> str:
         with self._lock:
-            if refresh or self._token is None:
-                self._token = self._fetch_token()
-            return self._token
+            if refresh or self._token[0] is None:
+                self._token[0] = self._fetch_token()
+            return self._token[0]
 
     def _request(
         self, method: str, path: str, headers_extra: dict[str, str] | None = None, **kwargs: Any

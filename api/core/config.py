@@ -69,6 +69,10 @@ class Settings(BaseSettings):
     airflow_username: str = "admin"
     airflow_password: str = "admin"
     airflow_timeout_s: float = 10.0
+    #: the job detail's own reads of one job in Airflow (task instances, log tail, XCom) give up
+    #: after this long; the detail then shows the last stored stage and log tail and names them
+    #: in `stale` (its status comes from the live state the list shares)
+    detail_airflow_timeout_s: float = Field(default=2.0, gt=0)
     dataset_validation_dag_id: str = "dataset_validation"
     training_dag_id: str = "qlora_training"
     #: the Airflow UI address users are linked to (default: `airflow_url`)

@@ -67,7 +67,8 @@ class TrainingJob(Base):
     error: Mapped[str | None] = mapped_column(Text, default=None)
     metrics: Mapped[dict[str, float] | None] = mapped_column(JSON, default=None)
     stop_requested_at: Mapped[datetime | None] = mapped_column(default=None)
-    #: the last lines of the training task's log, cached when the job settled
+    #: the last lines of the training task's log, cached when the job settled (before, the tail last
+    #: read by a detail: shown while Airflow does not answer in time)
     log_tail: Mapped[str | None] = mapped_column(Text, default=None)
     #: when the terminal details (error, metrics, output path) were read back and cached
     settled_at: Mapped[datetime | None] = mapped_column(default=None)

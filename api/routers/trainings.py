@@ -130,14 +130,17 @@ def list_trainings(user: CurrentUser, trainings: TrainingsDep, page: PageDep,
     response_model=TrainingDetail,
     responses={200: ok_example(TRAINING_DETAIL), **_NOT_FOUND},
     summary="Status, progress, metrics and recent logs of a job",
-    description="Read back from Airflow (status, stage, log tail) and MLflow (progress, metrics, ETA) on each "
-    "call: `status` is `queued`, `running`, `completed`, `failed` or `stopped`; `stage` the pipeline step; "
-    "`training_params` every value the job really uses. Links open the run in the Airflow and MLflow UIs.",
+    description="Read back on each call: `status` (`queued`, `running`, `completed`, `failed` or `stopped`) from "
+    "the live state the list shares (at most a few seconds old), `stage` (the pipeline step) and the log tail from "
+    "Airflow, progress, metrics and ETA from MLflow; `training_params` every value the job really uses. What "
+    "Airflow does not answer within `QLORA_DETAIL_AIRFLOW_TIMEOUT_S` is shown as last stored and named in `stale` "
+    "(`stale_reason` says why): ask again. Links open the run in the Airflow and MLflow UIs.",
 )
 def get_training(job_id: str, user: CurrentUser, trainings: TrainingsDep) -> TrainingDetail:
     job = reads.owned_job(trainings, user, job_id)
     read = reads.read_detail(trainings, job)
-    return TrainingDetail.from_job(job, trainings.settings, logs=read.logs, eta_seconds=read.eta_seconds)
+    return TrainingDetail.from_job(job, trainings.settings, logs=read.logs, eta_seconds=read.eta_seconds,
+                                   stale=read.stale, stale_reason=read.stale_reason)
 
 
 @router.post(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -172,12 +172,18 @@ class TrainingDetail(TrainingSummary):
         default_factory=list, description="The job's earlier Airflow runs, oldest first, when it was resumed "
         "(`POST /v1/trainings/{job_id}/resume`); the current one is `airflow_run_url`'s.")
     updated_at: datetime | None = None
+    stale: list[str] = Field(
+        default_factory=list, description="The fields of this answer shown as last stored because the pipeline "
+        "service (Airflow) did not answer within `QLORA_DETAIL_AIRFLOW_TIMEOUT_S` (of `status`, `stage`, `progress`, "
+        "`eta_seconds`, `logs`); empty when everything was read now.")
+    stale_reason: str | None = Field(default=None, description="Why `stale` is not empty; null when it is.")
 
     @classmethod
     def from_job(  # type: ignore[override]
-        cls, job: TrainingJob, settings: Settings, *, logs: str = "", eta_seconds: float | None = None
+        cls, job: TrainingJob, settings: Settings, *, logs: str = "", eta_seconds: float | None = None,
+        stale: Sequence[str] = (), stale_reason: str | None = None,
     ) -> TrainingDetail:
-        """The detail of `job`; `logs` and `eta_seconds` are read back from its run
+        """The detail of `job`; `logs`, `eta_seconds` and `stale` are read back from its run
         (`api.services.trainings.reads.read_detail`), the links point at the settings' UIs."""
         return cls(
             **dict(TrainingSummary.from_job(job)),
@@ -194,6 +200,8 @@ class TrainingDetail(TrainingSummary):
             registered_model=registered_model(job, settings),
             previous_runs=[RunOut.model_validate(r) for r in job.runs or []],
             updated_at=job.updated_at,
+            stale=list(stale),
+            stale_reason=stale_reason,
         )
 
 

@@ -101,6 +101,9 @@ def test_train_watch_stop_and_kill(api_server, tmp_path):
             assert any(a.path == "adapter" for a in mlflow.list_artifacts(run.info.run_id))
             assert final["mlflow_run_url"].endswith(f"/runs/{run.info.run_id}")
             assert final["logs"], final
+            # each detail was read fresh, or names the fields it shows as stored and why (Airflow slow)
+            assert all(j["stale_reason"] for j in seen if j["stale"]), [j for j in seen if j["stale"]]
+            assert any(j["status"] == "running" and j["stage"] and not j["stale"] for j in seen), seen
         # the worker's cache keeps the model, not the jobs' outputs (their adapters are in S3)
         cache = Path(api_server.airflow.env["QLORA_CACHE_DIR"])
         assert (cache / "models").is_dir() and not any((cache / "trainings" / j).exists() for j in jobs.values())

@@ -47,12 +47,25 @@ class LiveState:
 def refresh_live(ctx: TrainingContext, jobs: Sequence[TrainingJob]) -> int:
     """Applies the shared live state (`ctx.live`; without one, read now) to unsettled `jobs`;
     outside failures with no earlier state to serve are logged and leave the jobs as they were."""
+    return apply_live(ctx, jobs, live_runs(ctx))
+
+
+def live_runs(ctx: TrainingContext) -> RunSnapshot | None:
+    """The shared snapshot of the unsettled jobs' runs (read now if it expired), or None (logged)
+    when Airflow cannot be read and there is no earlier one to serve."""
     live = ctx.live or LiveState.create(0)
     try:
-        snapshot = live.runs.get(lambda: _read_live_runs(ctx))
+        return live.runs.get(lambda: _read_live_runs(ctx))
     except AirflowError as exc:
-        log.warning("cannot refresh %d training jobs from Airflow: %s", len(jobs), exc)
+        log.warning("cannot read the runs of the unsettled training jobs from Airflow: %s", exc)
+        return None
+
+
+def apply_live(ctx: TrainingContext, jobs: Sequence[TrainingJob], snapshot: RunSnapshot | None) -> int:
+    """`refresh_live` with the runs of `snapshot` (None: the jobs are left as they were)."""
+    if snapshot is None:
         return 0
+    live = ctx.live or LiveState.create(0)
     now = utcnow()
     changed = sum(
         apply_run(ctx, job, snapshot.runs.get(run_id(job)), None, now)

@@ -3,12 +3,13 @@ shared live state), and what the detail adds to the job's columns (log tail, ETA
 
 A settled job (terminal, its log tail, metrics, stage, error and output path cached in the
 database) never reads Airflow or MLflow again. Per-job reads (task instances, logs, XCom, the
-partial adapter) happen only on the detail of an unsettled job (and in the reconcile pass)."""
+partial adapter) happen only on the detail of an unsettled job (and in the reconcile pass), and
+the detail's give up after `detail_airflow_timeout_s` (it then shows what is stored)."""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -20,8 +21,8 @@ from api.models import ACTIVE_TRAINING_STATUSES, TrainingJob, TrainingStatus, Us
 from api.models.base import utcnow
 from api.services.errors import NotFound
 from api.services.trainings.context import TrainingContext, is_settled, run_id
-from api.services.trainings.live_state import refresh_live
-from api.services.trainings.sync import find_mlflow_run, refresh_one, refresh_progress
+from api.services.trainings.live_state import apply_live, live_runs, refresh_live
+from api.services.trainings.sync import find_mlflow_run, refresh_progress, refresh_with_run
 from api.services.trainings.task_logs import log_tail
 from training import job_spec
 
@@ -41,6 +42,9 @@ class DetailReadback:
 
     logs: str = ""
     eta_seconds: float | None = None
+    #: the fields shown as last stored because Airflow did not answer in time, and why
+    stale: tuple[str, ...] = ()
+    stale_reason: str | None = None
 
 
 def owned_job(ctx: TrainingContext, owner: User, job_id: str) -> TrainingJob:
@@ -106,33 +110,53 @@ def list_jobs(ctx: TrainingContext, owner: User, limit: int | None = None, offse
 
 
 def read_detail(ctx: TrainingContext, job: TrainingJob) -> DetailReadback:
-    """The extras of the detail view (logs, ETA). A settled job's come from the database
-    alone; an unsettled one is refreshed from its run (task instances, XCom, MLflow) first,
-    and settled if its run ended."""
+    """The extras of the detail view (logs, ETA). A settled job's come from the database alone.
+    An unsettled one takes its run's state from the live state the list shares (`live_state`),
+    then reads what only Airflow has of it (task instances, so the stage; the MLflow run id; the
+    log tail) within `detail_airflow_timeout_s`, and is settled if its run ended. What Airflow
+    does not answer in time is shown as last stored and named in `stale` (never waited for)."""
     if is_settled(job):
         return DetailReadback(logs=job.log_tail or "")
+    timeout_s = ctx.settings.detail_airflow_timeout_s
+    quick = replace(ctx, airflow=ctx.airflow.with_timeout(timeout_s)) if hasattr(ctx.airflow, "with_timeout") else ctx
+    snapshot = live_runs(ctx) if job.status in ACTIVE_TRAINING_STATUSES else None
     logs, eta = "", None
-    tis: dict[str, TaskInstance] = {}
+    unread: tuple[str, ...] = ("status", "stage", "logs")  # what is not read yet (stale if Airflow fails)
+    applied = False
     try:
-        if job.status in ACTIVE_TRAINING_STATUSES or job.settled_at is None:
-            tis = refresh_one(ctx, job)
+        if job.settled_at is None:
+            if snapshot is not None and run_id(job) in snapshot.covered:
+                run = snapshot.runs.get(run_id(job))  # the status the list shows
+            else:  # not in the shared state (started after it was read, ended unsettled, or no state)
+                run = quick.airflow.get_dag_run(ctx.dag_id, run_id(job))
+            unread = ("stage", "logs")
+            tis = refresh_with_run(quick, job, run)  # the run applied once, with its task instances
+            applied = True
             if job.status == TrainingStatus.RUNNING:
-                find_mlflow_run(ctx, job, tis)
+                unread = ("progress", "eta_seconds", "logs")
+                find_mlflow_run(quick, job, tis)
                 summary = refresh_progress(ctx, [job], single=True)
                 if job.stop_requested_at is None:
                     eta = eta_seconds(job, tis, summary)
         else:  # settled before log tails were cached: read it once
-            tis = ctx.airflow.list_task_instances(ctx.dag_id, run_id(job))
-        if is_settled(job):
-            logs = job.log_tail or ""
-        else:
-            logs = log_tail(ctx, job, tis)
-            if job.settled_at is not None:
-                job.log_tail = logs
+            unread = ("logs",)
+            tis = quick.airflow.list_task_instances(ctx.dag_id, run_id(job))
+        unread = ("logs",)
+        if not is_settled(job):
+            # kept while the job runs too: the tail shown when Airflow does not answer in time
+            job.log_tail = logs = log_tail(quick, job, tis)
+        logs = job.log_tail or ""
+        unread = ()
     except AirflowError as exc:
-        log.warning("cannot read job %s from Airflow: %s", job.id, exc)
-        logs = "(logs unavailable: the pipeline service (Airflow) cannot be reached)"
-    # always: the queries above autoflush, so `session.dirty` can be empty with changes pending
+        log.warning("job %s: detail read from its stored state (%s unread): %s", job.id, ", ".join(unread), exc)
+        if not applied:  # status, times and progress as the list shows them (its shared state)
+            apply_live(ctx, [job], snapshot)
+        logs = job.log_tail or "(logs unavailable: the pipeline service (Airflow) did not answer)"
+        reason = (f"The pipeline service (Airflow) did not answer within {timeout_s:g} s (or cannot be reached): "
+                  f"{', '.join(unread)} show what was last stored; ask again for fresh values")
+        # always: the queries above autoflush, so `session.dirty` can be empty with changes pending
+        ctx.session.commit()
+        return DetailReadback(logs, eta, unread, reason)
     ctx.session.commit()
     return DetailReadback(logs, eta)
 

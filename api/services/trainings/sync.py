@@ -74,7 +74,12 @@ def refresh_active(ctx: TrainingContext, jobs: Sequence[TrainingJob], with_tasks
 def refresh_one(ctx: TrainingContext, job: TrainingJob) -> dict[str, TaskInstance]:
     """Reads one job's run and task instances, applies them, and settles the job if its run
     ended; returns the task instances. Raises `AirflowError`."""
-    run = ctx.airflow.get_dag_run(ctx.dag_id, run_id(job))
+    return refresh_with_run(ctx, job, ctx.airflow.get_dag_run(ctx.dag_id, run_id(job)))
+
+
+def refresh_with_run(ctx: TrainingContext, job: TrainingJob, run: DagRun | None) -> dict[str, TaskInstance]:
+    """`refresh_one` with the job's run already read (None: Airflow has no run of it): reads its
+    task instances, applies both, settles the job if its run ended. Raises `AirflowError`."""
     tis = ctx.airflow.list_task_instances(ctx.dag_id, run_id(job)) if run else {}
     apply_run(ctx, job, run, tis, utcnow())
     if job.status in TERMINAL_TRAINING_STATUSES and run is not None and job.settled_at is None:
@@ -274,5 +279,6 @@ def settle(ctx: TrainingContext, job: TrainingJob, run: DagRun, tis: dict[str, T
         job.log_tail = log_tail(ctx, job, tis)
     except AirflowError as exc:
         log.warning("job %s settled without its log tail: %s", job.id, exc)
+        job.log_tail = None  # not the tail last read while it ran: read once more (`context.is_settled`)
     job.settled_at = utcnow()
     events.job_settled(ctx, job)

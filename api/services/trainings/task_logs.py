@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import re
 
-from api.clients.airflow import AirflowError, DagRun, TaskInstance
+from api.clients.airflow import AirflowError, AirflowUnavailable, DagRun, TaskInstance
 from api.models import TrainingJob
 from api.services.trainings.context import TrainingContext, run_id
 from training import job_spec
@@ -32,7 +32,8 @@ def log_tail(ctx: TrainingContext, job: TrainingJob, tis: dict[str, TaskInstance
 
 def failure_reason(ctx: TrainingContext, job: TrainingJob, run: DagRun, tis: dict[str, TaskInstance]) -> str:
     """Why a failed job failed: its first failed task (and stage) with the last exception line
-    of that task's log, or what is known when there is none."""
+    of that task's log, or what is known when there is none. Raises `AirflowUnavailable` when
+    the log cannot be read now (a reason read from no log would be cached for good)."""
     failed = [t for t in job_spec.TASK_IDS if t in tis and (tis[t].state or "") == "failed"]
     if not failed:
         return f"The Airflow run {run.run_id} ended failed before its tasks ran (marked failed in Airflow)"
@@ -43,6 +44,8 @@ def failure_reason(ctx: TrainingContext, job: TrainingJob, run: DagRun, tis: dic
             if match := _EXCEPTION_LINE.match(line.strip()):
                 reason = match.group(2).strip()
                 break
+    except AirflowUnavailable:
+        raise  # no verdict from a log that could not be read now: the job settles on a later read
     except AirflowError as exc:
         log.warning("cannot read the log of job %s: %s", job.id, exc)
     stage = job_spec.TASK_STAGES.get(task.task_id)
