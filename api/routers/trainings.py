@@ -154,11 +154,18 @@ def get_training(job_id: str, user: CurrentUser, trainings: TrainingsDep) -> Tra
                           "is not stopped and ends completed",
                           f"Job {JOB_ID} has finished training and is now evaluating its adapter: it is not stopped "
                           "(that would throw away a finished training) and ends completed"),
-               **_NOT_FOUND, **_UNAVAILABLE},
+               **_NOT_FOUND,
+               503: error("The stop is recorded but cannot reach the training now (the storage service, S3, is "
+                          "unavailable), or the service database is: retry the same request (it repeats the stop)",
+                          f"The stop of job {JOB_ID} is recorded, but it cannot reach the training now: the storage "
+                          f"service (S3) is unavailable. Retry POST /v1/trainings/{JOB_ID}/stop in a few seconds "
+                          "(asking again repeats the request)")},
     summary="Stop a queued or running job",
     description="Stops the training, and only it: the train task stops its engine (SIGTERM: it saves its partial "
     "adapter) and the job ends `stopped` within seconds; before the training started the Airflow run is ended. A "
-    "training that finishes before the stop reaches it completes the job as usual (`stop_requested` stays true).",
+    "training that finishes before the stop reaches it completes the job as usual (`stop_requested` stays true). "
+    "When Airflow does not answer (slow, refused, unreachable) the stop is recorded all the same (202) and the "
+    "train task reads it before it starts its engine and while it trains.",
 )
 def stop_training(job_id: str, user: CurrentUser, trainings: TrainingsDep) -> StopResponse:
     job = start_stop.stop_job(trainings, user, job_id)

@@ -21,7 +21,8 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from api.clients.airflow import AirflowError, AirflowTimeout
+from api.clients.airflow import AirflowError, AirflowTimeout, AirflowUnavailable, DagNotFound
+from api.clients.s3 import S3Unavailable
 from api.models import (
     ACTIVE_TRAINING_STATUSES,
     CatalogModelRow,
@@ -34,7 +35,7 @@ from api.models import (
 from api.models.base import new_id, utcnow
 from api.schemas.trainings import TrainingRequest, TrainingStartResponse
 from api.services import events, idempotency
-from api.services.errors import Conflict, InvalidInput, TooManyRequests
+from api.services.errors import Conflict, InvalidInput, TooManyRequests, Unavailable
 from api.services.trainings.context import TrainingContext, run_id
 from api.services.trainings.live_state import refresh_live
 from api.services.trainings.reads import owned_job
@@ -249,21 +250,34 @@ def end_orphan_runs(ctx: TrainingContext) -> int:
     return ended
 
 
-def _stop_unread(ctx: TrainingContext, job: TrainingJob, exc: AirflowTimeout) -> TrainingJob:
-    """A stop while Airflow is up but too slow to read the run (seen under load): the request is
-    recorded and left for the train task, which reads it before it starts its engine and while
-    the engine trains (`training.pipeline.train_control`): a run that has not trained yet ends
-    without training, a training in progress saves its partial adapter, and one that finished
-    first completes the job. Nothing is marked failed in Airflow without knowing the run's state."""
-    log.warning("job %s: Airflow did not answer in time (%s); the stop is left to the train task", job.id, exc)
+def _stop_unread(ctx: TrainingContext, job: TrainingJob, exc: AirflowUnavailable) -> TrainingJob:
+    """A stop while Airflow does not answer (too slow under load: a timeout; or refused,
+    unreachable, a 5xx; not a DAG it has not loaded: 503) on reading the run or on marking it
+    failed: the request is recorded and left for the train task, which reads it before it starts
+    its engine and while the engine trains (`training.pipeline.train_control`): a run that has not trained yet ends without
+    training, a training in progress saves its partial adapter, and one that finished first
+    completes the job. Nothing is marked failed in Airflow without knowing the run's state."""
+    log.warning("job %s: Airflow did not answer (%s); the stop is left to the train task", job.id, exc)
     if job.stop_requested_at is None:
         job.stop_requested_at = utcnow()
         events.stop_requested(ctx.session, job)
         ctx.session.commit()
-    assert ctx.s3 is not None
-    ctx.s3.put_json(s3_layout.training_stop_key(job.id),
-                    {"run_id": run_id(job), "requested_at": job.stop_requested_at.isoformat()})
+    _tell_train_task(ctx, job, "and the pipeline service (Airflow) did not answer")
     return job
+
+
+def _tell_train_task(ctx: TrainingContext, job: TrainingJob, also: str = "") -> None:
+    """Writes the stop request the train task polls; a storage outage is a 503 that says the stop
+    is recorded and what to retry (asking again repeats the request)."""
+    assert ctx.s3 is not None and job.stop_requested_at is not None
+    try:
+        ctx.s3.put_json(s3_layout.training_stop_key(job.id),
+                        {"run_id": run_id(job), "requested_at": job.stop_requested_at.isoformat()})
+    except S3Unavailable as exc:
+        log.warning("job %s: the stop request cannot be written to S3: %s", job.id, exc)
+        raise Unavailable(f"The stop of job {job.id} is recorded, but it cannot reach the training now: the storage "
+                          f"service (S3) is unavailable{' ' + also if also else ''}. Retry POST /v1/trainings/"
+                          f"{job.id}/stop in a few seconds (asking again repeats the request)", retry_after_s=5) from exc
 
 
 def stop_job(ctx: TrainingContext, owner: User, job_id: str) -> TrainingJob:
@@ -280,8 +294,8 @@ def stop_job(ctx: TrainingContext, owner: User, job_id: str) -> TrainingJob:
         try:
             run = ctx.airflow.get_dag_run(ctx.dag_id, run_id(job))
             tis = ctx.airflow.list_task_instances(ctx.dag_id, run_id(job)) if run is not None else {}
-        except AirflowTimeout as exc:
-            if ctx.s3 is None:
+        except AirflowUnavailable as exc:  # too slow (a timeout), refused or unreachable
+            if ctx.s3 is None or isinstance(exc, DagNotFound):  # the DAG not loaded: 503, retry in a minute
                 raise
             return _stop_unread(ctx, job, exc)
         apply_run(ctx, job, run, tis if run is not None else None, utcnow())
@@ -300,9 +314,13 @@ def stop_job(ctx: TrainingContext, owner: User, job_id: str) -> TrainingJob:
         ctx.session.commit()  # recorded first: the failed run must read as stopped
     if train_state == "running" and ctx.s3 is not None:
         # the train task stops its own engine; a training that ends first completes the job
-        ctx.s3.put_json(s3_layout.training_stop_key(job.id),
-                        {"run_id": run_id(job), "requested_at": job.stop_requested_at.isoformat()})
+        _tell_train_task(ctx, job)
     elif train_state != "success":
         # nothing trained yet (or no way to tell the task): Airflow ends the run, SIGTERM to a task that just started
-        ctx.airflow.set_dag_run_state(ctx.dag_id, run_id(job), "failed")
+        try:
+            ctx.airflow.set_dag_run_state(ctx.dag_id, run_id(job), "failed")
+        except AirflowUnavailable as exc:  # maybe done, maybe not: the train task will not start its engine
+            if ctx.s3 is None or isinstance(exc, DagNotFound):
+                raise
+            return _stop_unread(ctx, job, exc)
     return job
