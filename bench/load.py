@@ -55,6 +55,10 @@ class Tally:
         self.lock = threading.Lock()
         self.codes: dict[str, Counter] = defaultdict(Counter)
         self.latency: dict[tuple[str, str], list[float]] = defaultdict(list)
+        #: the `detail` of every 5xx answer, per kind of request (what to fix)
+        self.errors: dict[str, Counter] = defaultdict(Counter)
+        #: job details per phase: read fresh, or with fields shown as last stored (`stale`)
+        self.freshness: dict[str, Counter] = defaultdict(Counter)
 
     def call(self, client: httpx.Client, kind: str, method: str, url: str, phase: str | None = None,
              **kwargs) -> httpx.Response | None:
@@ -66,8 +70,16 @@ class Tally:
                 self.codes[kind][type(exc).__name__] += 1
             return None
         elapsed = (time.perf_counter() - started) * 1000
+        detail = None
+        if resp.status_code >= 500:
+            try:
+                detail = str(resp.json().get("detail"))[:160]
+            except ValueError:
+                detail = resp.text[:160]
         with self.lock:
             self.codes[kind][resp.status_code] += 1
+            if detail is not None:
+                self.errors[kind][detail] += 1
             if phase:
                 self.latency[(phase, kind)].append(elapsed)
         return resp
@@ -160,8 +172,12 @@ def poll(users: list[User], tally: Tally, phase: str, clients: int, seconds: flo
         while time.monotonic() < stop and not ABORT.is_set():
             tally.call(http, "GET /trainings", "GET", "/v1/trainings", phase=phase)
             if user.jobs:
-                tally.call(http, "GET /trainings/{id}", "GET", f"/v1/trainings/{rng.choice(user.jobs)}",
-                           phase=phase)
+                resp = tally.call(http, "GET /trainings/{id}", "GET", f"/v1/trainings/{rng.choice(user.jobs)}",
+                                  phase=phase)
+                if resp is not None and resp.status_code == 200:
+                    stale = resp.json().get("stale")
+                    with tally.lock:
+                        tally.freshness[phase]["stale: " + ",".join(stale) if stale else "fresh"] += 1
         http.close()
 
     with ThreadPoolExecutor(clients) as pool:
@@ -203,10 +219,16 @@ def report(tally: Tally, users: list[User], durations: list[float], summary: dic
     print("\nstatus codes (every request of the run; exception names: no answer within 60 s):")
     for kind, codes in sorted(tally.codes.items()):
         print(f"  {kind:34s} " + ", ".join(f"{code}: {n}" for code, n in sorted(codes.items(), key=str)))
+    for kind, details in sorted(tally.errors.items()):
+        for detail, n in details.most_common():
+            print(f"  {kind:34s} 5xx x{n}: {detail}")
     print(f"\npoll latency (ms), {args.pollers} pollers (1 where said), uvicorn 1 worker, PostgreSQL:")
     print(f"  {'phase':58s} {'request':20s} {'n':>6s} {'p50':>8s} {'p99':>8s}")
     for (phase, kind), values in tally.latency.items():
         print(f"  {phase:58s} {kind:20s} {len(values):6d} {_pct(values, 0.5):8.1f} {_pct(values, 0.99):8.1f}")
+    print("\njob details read fresh, or with fields shown as last stored (`stale`: Airflow did not answer in time):")
+    for phase, counts in tally.freshness.items():
+        print(f"  {phase:58s} " + ", ".join(f"{k}: {n}" for k, n in counts.most_common()))
     print(f"\nwhole run {time.monotonic() - t_start:.0f} s; load average {os.getloadavg()[0]:.1f}", flush=True)
 
 
