@@ -166,6 +166,7 @@ class Stack:
         if all(self._healthy(s) for s in self.services):
             if seed:
                 self._seed(log)
+            self._start_warm_engines()
             return False
         self._stop_unhealthy(log)
         self._stop_leftovers(log)
@@ -204,6 +205,7 @@ class Stack:
         log(f"all services answer ({time.monotonic() - started:.1f} s)")
         if seed:
             self._seed(log)
+        self._start_warm_engines()
         return True
 
     def _stop_unhealthy(self, log, grace_s: float = 15.0) -> None:
@@ -224,6 +226,22 @@ class Stack:
             if not self._healthy(service):
                 log(f"  restarting {service.name}: it runs but does not answer as healthy")
                 service.stop()
+
+    def _warm_engine_workers(self) -> list[tuple[Path, dict[str, str]]]:
+        """(cache folder, environment) of each worker that runs training engines: the scheduler's
+        task processes (LocalExecutor), or the `gpu` queue's Celery worker."""
+        if self.airflow.workers:
+            return [(self.airflow.worker_cache_dir(q), w.env) for q, w in self.airflow.workers.items() if q == "gpu"]
+        return [(Path(self.airflow.env["QLORA_CACHE_DIR"]), self.airflow.env)]
+
+    def _start_warm_engines(self) -> None:
+        """Starts each worker's warm engine server in the background (it imports torch & co for
+        ~7 s), so that even the first job's engine is forked, not started cold
+        (`training.pipeline.warm_engine`; the train tasks start it themselves otherwise)."""
+        from training.pipeline import warm_engine
+
+        for cache_dir, env in self._warm_engine_workers():
+            warm_engine.ensure_started(cache_dir, env=env)
 
     def _stop_leftovers(self, log) -> None:
         """Stops what the dead main process of a service left running (e.g. MLflow's worker
@@ -252,7 +270,7 @@ class Stack:
         # the warm engine servers the train tasks started: each leaves once its engines ended
         from training.pipeline import warm_engine
 
-        caches = {Path(self.env["QLORA_CACHE_DIR"]), *(self.airflow.worker_cache_dir(q) for q in self.airflow.workers)}
+        caches = {Path(self.env["QLORA_CACHE_DIR"]), *(cache for cache, _ in self._warm_engine_workers())}
         if sum(warm_engine.release(cache) for cache in caches):
             names.append("warm engine")
         log(f"stopped: {', '.join(names)}" if names else "nothing was running")

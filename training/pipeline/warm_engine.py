@@ -52,6 +52,10 @@ log = logging.getLogger(__name__)
 #: what the server imports before it serves: the engine's command line and everything heavy
 #: `run`, `evaluate` and the tracking import (the imports stay unused until a child runs them)
 PRELOAD = ("training.cli", "training.trainer", "training.inference", "training.tracking", "mlflow", "boto3", "av")
+#: imported too where there is no NVIDIA GPU: peft imports bitsandbytes (1.6 s together on the
+#: CPU), which on a GPU host queries the device and so initialises CUDA, after which forking is
+#: unsafe; there the engine imports them itself
+PRELOAD_WITHOUT_GPU = ("peft",)
 #: environment variables read when those modules are imported: part of the fingerprint
 IMPORT_TIME_ENV_PREFIXES = ("HF_", "TRANSFORMERS_", "TORCH", "PYTORCH_", "CUDA_", "NVIDIA_", "OMP_", "MKL_",
                             "BNB_", "TOKENIZERS_", "LD_", "MLFLOW_ENABLE", "GIT_PYTHON")
@@ -84,6 +88,15 @@ def fingerprint(env: dict[str, str] | None = None) -> str:
     for name in sorted(n for n in env if n.startswith(IMPORT_TIME_ENV_PREFIXES) or n in IMPORT_TIME_ENV):
         digest.update(f"{name}={env[name]}\0".encode())
     return digest.hexdigest()[:16]
+
+
+def _settings(env: dict[str, str]):
+    """The pipeline settings, with the warm engine's own read from `env` (the worker's, which may
+    not be this process's: `make up` starts the servers of its workers)."""
+    from training.settings import PipelineSettings
+
+    names = ("QLORA_WARM_ENGINE", "QLORA_WARM_ENGINE_IDLE_S")
+    return PipelineSettings(**{name: env[name] for name in names if env.get(name)})
 
 
 def release(cache_dir: Path) -> int:
@@ -129,12 +142,10 @@ def ensure_started(cache_dir: Path | None = None, env: dict[str, str] | None = N
     Returns at once (the server imports in the background); True if it started one. Never
     raises: without a server, engines start cold."""
     try:
-        from training.settings import get_settings
-
-        settings = get_settings()
+        env = dict(os.environ if env is None else env)
+        settings = _settings(env)
         if not settings.warm_engine:
             return False
-        env = dict(os.environ if env is None else env)
         where = folder(cache_dir)
         where.mkdir(parents=True, exist_ok=True)
         fp = fingerprint(env)
@@ -226,10 +237,7 @@ def spawn(command: list[str], env: dict[str, str], cwd: str | None = None,
     if command[1:3] != ["-m", _MODULE] or command[0] != sys.executable:
         return None
     try:
-        from training.settings import get_settings
-
-        settings = get_settings()
-        if not settings.warm_engine:
+        if not _settings(env).warm_engine:
             return None
         where = folder()
         sock_path, lock_path, _ = _paths(where, fingerprint(env))
@@ -270,11 +278,13 @@ def _request(sock_path: Path, args: list[str], env: dict[str, str], cwd: str) ->
 # ---------------------------------------------------------------------------------------------
 # The server
 
-def _preload() -> None:
+def _preload() -> tuple[str, ...]:
     import importlib
 
-    for name in PRELOAD:
+    names = PRELOAD if Path("/dev/nvidiactl").exists() else PRELOAD + PRELOAD_WITHOUT_GPU
+    for name in names:
         importlib.import_module(name)
+    return names
 
 
 def _die_with_task(lifeline_fd: int) -> None:
@@ -357,13 +367,13 @@ def serve(where: Path, fp: str, idle_s: float) -> int:
         return 0
     _set_title(f"{sys.executable} -m {__name__} serve (fingerprint {fp}, {where})")
     started = time.monotonic()
-    _preload()
+    preloaded = _preload()
     import torch
 
     if torch.cuda.is_initialized():
         log.error("an import initialised CUDA: forking this process is unsafe, not serving")
         return 1
-    log.info("imported %s in %.1f s (pid %d, fingerprint %s)", ", ".join(PRELOAD), time.monotonic() - started,
+    log.info("imported %s in %.1f s (pid %d, fingerprint %s)", ", ".join(preloaded), time.monotonic() - started,
              os.getpid(), fp)
     sock_path.unlink(missing_ok=True)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
