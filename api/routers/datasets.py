@@ -127,7 +127,13 @@ _MULTIPART_BAD = {400: error("Invalid input, unknown upload, upload complete or 
 @router.post(
     "/multipart/initiate",
     response_model=MultipartInitiateResponse,
-    responses={200: ok_example(MULTIPART_INITIATED), **_MULTIPART_BAD, **_QUOTA, **_UNAVAILABLE},
+    responses={200: ok_example(MULTIPART_INITIATED), **_MULTIPART_BAD,
+               409: error("The `Idempotency-Key` was used with another request body, or its dataset no longer "
+                          "awaits its upload",
+                          "Idempotency-Key 'k-1' was already used at 2026-11-30T17:00:00Z for another request body "
+                          "(POST /v1/datasets/multipart/initiate); retry with the same body to get that answer, or "
+                          "use a new key for a new request"),
+               **_QUOTA, **_UNAVAILABLE},
     openapi_extra=body_example(MultipartInitiateRequest, **{"x-validation-status": 400}),
     summary="Start a multipart upload: returns pre-signed S3 part URLs",
     description="For archives too large for one `PUT` (S3 takes at most 5 GiB in one request; the `qlora` "
@@ -136,10 +142,19 @@ _MULTIPART_BAD = {400: error("Invalid input, unknown upload, upload complete or 
     "other; `size_bytes` counts against your storage quota, 413 past it); `PUT` each part to its URL, keep each "
     "answer's `ETag`, "
     "then call `multipart/complete`. `multipart/parts` lists what S3 already holds and re-issues URLs (to resume "
-    "or retry), `multipart/abort` deletes everything. Uploads not completed in time are aborted and deleted.",
+    "or retry), `multipart/abort` deletes everything. Uploads not completed in time are aborted and deleted. "
+    "Send an `Idempotency-Key` to retry safely: the same key with the same body within 24 h answers the same "
+    "dataset and S3 upload again (header `Idempotent-Replayed: true`) with part URLs signed anew, as long as the "
+    "dataset still awaits its upload (409 once it was completed, expired, aborted or deleted); the same key with "
+    "another body is 409.",
 )
-def multipart_initiate(body: MultipartInitiateRequest, user: CurrentUser, service: ServiceDep) -> MultipartInitiateResponse:
-    upload = service.initiate_multipart(user, body)
+def multipart_initiate(body: MultipartInitiateRequest, user: CurrentUser, service: ServiceDep, response: Response,
+                       idempotency_key: Annotated[str | None, Header(
+                           alias="Idempotency-Key", description="Any unique string of yours (a UUID) naming this "
+                           "request; retries of the request send the same one.")] = None) -> MultipartInitiateResponse:
+    upload, replayed = service.initiate_multipart(user, body, idempotency_key)
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
     return MultipartInitiateResponse(
         dataset_id=upload.dataset.id, s3_key=upload.dataset.s3_key, upload_id=upload.upload_id,
         part_size_bytes=upload.part_size, part_count=upload.part_count,

@@ -67,6 +67,7 @@ LIST_COLUMNS = (
 
 #: the `Idempotency-Key` scope of upload initiations
 INITIATE_SCOPE = "POST /v1/datasets/upload-initiate"
+MULTIPART_INITIATE_SCOPE = "POST /v1/datasets/multipart/initiate"
 
 
 def validation_run_id(dataset_id: str) -> str:
@@ -251,9 +252,17 @@ class DatasetService:
         return dataset
 
     # --- multipart upload (archives beyond a single PUT) ------------------------------------
-    def initiate_multipart(self, owner: User, request: MultipartInitiateRequest) -> MultipartUpload:
+    def initiate_multipart(self, owner: User, request: MultipartInitiateRequest,
+                           idempotency_key: str | None = None) -> tuple[MultipartUpload, bool]:
         """A new dataset and its S3 multipart upload; URLs of the first parts, each binding its
-        part's size (S3 refuses a part of any other size)."""
+        part's size (S3 refuses a part of any other size). The last item says whether the answer
+        is a replay of `idempotency_key`'s first answer (`_replay_multipart`), as for `initiate`."""
+        key = idempotency.check_key(idempotency_key)
+        digest = idempotency.body_hash(request.model_dump(mode="json", exclude_unset=True)) if key else ""
+        if key:
+            idempotency.lock_user(self.session, owner)  # until the commit: a parallel retry waits, then replays
+            if (first := idempotency.replay(self.session, owner, MULTIPART_INITIATE_SCOPE, key, digest)) is not None:
+                return self._replay_multipart(owner, key, first), True
         if request.file_size_bytes is not None and request.file_size_bytes != request.size_bytes:
             raise InvalidInput(f"file_size_bytes ({request.file_size_bytes}) differs from size_bytes "
                                f"({request.size_bytes}); send one of them")
@@ -274,12 +283,40 @@ class DatasetService:
             urls = [(n, self._part_url(dataset, upload_id, n, expires_in))
                     for n in range(1, min(part_count, MULTIPART_MAX_URLS) + 1)]
             self.session.add(dataset)
+            if key:  # the part URLs are not kept (credentials); a replay signs fresh ones
+                self.session.flush()
+                idempotency.remember(self.session, owner, MULTIPART_INITIATE_SCOPE, key, digest, 200,
+                                     {"dataset_id": dataset.id, "s3_key": dataset.s3_key, "upload_id": upload_id},
+                                     dataset.id)
             self.session.commit()
-        except BaseException:
+        except BaseException as exc:
             self.session.rollback()
             self.s3.abort_uploads(s3_layout.dataset_prefix(dataset.id))  # nothing left behind
+            if key and isinstance(exc, IntegrityError):  # the same key committed by a parallel request (SQLite)
+                if (first := idempotency.replay(self.session, owner, MULTIPART_INITIATE_SCOPE, key, digest)) is not None:
+                    return self._replay_multipart(owner, key, first), True
             raise
-        return MultipartUpload(dataset, upload_id, part_size, part_count, urls, expires_at)
+        return MultipartUpload(dataset, upload_id, part_size, part_count, urls, expires_at), False
+
+    def _replay_multipart(self, owner: User, key: str, first: IdempotencyKey) -> MultipartUpload:
+        """The first answer to `key` again: the same dataset and S3 upload, with the URLs of its
+        first parts signed now (the first ones are not kept); 409 once the dataset no longer awaits
+        its upload (completed, expired, aborted or deleted), as `_replay_initiate`."""
+        dataset = self.session.get(Dataset, first.resource_id) if first.resource_id else None
+        if dataset is None or dataset.owner_id != owner.id:
+            raise Conflict(f"Idempotency-Key {key!r} created dataset {first.resource_id}, which was aborted or deleted "
+                           "since; use a new key for a new upload")
+        if dataset.stage != DatasetStage.AWAITING_UPLOAD.value or self._upload_expired(dataset, utcnow()):
+            raise Conflict(f"Idempotency-Key {key!r} created dataset {dataset.id}, which no longer awaits its upload "
+                           f"(stage {dataset.stage}); no new upload URLs are issued for it: use a new key for a new "
+                           "upload")
+        upload_id = str((first.response_body or {}).get("upload_id") or "")
+        part_count = self._part_count(dataset) or 1
+        expires_in, expires_at = self._part_url_expiry(dataset)
+        self.session.rollback()  # releases the user's row lock; nothing was written
+        urls = [(n, self._part_url(dataset, upload_id, n, expires_in))
+                for n in range(1, min(part_count, MULTIPART_MAX_URLS) + 1)]
+        return MultipartUpload(dataset, upload_id, dataset.part_size_bytes or 0, part_count, urls, expires_at)
 
     def multipart_parts(
         self, owner: User, dataset_id: str, upload_id: str, part_numbers: Sequence[int]

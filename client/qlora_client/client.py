@@ -151,10 +151,22 @@ class Client:
 
     def multipart_initiate(self, file_name: str, dataset_name: str, size_bytes: int, description: str = "",
                            part_size_bytes: int | None = None,
-                           file_type: str = "application/zip") -> MultipartStarted:
-        return cast(MultipartStarted, self.request("POST", "/datasets/multipart/initiate", json={
-            "file_name": file_name, "file_type": file_type, "dataset_name": dataset_name,
-            "dataset_description": description, "size_bytes": size_bytes, "part_size_bytes": part_size_bytes}))
+                           file_type: str = "application/zip", *,
+                           idempotency_key: str | None = None, retries: int = 2) -> MultipartStarted:
+        """Retried like `upload_initiate`, with one `Idempotency-Key`: a retry that reaches the
+        upload the first attempt created gets it back (part URLs signed anew), never a second."""
+        body = {"file_name": file_name, "file_type": file_type, "dataset_name": dataset_name,
+                "dataset_description": description, "size_bytes": size_bytes, "part_size_bytes": part_size_bytes}
+        headers = {"idempotency-key": idempotency_key or uuid.uuid4().hex}
+        for attempt in range(retries + 1):
+            try:
+                return cast(MultipartStarted, self.request("POST", "/datasets/multipart/initiate", json=body,
+                                                           headers=headers))
+            except ApiError as exc:
+                if not exc.transient or attempt == retries:
+                    raise
+                time.sleep(2.0 * (attempt + 1))
+        raise AssertionError("unreachable")
 
     def multipart_parts(self, dataset_id: str, upload_id: str, part_numbers: list[int] | None = None) -> MultipartParts:
         return cast(MultipartParts, self.request("POST", "/datasets/multipart/parts", json={

@@ -221,3 +221,51 @@ def test_part_urls_never_outlive_the_upload_window(client, auth, archive) -> Non
     assert "X-Amz-Expires=" in got["parts"][0]["url"]
     expires = int(got["parts"][0]["url"].split("X-Amz-Expires=")[1].split("&")[0])
     assert 1 <= expires <= 10
+
+
+def test_initiate_honours_the_idempotency_key(client, auth, other_auth, s3, archive) -> None:
+    """As on `upload-initiate`: a retry with the same key and body answers the same dataset and S3
+    upload (part URLs signed anew, that S3 takes); parallel retries make one; another body, or a
+    dataset whose upload is done, is 409. Before, each retry made another dataset and upload."""
+    from concurrent.futures import ThreadPoolExecutor
+    import uuid
+
+    body = {"file_name": "big.zip", "file_type": "application/zip", "dataset_name": "Big",
+            "size_bytes": len(archive), "part_size_bytes": PART}
+
+    def post(key: str, headers=auth, **fields) -> httpx.Response:
+        return client.post("/v1/datasets/multipart/initiate", json={**body, **fields},
+                           headers={**headers, "Idempotency-Key": key})
+
+    key = f"multipart-{uuid.uuid4()}"
+    first, again = post(key), post(key)
+    assert first.status_code == 200 and "Idempotent-Replayed" not in first.headers, first.text
+    assert again.status_code == 200 and again.headers["Idempotent-Replayed"] == "true", again.text
+    same = ("dataset_id", "s3_key", "upload_id", "part_size_bytes", "part_count")
+    assert {k: again.json()[k] for k in same} == {k: first.json()[k] for k in same}
+    assert [p["part_number"] for p in again.json()["parts"]] == [1, 2, 3]
+    dataset_id = first.json()["dataset_id"]
+    assert pending(s3, dataset_id) == [first.json()["upload_id"]]
+    assert [d["id"] for d in client.get("/v1/datasets", headers=auth).json()] == [dataset_id]
+
+    other = post(key, dataset_name="Other")
+    assert other.status_code == 409 and "for another request body (POST /v1/datasets/multipart/initiate)" in \
+        other.json()["detail"]
+    theirs = post(key, headers=other_auth)  # keys are per user
+    assert theirs.status_code == 200 and theirs.json()["dataset_id"] != dataset_id
+
+    # the replayed part URLs are fresh signatures S3 takes (each still bound to its part's size)
+    etags = [(p["part_number"], put_part(p["url"], archive, p["part_number"])) for p in again.json()["parts"]]
+    assert complete(client, auth, again.json(), etags).status_code == 200
+    done = post(key)
+    assert done.status_code == 409 and done.json()["detail"] == (
+        f"Idempotency-Key '{key}' created dataset {dataset_id}, which no longer awaits its upload (stage "
+        "validating); no new upload URLs are issued for it: use a new key for a new upload")
+
+    parallel = f"multipart-{uuid.uuid4()}"
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: post(parallel), range(4)))
+    assert [a.status_code for a in answers] == [200] * 4
+    assert len({a.json()["dataset_id"] for a in answers}) == 1 and len({a.json()["upload_id"] for a in answers}) == 1
+    assert pending(s3, answers[0].json()["dataset_id"]) == [answers[0].json()["upload_id"]]
+    assert len(client.get("/v1/datasets", headers=auth).json()) == 2

@@ -79,3 +79,24 @@ def test_initiating_is_retried_with_the_same_idempotency_key(monkeypatch) -> Non
     with pytest.raises(ApiError, match="Storage quota exceeded"):
         client.upload_initiate("a.zip", "a")
     assert len(seen) == 1  # a refusal is final: not retried
+
+
+def test_a_multipart_initiation_is_retried_with_the_same_idempotency_key(monkeypatch) -> None:
+    import httpx
+
+    from qlora_client.client import Client
+
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if len(seen) == 1:
+            raise httpx.ConnectError("connection refused")
+        return httpx.Response(200, json={"dataset_id": "d1", "upload_id": "u1", "parts": []})
+
+    monkeypatch.setattr("qlora_client.client.time.sleep", lambda s: None)
+    client = Client("http://api.test/v1", token="t", transport=httpx.MockTransport(answer))
+    assert client.multipart_initiate("a.zip", "a", 200 * 1024**2)["upload_id"] == "u1"
+    keys = [r.headers["idempotency-key"] for r in seen]
+    assert [r.url.path for r in seen] == ["/v1/datasets/multipart/initiate"] * 2
+    assert len(keys) == 2 and len(set(keys)) == 1 and len(keys[0]) == 32
