@@ -15,7 +15,9 @@ triggers one run per job with run id `train-{job_id}`; its conf is flat: `job_id
    what is missing or changed), first evicting the least recently used models and datasets
    beyond `$QLORA_CACHE_MAX_GB`. Transient S3 errors are retried.
 3. **train** (*training*, queue `gpu`, pool `gpu`: as many trainings at once as the pool has
-   slots): runs `python -m training run` in a child process and streams its log here. The
+   slots): runs `python -m training run` in a child process and streams its log here (the
+   child is forked by the worker's warm engine server, which `prepare` starts and which has
+   torch & co imported already: `training/pipeline/warm_engine.py`, `QLORA_WARM_ENGINE`). The
    engine tracks the training in one MLflow run (experiment `qlora/{user}`, run name
    `output_name`) and uploads the adapter to `trainings/{job_id}/adapter/` and each checkpoint
    (every `checkpoint_every_steps`, else once per epoch; the last two kept) under
