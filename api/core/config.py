@@ -97,6 +97,9 @@ class Settings(BaseSettings):
     #: live job state (the bulk Airflow and MLflow reads of the list) is shared by all requests of
     #: the process for this long; 0 reads it on every list request
     live_state_ttl_s: float = Field(default=2.0, ge=0)
+    #: a list or detail that finds that state expired reloads it, but waits at most this long for
+    #: the reload: past it, it serves the previous state while the reload finishes in the background
+    live_state_wait_s: float = Field(default=1.0, gt=0)
 
     #: after a stop request, a job whose train task uploaded no partial adapter is taken as
     #: gone after this long (Airflow's heartbeat sends SIGTERM within ~5 s, SIGKILL 5 s later,

@@ -1,7 +1,8 @@
 """The live state of the list path: its two bulk reads (one Airflow list request for every
 unsettled job of every user, one MLflow search for the running ones) are shared by all requests
 of the process for `live_state_ttl_s` (`LiveState`), so N concurrent lists cost about one read
-per TTL; `refresh_live` applies them to the jobs of one list."""
+per TTL, and a request that reloads them waits at most `live_state_wait_s` (then serves the
+previous state); `refresh_live` applies them to the jobs of one list."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from api.clients.airflow import AirflowError, DagRun
 from api.clients.mlflow import MlflowUnavailable, RunSummary
@@ -55,7 +57,7 @@ def live_runs(ctx: TrainingContext) -> RunSnapshot | None:
     when Airflow cannot be read and there is no earlier one to serve."""
     live = ctx.live or LiveState.create(0)
     try:
-        return live.runs.get(lambda: _read_live_runs(ctx))
+        return live.runs.get(lambda: _read_live_runs(ctx), wait_s=ctx.settings.live_state_wait_s)
     except AirflowError as exc:
         log.warning("cannot read the runs of the unsettled training jobs from Airflow: %s", exc)
         return None
@@ -74,7 +76,7 @@ def apply_live(ctx: TrainingContext, jobs: Sequence[TrainingJob], snapshot: RunS
     running = [j for j in jobs if j.status == TrainingStatus.RUNNING and j.mlflow_run_id]
     if running and ctx.mlflow is not None:
         try:
-            summaries = live.summaries.get(lambda: _read_live_summaries(ctx))
+            summaries = live.summaries.get(lambda: _read_live_summaries(ctx), wait_s=ctx.settings.live_state_wait_s)
         except MlflowUnavailable as exc:
             log.warning("cannot read %d MLflow runs: %s", len(running), exc)
             summaries = {}
@@ -85,10 +87,11 @@ def apply_live(ctx: TrainingContext, jobs: Sequence[TrainingJob], snapshot: RunS
 
 
 def _read_live_runs(ctx: TrainingContext) -> RunSnapshot:
-    """The Airflow runs of every unsettled job (all users): one request per 100 jobs."""
-    rows = ctx.session.execute(
-        select(TrainingJob.id, TrainingJob.airflow_run_id).where(TrainingJob.status.in_(ACTIVE_TRAINING_STATUSES))
-    ).all()
+    """The Airflow runs of every unsettled job (all users): one request per 100 jobs. On a session
+    of its own: the load may finish in the background, after the request that started it."""
+    with Session(ctx.session.get_bind()) as session:
+        rows = session.execute(select(TrainingJob.id, TrainingJob.airflow_run_id).where(
+            TrainingJob.status.in_(ACTIVE_TRAINING_STATUSES))).all()
     run_ids = sorted({airflow_run_id or job_spec.dag_run_id(job_id) for job_id, airflow_run_id in rows})
     return RunSnapshot(frozenset(run_ids), ctx.airflow.list_dag_runs(ctx.dag_id, run_ids) if run_ids else {})
 
@@ -96,11 +99,12 @@ def _read_live_runs(ctx: TrainingContext) -> RunSnapshot:
 def _read_live_summaries(ctx: TrainingContext) -> dict[str, RunSummary]:
     """The MLflow runs of every running job whose run is known (all users): one search per 100."""
     assert ctx.mlflow is not None
-    rows = ctx.session.execute(
-        select(TrainingJob.mlflow_run_id, TrainingJob.mlflow_experiment_id).where(
-            TrainingJob.status == TrainingStatus.RUNNING.value,
-            TrainingJob.mlflow_run_id.is_not(None), TrainingJob.mlflow_experiment_id.is_not(None),
-        )
-    ).all()
+    with Session(ctx.session.get_bind()) as session:  # its own, as `_read_live_runs`
+        rows = session.execute(
+            select(TrainingJob.mlflow_run_id, TrainingJob.mlflow_experiment_id).where(
+                TrainingJob.status == TrainingStatus.RUNNING.value,
+                TrainingJob.mlflow_run_id.is_not(None), TrainingJob.mlflow_experiment_id.is_not(None),
+            )
+        ).all()
     runs = {mlflow_run_id: experiment_id for mlflow_run_id, experiment_id in rows}
     return ctx.mlflow.get_runs(runs) if runs else {}
