@@ -40,6 +40,7 @@ class SlowAirflow(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.runs: dict[str, str] = {}
         self.hang = False
+        self.delay_s = 0.0  # every per-job read answers after this long
         self.release = threading.Event()
         self.hung: list[str] = []
         self.url = f"http://127.0.0.1:{self.server_address[1]}"
@@ -64,6 +65,7 @@ class SlowAirflow(ThreadingHTTPServer):
         if self.hang:
             self.hung.append(rest)
             self.release.wait(AIRFLOW_TIMEOUT_S + 5)
+        time.sleep(self.delay_s)
         if rest == "/taskInstances":
             states = {"validate_inputs": "success", "prepare": "success", "train": "running"}
             return 200, {"task_instances": [{"task_id": t, "state": s, "try_number": 1,
@@ -159,3 +161,13 @@ def test_a_job_airflow_has_no_stored_state_for_says_so(client, auth, slow_airflo
     detail = client.get(f"/v1/trainings/{job_id}", headers=auth).json()
     assert detail["status"] == "running" and detail["stage"] is None
     assert detail["stale"] == ["stage", "logs"] and detail["logs"].startswith("(logs unavailable")
+
+
+def test_the_detail_reads_share_one_time_budget(client, auth, slow_airflow) -> None:
+    """Each read answers within the timeout, but not all of them together: the detail stops
+    asking once its budget is spent instead of adding the reads' times up."""
+    job_id = start(client, auth, make_dataset(client, auth))
+    assert client.get(f"/v1/trainings/{job_id}", headers=auth).json()["stale"] == []
+    slow_airflow.delay_s = DETAIL_TIMEOUT_S * 0.7  # task instances, then the log: 1.4 budgets
+    detail = client.get(f"/v1/trainings/{job_id}", headers=auth).json()
+    assert "logs" in detail["stale"] and detail["logs"] == "\n".join(TAIL), detail

@@ -9,13 +9,14 @@ the detail's give up after `detail_airflow_timeout_s` (it then shows what is sto
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
 
-from api.clients.airflow import AirflowError, TaskInstance
+from api.clients.airflow import AirflowError, AirflowTimeout, TaskInstance
 from api.clients.mlflow import RunSummary
 from api.models import ACTIVE_TRAINING_STATUSES, TrainingJob, TrainingStatus, User
 from api.models.base import utcnow
@@ -118,7 +119,8 @@ def read_detail(ctx: TrainingContext, job: TrainingJob) -> DetailReadback:
     if is_settled(job):
         return DetailReadback(logs=job.log_tail or "")
     timeout_s = ctx.settings.detail_airflow_timeout_s
-    quick = replace(ctx, airflow=ctx.airflow.with_timeout(timeout_s)) if hasattr(ctx.airflow, "with_timeout") else ctx
+    quick = replace(ctx, airflow=_WithinDeadline(ctx.airflow, timeout_s)) if hasattr(ctx.airflow, "with_timeout") \
+        else ctx
     snapshot = live_runs(ctx) if job.status in ACTIVE_TRAINING_STATUSES else None
     logs, eta = "", None
     unread: tuple[str, ...] = ("status", "stage", "logs")  # what is not read yet (stale if Airflow fails)
@@ -159,6 +161,25 @@ def read_detail(ctx: TrainingContext, job: TrainingJob) -> DetailReadback:
         return DetailReadback(logs, eta, unread, reason)
     ctx.session.commit()
     return DetailReadback(logs, eta)
+
+
+class _WithinDeadline:
+    """`airflow` whose calls share one time budget: each is sent with the time left (and none is
+    sent once it is spent: `AirflowTimeout`), so the detail's reads together take at most about
+    `budget_s`, however many there are."""
+
+    def __init__(self, airflow: Any, budget_s: float) -> None:
+        self._airflow, self._budget_s = airflow, budget_s
+        self._deadline = time.monotonic() + budget_s
+
+    def __getattr__(self, name: str) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            left = self._deadline - time.monotonic()
+            if left <= 0:
+                raise AirflowTimeout(f"Airflow did not answer the detail's reads within {self._budget_s:g} s")
+            return getattr(self._airflow.with_timeout(left), name)(*args, **kwargs)
+
+        return call
 
 
 def eta_seconds(job: TrainingJob, tis: dict[str, TaskInstance], summary: RunSummary | None) -> float | None:
