@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from devstack.ports import port_open
-from devstack.processes import pid_alive
+from devstack.processes import pid_alive, pids_with_args
 from devstack.secrets_file import read_env_file
 
 pytestmark = pytest.mark.stack
@@ -73,6 +73,13 @@ def test_up_status_down_up_keeps_state_and_secrets(stack_cli):
     assert httpx.get(f"{mlflow_api}/experiments/get-by-name", params={"experiment_name": "kept-experiment"},
                      auth=ada).status_code == 403
 
+    # the engine worker's warm engine server (training.pipeline.warm_engine) was started too
+    warm = str(Path(env["QLORA_CACHE_DIR"]) / "warm-engine")
+    deadline = time.monotonic() + 60
+    while not pids_with_args("training.pipeline.warm_engine", "serve", warm) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    (warm_server,) = pids_with_args("training.pipeline.warm_engine", "serve", warm)
+
     assert "already running" in stack_cli("up", "--no-seed")
     status = stack_cli("status")
     assert status.count("healthy") == 4, status
@@ -109,7 +116,11 @@ def test_up_status_down_up_keeps_state_and_secrets(stack_cli):
     new_pid = int((folder / "mlflow" / "mlflow.pid").read_text().split()[0])
     assert new_pid != mlflow_pid and httpx.get(f"{mlflow_api}/users/current", auth=ada).status_code == 200
 
-    assert "stopped: api, airflow, mlflow, seaweedfs" in stack_cli("down")
+    assert "stopped: api, airflow, mlflow, seaweedfs, warm engine" in stack_cli("down")
+    deadline = time.monotonic() + 15
+    while pid_alive(warm_server) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not pid_alive(warm_server), "make down left the warm engine server running"
     assert "healthy" not in stack_cli("status")
     assert not any(port_open(int(env[k].rsplit(":", 1)[1]))
                    for k in ("QLORA_API_URL", "QLORA_AIRFLOW_URL", "MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL_S3"))

@@ -62,6 +62,8 @@ IMPORT_TIME_ENV_PREFIXES = ("HF_", "TRANSFORMERS_", "TORCH", "PYTORCH_", "CUDA_"
 IMPORT_TIME_ENV = ("PYTHONPATH", "PYTHONHASHSEED", "VIRTUAL_ENV")
 #: how long the train task waits for a server that is still importing, before starting cold
 READY_WAIT_S = 90.0
+#: this module, as `python -m` runs it (where it runs as `__main__`)
+SERVER_MODULE = "training.pipeline.warm_engine"
 #: the engine's command line as the cold path runs it (`engine_jobs.ENGINE` + arguments)
 _MODULE = "training"
 _MAX_MESSAGE = 1 << 20
@@ -101,12 +103,24 @@ def _settings(env: dict[str, str]):
 
 def release(cache_dir: Path) -> int:
     """Asks every server under `cache_dir` to leave (`make down`): its socket is removed, so it
-    takes no new engine and exits once its engines ended. Returns how many were asked."""
+    takes no new engine and exits once its engines ended; one still importing is terminated.
+    Returns how many were asked."""
     where = folder(cache_dir)
-    sockets = list(where.glob("*.sock")) if where.is_dir() else []
-    for path in sockets:
-        path.unlink(missing_ok=True)
-    return len(sockets)
+    if not where.is_dir():
+        return 0
+    asked = 0
+    for pid_file in where.glob("*.pid"):
+        sock = pid_file.with_suffix(".sock")
+        if sock.exists():
+            sock.unlink(missing_ok=True)
+            asked += _server_alive(pid_file.with_suffix(".lock"))
+            continue
+        with contextlib.suppress(OSError, ValueError):  # still importing: it has no engine yet
+            pid = int(pid_file.read_text())
+            if _alive(pid) and b"warm_engine" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                os.kill(pid, signal.SIGTERM)
+                asked += 1
+    return asked
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,7 +167,7 @@ def ensure_started(cache_dir: Path | None = None, env: dict[str, str] | None = N
         if _server_alive(lock_path):
             return False
         with open(log_path, "ab") as out:
-            server = subprocess.Popen([sys.executable, "-m", __name__, "serve", "--folder", str(where), "--fingerprint", fp,
+            server = subprocess.Popen([sys.executable, "-m", SERVER_MODULE, "serve", "--folder", str(where), "--fingerprint", fp,
                               "--idle-s", str(settings.warm_engine_idle_s)],
                              stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
                              start_new_session=True, close_fds=True)
@@ -365,7 +379,9 @@ def serve(where: Path, fp: str, idle_s: float) -> int:
     except BlockingIOError:
         log.info("another server serves fingerprint %s", fp)
         return 0
-    _set_title(f"{sys.executable} -m {__name__} serve (fingerprint {fp}, {where})")
+    # its own command line again; setting it first, with the environment it started with, lets
+    # the engines it forks show theirs (`_child`)
+    _set_title(f"{sys.executable} -m {SERVER_MODULE} serve --folder {where} --fingerprint {fp}")
     started = time.monotonic()
     preloaded = _preload()
     import torch
@@ -467,7 +483,7 @@ def _reaped() -> list[tuple[int, int]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=f"python -m {__name__}")
+    parser = argparse.ArgumentParser(prog=f"python -m {SERVER_MODULE}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("serve", help="import the engine's libraries and fork engines for tasks")
     run.add_argument("--folder", required=True, type=Path)
