@@ -199,6 +199,9 @@ def stack_job(stack, api: httpx.Client, dataset_id: str) -> dict:
             lags.append(logged - at)
         if event.startswith("running: "):
             marks.setdefault("spawn", at)
+        elif event.startswith("engine pid ") and " started " in event:  # training.pipeline.engine_process
+            marks.setdefault("started", at)
+            marks.setdefault("how", "warm" if " started warm " in event else "cold")
         elif " data: " in event:
             marks.setdefault("data", at)
         elif " model: " in event:
@@ -245,8 +248,8 @@ def print_timeline(label: str, job: dict) -> None:
         previous_end = t["end_date"]
     e, train = job["engine"], job["tasks"]["train"]
     if train["start_date"] is not None and e:
-        print(f"   inside train: task start {_f(train['start_date'])} -> engine spawned {_f(e.get('spawn'))}"
-              f" -> data read {_f(e.get('data'))} -> model loaded {_f(e.get('model'))}"
+        print(f"   inside train: task start {_f(train['start_date'])} -> engine asked for {_f(e.get('spawn'))}"
+              f" -> started {e.get('how', '?')} {_f(e.get('started'))} -> data read {_f(e.get('data'))} -> model loaded {_f(e.get('model'))}"
               f" -> first step {_f(e.get('first_step_log'))}")
         print(f"   after the last step: trained {_f(e.get('trained'))} -> evaluated in the engine"
               f" {_f(e.get('evaluated'))} -> engine exited {_f(e.get('exited'))} -> registered by the task"
