@@ -167,10 +167,10 @@ def ensure_started(cache_dir: Path | None = None, env: dict[str, str] | None = N
         if _server_alive(lock_path):
             return False
         with open(log_path, "ab") as out:
-            server = subprocess.Popen([sys.executable, "-m", SERVER_MODULE, "serve", "--folder", str(where), "--fingerprint", fp,
-                              "--idle-s", str(settings.warm_engine_idle_s)],
-                             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
-                             start_new_session=True, close_fds=True)
+            argv = [sys.executable, "-m", SERVER_MODULE, "serve", "--folder", str(where), "--fingerprint", fp,
+                    "--idle-s", str(settings.warm_engine_idle_s)]
+            server = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                      start_new_session=True, close_fds=True)
         lock_path.with_suffix(".pid").write_text(f"{server.pid}\n")
         log.info("warm engine server starting (fingerprint %s, log %s)", fp, log_path)
         return True
