@@ -68,7 +68,8 @@ def die_with_parent() -> None:
     os.setsid()
 
 
-def stop_when_orphaned(process: subprocess.Popen | warm_engine.WarmProcess, state: dict, check_s: float = SUPERVISOR_CHECK_S) -> None:
+def stop_when_orphaned(process: subprocess.Popen | warm_engine.WarmProcess, state: dict,
+                       check_s: float = SUPERVISOR_CHECK_S) -> None:
     """Watches the task's parent, Airflow's supervisor. If it dies (the Celery worker crashed
     or was OOM-killed), Airflow fails the task after its heartbeat timeout and may give the GPU
     to another training, while this process, reparented, would train on: so the engine is
@@ -170,7 +171,8 @@ def run_engine(command: list[str], env: dict[str, str], *, on_line: Callable[[st
     return EngineExit(code, state["stop_at"], list(tail), state["orphaned"], state["asked"])
 
 
-def _check_stop(process: subprocess.Popen | warm_engine.WarmProcess, state: dict, should_stop: Callable[[], str | None] | None,
+def _check_stop(process: subprocess.Popen | warm_engine.WarmProcess, state: dict,
+                should_stop: Callable[[], str | None] | None,
                 kill_after_s: float) -> None:
     """Asks the engine to stop once `should_stop` gives a reason; SIGKILL once it ignored that
     for `kill_after_s`."""
