@@ -13,6 +13,8 @@
    instance, and inside `train` the engine's own lines as streamed into the task log), and
    the import costs of a task process (DAG parse) and of the engine;
 4. a second job on the same dataset (warm worker cache and frame store).
+5. the baseline of the warm engine (`training.pipeline.warm_engine`): the stack restarted with
+   `QLORA_WARM_ENGINE=false`, one job on the first dataset, every engine a new process.
 
     python -m bench.first_step [--clips 1000] [--skip-large] [--baseline REV]
 
@@ -340,6 +342,8 @@ def main() -> None:
     parser.add_argument("--skip-large", action="store_true", help="only the 8-clip dataset")
     parser.add_argument("--baseline", default=BASELINE, help="git revision of the baseline engine")
     parser.add_argument("--executor", choices=("local", "celery"), default="local")
+    parser.add_argument("--no-cold-engine", dest="cold_engine", action="store_false",
+                        help="skip the baseline stack whose engines start cold (QLORA_WARM_ENGINE=false)")
     parser.add_argument("--engine-only", action="store_true",
                         help="no stack: the engine alone and the baseline engine (no tracking)")
     args = parser.parse_args()
@@ -392,7 +396,7 @@ def main() -> None:
         api = httpx.Client(base_url=base, headers=signup(base, f"bench_{uuid.uuid4().hex[:8]}"), timeout=120)
 
         costs = import_costs(env)
-        rows = []
+        rows, dataset_ids = [], {}
         for label, data in datasets.items():
             print(f"\n== {label}", flush=True)
             alone = engine_alone(REPO, model_dir, data, folder / f"alone-{len(rows)}",
@@ -413,6 +417,18 @@ def main() -> None:
                   f"completed {again['done']:.1f} s, epochs {again['epoch1']:.1f} / {again['epoch2']:.1f} s")
             print_timeline("second job (warm cache and frame store)", again)
             rows.append((label, job, again, alone, old))
+            dataset_ids.setdefault("first", dataset_id)
+
+        cold = None
+        if args.cold_engine:  # the same stack restarted with QLORA_WARM_ENGINE=false: each engine a new process
+            stack.down(log=lambda line: None)
+            os.environ["QLORA_WARM_ENGINE"] = "false"
+            stack = Stack(folder / "stack", Ports.shifted(offset), executor=args.executor)
+            stack.up(log=lambda line: None)
+            label = next(iter(datasets))
+            print(f"\n== {label}, stack restarted with QLORA_WARM_ENGINE=false (engines start cold)", flush=True)
+            cold = stack_job(stack, api, dataset_ids["first"])
+            print_timeline("job with a cold engine (warm worker cache and frame store)", cold)
 
         print("\n== summary (seconds; ratio = through the stack / engine alone)")
         header = (f"{'dataset':<12}{'run':<34}{'first step':>11}{'completed':>10}{'epoch 1':>9}{'epoch 2':>9}"
@@ -431,6 +447,11 @@ def main() -> None:
                       f"{_f(old['done']):>10}{_f(old['epoch1']):>9}{_f(old['epoch2']):>9}{_f(old['cpu']):>7}")
             print(f"{'':<12}{'ratio stack cold / engine alone':<34}{job['first_step'] / alone['first_step']:>10.2f}x"
                   f"{job['done'] / alone['done']:>9.2f}x")
+            if cold is not None and label == rows[0][0]:
+                print(f"{'':<12}{'stack, engine cold (WARM_ENGINE=false)':<34}{_f(cold['first_step']):>11}"
+                      f"{_f(cold['done']):>10}{_f(cold['epoch1']):>9}{_f(cold['epoch2']):>9}")
+                print(f"{'':<12}{'ratio, engine cold / engine alone':<34}"
+                      f"{cold['first_step'] / alone['first_step']:>10.2f}x{cold['done'] / alone['done']:>9.2f}x")
         print("\nframes of every clip (CPU seconds, one thread):")
         for label, data in datasets.items():
             reads = frame_reads(model_dir, data, folder / f"frames-cache-{label.replace(' ', '-')}")
