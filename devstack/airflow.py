@@ -28,6 +28,15 @@ GPU_POOL = "gpu"
 #: the Celery queues and a worker for each: Airflow's default queue, and the training queue
 #: (`queue="gpu"` in dags/qlora_training.py)
 CELERY_QUEUES = ("default", "gpu")
+#: [scheduler] scheduler_idle_sleep_time: how long the scheduler sleeps after a loop that queued and
+#: finished nothing, i.e. the wait between one task's end and the next one's `queued` (Airflow's
+#: default 1 s). `python -m bench.airflow_handoff` (a chain of 6 tasks, LocalExecutor, 2 shared cores,
+#: 2026-12-01): task end -> next task start 0.53-0.85 s at 1 s, 0.34-0.44 s at 0.5 s, 0.26-0.40 s at
+#: 0.2-0.25 s; the scheduler's CPU while idle 1.1-1.3 s per minute at 1 s, 2.1-2.5 at 0.5, 3.7-6.2 at
+#: 0.25-0.2 (PostgreSQL's 0.6 -> 1.0 -> 2.2). 0.5 s: 0.7-3.1 s less per job for ~1 CPU s a minute;
+#: below it the idle cost grows faster than the gain (a faster loop also slows each task's start).
+#: A value in the caller's environment wins (`AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME=1 make up`).
+SCHEDULER_IDLE_SLEEP_S = "0.5"
 
 
 class Airflow:
@@ -58,6 +67,8 @@ class Airflow:
             "AIRFLOW__CORE__PARALLELISM": "4",
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
+            "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME":  # the caller's wins (e.g. 1 to compare)
+                os.environ.get("AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME") or SCHEDULER_IDLE_SLEEP_S,
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": database_url,
             "AIRFLOW__CORE__AUTH_MANAGER":
                 "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",

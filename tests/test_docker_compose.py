@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from api.core.config import Settings
-from devstack.airflow import CELERY_QUEUES, GPU_POOL
+from devstack.airflow import CELERY_QUEUES, GPU_POOL, SCHEDULER_IDLE_SLEEP_S
 
 REPO = Path(__file__).resolve().parents[1]
 TEXT = (REPO / "docker-compose.yaml").read_text()
@@ -46,6 +46,13 @@ def test_workers_serve_every_queue_and_the_gpu_pool_exists():
     executor = {s["environment"]["AIRFLOW__CORE__EXECUTOR"] for s in SERVICES.values()
                 if "AIRFLOW__CORE__EXECUTOR" in s.get("environment", {})}
     assert executor == {"CeleryExecutor"}
+
+
+def test_the_scheduler_loops_as_on_the_local_stack():
+    """The scheduler's idle sleep (the wait between one task's end and the next one's start) is the
+    one measured and set for `make up` (devstack/airflow.py, bench.airflow_handoff)."""
+    env = SERVICES["airflow-scheduler"]["environment"]
+    assert env["AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME"] == SCHEDULER_IDLE_SLEEP_S
 
 
 def test_required_secrets_are_the_documented_ones():

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import httpx
 import pytest
 
@@ -30,6 +33,18 @@ def test_airflow_issues_a_token_and_lists_dags(airflow):
     assert "dags" in response.json()
     pools = httpx.get(f"{airflow.base_url}/api/v2/pools/gpu", headers={"Authorization": f"Bearer {token}"})
     assert pools.status_code == 200 and pools.json()["slots"] == 1
+
+
+def test_the_scheduler_sleeps_less_than_airflows_default_between_loops(airflow):
+    """What the stack's Airflow processes read for [scheduler] scheduler_idle_sleep_time (the wait
+    between a task's end and the next one's queueing): the value set in devstack/airflow.py, not
+    Airflow's default 1 s (a misspelt variable would leave the default)."""
+    from devstack.airflow import SCHEDULER_IDLE_SLEEP_S
+
+    got = subprocess.run([sys.executable, "-m", "airflow", "config", "get-value", "scheduler",
+                          "scheduler_idle_sleep_time"], env=airflow.env, capture_output=True, text=True, timeout=120)
+    assert got.returncode == 0, got.stderr[-2000:]
+    assert float(got.stdout.strip().splitlines()[-1]) == float(SCHEDULER_IDLE_SLEEP_S) < 1
 
 
 def test_airflow_refuses_a_wrong_password(airflow):
