@@ -147,7 +147,9 @@ def latest_checkpoint(output: Path) -> Path | None:
     return None
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
+def load_checkpoint(path: Path, model, optimizer, scheduler, state: dict | None = None) -> dict:
+    """Restores `path` into the model, optimizer, scheduler and RNG; `state`: its `state.pt`
+    when the caller read it already."""
     from safetensors.torch import load_file
 
     weights = load_file(str(path / "trainable.safetensors"))
@@ -155,7 +157,7 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
     with torch.no_grad():
         for name, value in weights.items():
             params[name].copy_(value.to(params[name].device, params[name].dtype))
-    state = torch.load(path / "state.pt", weights_only=False)
+    state = state if state is not None else torch.load(path / "state.pt", weights_only=False)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng_cpu"])
@@ -234,6 +236,26 @@ def _run(args: RunArgs, output: Path, result: EngineResult) -> int:
              trusted_clips(args.clip_report or _report_beside(data_dir), splits.train + splits.held_out, bad_clips),
              store.folder if store else "off")
 
+    # one optimizer step = `gradient_accumulation_steps` batches
+    batches_per_epoch = math.ceil(len(train_set) / p.batch_size)
+    steps_per_epoch = math.ceil(batches_per_epoch / p.gradient_accumulation_steps)
+    total_steps = min(steps_per_epoch * p.epochs, p.max_steps or 10**12)
+    result.total_steps = total_steps
+    checkpoint = latest_checkpoint(output) if args.resume else None
+    if args.resume and checkpoint is None:
+        log.info("--resume: no checkpoint in %s, starting from step 0", output)
+    state = torch.load(checkpoint / "state.pt", weights_only=False) if checkpoint else None
+    step = state["step"] if state else 0
+
+    # the batches this run will read, in the loop's order, decoded ahead of it by worker processes
+    # while the model loads (started before the model and the tracker's thread, so they fork a
+    # small process with no other thread running)
+    workers = get_settings().data_worker_count
+    feeder = BatchFeeder(train_set, _planned_batches(len(train_set), p, steps_per_epoch, total_steps, step),
+                         base.tokenizer.pad_token_id, workers=workers, seed=p.seed)
+    log.info("decoding: %s", f"{workers} worker processes ahead of the loop (QLORA_DATA_WORKERS)" if workers
+             else "in the training process (QLORA_DATA_WORKERS=0)")
+
     # ---- model -----------------------------------------------------------------------------
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import get_linear_schedule_with_warmup
@@ -274,29 +296,13 @@ def _run(args: RunArgs, output: Path, result: EngineResult) -> int:
         optimizer = bnb.optim.PagedAdamW8bit(trainable, lr=p.learning_rate, weight_decay=p.weight_decay)
     else:
         optimizer = torch.optim.AdamW(trainable, lr=p.learning_rate, weight_decay=p.weight_decay)
-    # one optimizer step = `gradient_accumulation_steps` batches
-    batches_per_epoch = math.ceil(len(train_set) / p.batch_size)
-    steps_per_epoch = math.ceil(batches_per_epoch / p.gradient_accumulation_steps)
-    total_steps = min(steps_per_epoch * p.epochs, p.max_steps or 10**12)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(p.warmup_ratio * total_steps), total_steps)
-    result.total_steps = total_steps
 
-    step, run_id = 0, None
-    checkpoint = latest_checkpoint(output) if args.resume else None
-    if args.resume and checkpoint is None:
-        log.info("--resume: no checkpoint in %s, starting from step 0", output)
+    run_id = None
     if checkpoint:
-        state = load_checkpoint(checkpoint, model, optimizer, scheduler)
-        step, run_id = state["step"], state.get("mlflow_run_id")
+        load_checkpoint(checkpoint, model, optimizer, scheduler, state)
+        run_id = state.get("mlflow_run_id")
         log.info("resumed from %s (step %d of %d)", checkpoint.name, step, total_steps)
-
-    # the batches this run will read, in the loop's order, decoded ahead of it by worker processes
-    # (started before the tracker's thread, so they fork a process with no other thread running)
-    workers = get_settings().data_worker_count
-    feeder = BatchFeeder(train_set, _planned_batches(len(train_set), p, steps_per_epoch, total_steps, step),
-                         base.tokenizer.pad_token_id, workers=workers, seed=p.seed)
-    log.info("decoding: %s", f"{workers} worker processes ahead of the loop (QLORA_DATA_WORKERS)" if workers
-             else "in the training process (QLORA_DATA_WORKERS=0)")
 
     tracker = make_tracker(_tracking_uri(args))
     job_id = args.job_id or get_settings().job_id or ""
