@@ -443,3 +443,33 @@ def test_a_stop_that_cannot_reach_the_training_says_what_to_retry(client, auth, 
     monkeypatch.undo()
     assert client.post(f"/v1/trainings/{job_id}/stop", headers=auth).status_code == 202
     assert stop_request(s3, job_id)["run_id"] == run
+
+
+def test_reconcile_ends_the_run_of_a_stop_recorded_while_airflow_did_not_answer(client, auth, airflow, mlflow, s3,
+                                                                               monkeypatch) -> None:
+    """bench.load: stops recorded while Airflow was slow left their runs going (validate, prepare,
+    waiting for the gpu pool) until the train task read the request: 81 of 105 jobs were still
+    active 120 s after. The reconcile pass ends such a run once Airflow answers, as the stop
+    would have; a run whose training is under way is left to its train task (stop.json)."""
+    from tests.api.test_trainings import running_job
+
+    early = start(client, auth, make_dataset(client, auth))
+    run = f"train-{early}"
+    airflow.states[run] = "running"
+    airflow.task(run, "validate_inputs", "running")
+    training, training_run = running_job(client, auth, airflow)
+
+    def slow(*args, **kwargs):
+        raise AirflowTimeout("did not answer GET in time (fake)")
+
+    monkeypatch.setattr(airflow, "get_dag_run", slow)
+    for job_id in (early, training):
+        assert client.post(f"/v1/trainings/{job_id}/stop", headers=auth).status_code == 202
+    monkeypatch.undo()
+    assert airflow.patches == []
+    reconcile(client, airflow)
+    assert airflow.patches == [(run, "failed")]  # not the one that trains
+    reconcile(client, airflow)
+    detail = client.get(f"/v1/trainings/{early}", headers=auth).json()
+    assert (detail["status"], detail["stop_requested"]) == ("stopped", True)
+    assert client.get(f"/v1/trainings/{training}", headers=auth).json()["status"] == "running"

@@ -19,6 +19,7 @@ from api.services import events, idempotency
 from api.services.trainings.context import TrainingContext, run_id
 from api.services.trainings.start_stop import end_orphan_runs, trigger_pending
 from api.services.trainings.sync import find_mlflow_run, refresh_active, refresh_one, settle
+from training import job_spec
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +44,16 @@ def reconcile(ctx: TrainingContext, batch: int = 500, settle_batch: int = 20) ->
     for job in [j for j in active if j.stop_requested_at is not None
                 and j.status in ACTIVE_TRAINING_STATUSES][:settle_batch]:
         try:
-            refresh_one(ctx, job)
+            tis = refresh_one(ctx, job)
             changed += int(job.status in TERMINAL_TRAINING_STATUSES)
+            train = tis.get(job_spec.TRAIN_TASK_ID)
+            if job.status in ACTIVE_TRAINING_STATUSES and ((train.state if train else None) or "").lower() in (
+                    "", "none", "scheduled", "queued"):  # the train task has not started
+                # a stop recorded while Airflow did not answer (`start_stop._stop_unread`): its run
+                # has not trained, so it is ended now, as the stop itself would have, instead of
+                # going on until its train task reads the request
+                log.info("job %s: ending its run %s, stopped while Airflow did not answer", job.id, run_id(job))
+                ctx.airflow.set_dag_run_state(ctx.dag_id, run_id(job), "failed")
         except AirflowError as exc:
             log.warning("cannot read the stop of job %s: %s", job.id, exc)
     for job in [j for j in active if j.status == TrainingStatus.RUNNING and not j.mlflow_run_id][:settle_batch]:
