@@ -38,6 +38,7 @@ import hashlib
 import json
 import logging
 import os
+import select
 import selectors
 import signal
 import socket
@@ -68,8 +69,9 @@ SERVER_MODULE = "training.pipeline.warm_engine"
 _MODULE = "training"
 _MAX_MESSAGE = 1 << 20
 _SOURCE_SUFFIXES = (".py", ".toml", ".json")
-#: the server's lock file (only in the server)
+#: the server's lock file and its SIGCHLD wake-up pipe (only in the server)
 _LOCK = None
+_WAKE: tuple[int, int] | None = None
 
 
 def folder(cache_dir: Path | None = None) -> Path:
@@ -190,6 +192,7 @@ class WarmProcess:
         self.stdout = open(stdout_fd, "r", buffering=1, errors="replace", closefd=True)  # noqa: SIM115
         self._conn = conn
         self._lifeline = lifeline_fd  # held open while the engine runs: closing it kills the engine
+        self._server_gone = False
 
     def poll(self) -> int | None:
         if self.returncode is not None:
@@ -203,8 +206,10 @@ class WarmProcess:
             data = b""
         if data:
             self._set_code(json.loads(data)["exit"])
-        elif not _alive(self.pid):  # the server died: the exit code is lost, the engine is gone
-            self._set_code(-signal.SIGKILL)
+        else:
+            self._server_gone = True
+            if not _alive(self.pid):  # the server died: the exit code is lost, the engine is gone
+                self._set_code(-signal.SIGKILL)
         return self.returncode
 
     def _set_code(self, code: int) -> None:
@@ -217,9 +222,13 @@ class WarmProcess:
     def wait(self, timeout: float | None = None) -> int:
         deadline = None if timeout is None else time.monotonic() + timeout
         while self.poll() is None:
-            if deadline is not None and time.monotonic() > deadline:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
                 raise subprocess.TimeoutExpired("warm engine", timeout)
-            time.sleep(0.05)
+            if self._server_gone:  # nothing will arrive on the connection: watch the pid
+                time.sleep(0.05)
+            else:  # the server sends the exit code as soon as it reaped the engine
+                select.select([self._conn], [], [], 0.5 if left is None else min(left, 0.5))
         return self.returncode
 
     def send_signal(self, sig: int) -> None:
@@ -401,10 +410,23 @@ def serve(where: Path, fp: str, idle_s: float) -> int:
     children: dict[int, socket.socket] = {}
     selector = selectors.DefaultSelector()
     selector.register(listener, selectors.EVENT_READ)
+    # an engine's exit wakes the loop at once (its task waits for the exit code)
+    global _WAKE
+    _WAKE = os.pipe()
+    for fd in _WAKE:
+        os.set_blocking(fd, False)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    signal.set_wakeup_fd(_WAKE[1])
+    selector.register(_WAKE[0], selectors.EVENT_READ)
     last_active = time.monotonic()
     try:
         while True:
             for key, _ in selector.select(timeout=0.2):
+                if key.fileobj == _WAKE[0]:
+                    with contextlib.suppress(BlockingIOError):
+                        while os.read(_WAKE[0], 512):
+                            pass
+                    continue
                 conn, _ = listener.accept()
                 with conn:
                     pid = _fork_engine(conn, listener, children)
@@ -453,6 +475,9 @@ def _fork_engine(conn: socket.socket, listener: socket.socket, children: dict[in
     if pid == 0:
         if _LOCK is not None:
             _LOCK.close()  # a child that outlives the server must not make it look alive
+        signal.set_wakeup_fd(-1)
+        for fd in _WAKE or ():
+            os.close(fd)
         listener.close()
         for other in children.values():
             other.close()
