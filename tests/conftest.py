@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -35,6 +36,11 @@ from devstack.stack import Ports
 
 REPO = Path(__file__).resolve().parents[1]
 processes.DIE_WITH_PARENT = True  # a killed test session leaves no services behind
+# Tests press Ctrl-C in the commands they start (SIGINT). A session started in the background of a
+# non-interactive shell (`make test &`, a CI runner's `sh -c`) inherits SIGINT ignored, and so would
+# every command it starts; a handler here is reset to the default in each child instead.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 # warm engine servers (training.pipeline.warm_engine) started by tests' train tasks leave soon after
 os.environ.setdefault("QLORA_WARM_ENGINE_IDLE_S", "120")
 
