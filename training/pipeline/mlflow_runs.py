@@ -11,6 +11,7 @@ when a function here runs.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,6 +19,11 @@ from training import job_spec
 from training.settings import get_settings
 
 log = logging.getLogger(__name__)
+
+#: the thread `import_ahead` started, while it imports: mlflow imported from two threads at once
+#: fails with "partially initialized module 'mlflow.tracking.fluent'" (circular imports), so
+#: every function here that imports mlflow waits for it first (`_mlflow_imported`)
+_ahead: threading.Thread | None = None
 
 #: the artifact folder of the run that holds the adapter (logged by the engine)
 ADAPTER_ARTIFACT = "adapter"
@@ -27,30 +33,37 @@ def tracking_uri() -> str | None:
     return get_settings().mlflow_tracking_uri
 
 
+def _mlflow_imported() -> None:
+    """Returns once no other thread of this process is importing mlflow (`import_ahead`)."""
+    ahead = _ahead
+    if ahead is not None and ahead is not threading.current_thread():
+        ahead.join()
+
+
 def client():
+    _mlflow_imported()
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=tracking_uri())
 
 
 def import_ahead() -> None:
-    """Imports mlflow's client and boto3's S3 client (seconds of CPU, tens under load) in a
-    background thread, so that the train task's first MLflow call and result upload (made in the
-    loop that forwards the engine's log) do not hold the log back (issue 16)."""
-    import threading
+    """Imports mlflow's client (seconds of CPU, tens under load) in a background thread, so that
+    the train task's first MLflow call (made in the loop that forwards the engine's log) does not
+    hold the log back (issue 16). The functions here wait for it rather than import mlflow
+    beside it."""
+    global _ahead
 
     def load() -> None:
         try:
             from mlflow.entities import RunTag  # noqa: F401
             from mlflow.tracking import MlflowClient  # noqa: F401
-
-            from training import s3
-
-            s3.client()
         except Exception as exc:  # the calls themselves import (and report) what is missing
             log.debug("import ahead: %s", exc)
 
-    threading.Thread(target=load, daemon=True, name="import-ahead").start()
+    if _ahead is None:
+        _ahead = threading.Thread(target=load, daemon=True, name="import-ahead")
+        _ahead.start()
 
 
 def job_tags(conf: Mapping[str, Any], airflow_run_id: str) -> dict[str, str]:
@@ -69,6 +82,7 @@ def log_dataset_input(run_id: str, dataset_id: str, source_uri: str, digest: str
     import json
 
     try:
+        _mlflow_imported()
         from mlflow.entities import Dataset, DatasetInput, InputTag
 
         if digest is None:
@@ -100,6 +114,7 @@ def tag_run(run_id: str, tags: Mapping[str, str]) -> bool:
     """Sets `tags` on the run; False (logged) when MLflow cannot: tracking extras never fail a
     training."""
     try:
+        _mlflow_imported()
         from mlflow.entities import RunTag
 
         client().log_batch(run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])  # one request
@@ -149,6 +164,7 @@ def register_adapter(run_id: str, name: str, job_id: str, adapter_uri: str | Non
     (`training.mlflow_model`: `mlflow.pyfunc.load_model("models:/NAME/VERSION")` predicts clips),
     logged as the run's `model` artifact; without them its source is the run's bare `adapter`
     artifact. Returns `{"name", "version"}`; MLflow errors propagate (the task retries)."""
+    _mlflow_imported()
     from mlflow.exceptions import MlflowException
 
     mlflow = client()

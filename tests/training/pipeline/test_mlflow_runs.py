@@ -30,6 +30,36 @@ def _run(mlflow, job_id: str = "job-1") -> str:
     return mlflow.create_run(mlflow.experiment_id, tags={"job_id": job_id}, run_name="colours").info.run_id
 
 
+#: a train task: mlflow imported ahead in a thread, the run announced while that import is half done
+_ANNOUNCE_DURING_IMPORT = """
+import logging, sys, time
+from training.pipeline import mlflow_runs
+logging.basicConfig(level=logging.WARNING)
+assert "mlflow" not in sys.modules
+mlflow_runs.import_ahead()
+while sum(m.startswith("mlflow") for m in list(sys.modules)) < 250:  # the thread is half way (of ~440)
+    time.sleep(0.001)
+mlflow_runs.tag_run("0123456789abcdef", {"mlflow.user": "ada", "job_id": "job-1"})
+"""
+
+
+def test_the_run_is_tagged_while_mlflow_is_still_being_imported_ahead():
+    """Importing mlflow from two threads at once fails ("partially initialized module
+    'mlflow.tracking.fluent'"): runs lost their `mlflow.user` and `job_id` tags that way. Against
+    a tracking server that refuses connections, the tagging must get as far as the network (the
+    race shows with an HTTP tracking URI, not with SQLite)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.getcwd(), "MLFLOW_TRACKING_URI": "http://127.0.0.1:9",
+           "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+    done = subprocess.run([sys.executable, "-c", _ANNOUNCE_DURING_IMPORT], capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "could not tag MLflow run 0123456789abcdef" in done.stderr, done.stderr[-2000:]
+    assert "partially initialized" not in done.stderr and "127.0.0.1" in done.stderr, done.stderr[-2000:]
+
 def test_the_run_gets_the_jobs_tags(mlflow):
     run_id = _run(mlflow)
     assert mlflow_runs.tag_run(run_id, mlflow_runs.job_tags(CONF, "train-job-1"))
