@@ -181,18 +181,23 @@ class DatasetService:
         the same declared size, expiring with the upload window at the latest; the first URL is
         not kept). Once that dataset no longer awaits its upload (completed, expired, deleted) no
         upload URL is handed out again: 409 naming it."""
-        dataset = self.session.get(Dataset, first.resource_id) if first.resource_id else None
-        if dataset is None or dataset.owner_id != owner.id:
-            raise Conflict(f"Idempotency-Key {key!r} created dataset {first.resource_id}, which was deleted since; "
-                           "use a new key for a new upload")
-        if dataset.stage != DatasetStage.AWAITING_UPLOAD.value or self._upload_expired(dataset, utcnow()):
-            raise Conflict(f"Idempotency-Key {key!r} created dataset {dataset.id}, which no longer awaits its upload "
-                           f"(stage {dataset.stage}); no new upload URL is issued for it: use a new key for a new "
-                           "upload")
+        dataset = self._replayed_dataset(owner, key, first, gone="deleted", urls="upload URL is")
         expires_in, _ = self._part_url_expiry(dataset)
         self.session.rollback()  # releases the user's row lock; nothing was written
         url = self.s3.presign_put(dataset.s3_key, expires_in, content_length=dataset.declared_size_bytes)
         return dataset, url
+
+    def _replayed_dataset(self, owner: User, key: str, first: IdempotencyKey, *, gone: str, urls: str) -> Dataset:
+        """The dataset `key`'s first answer created, as long as it still awaits its upload; 409
+        otherwise (`gone`: how it may have gone; `urls`: what is no longer issued for it)."""
+        dataset = self.session.get(Dataset, first.resource_id) if first.resource_id else None
+        if dataset is None or dataset.owner_id != owner.id:
+            raise Conflict(f"Idempotency-Key {key!r} created dataset {first.resource_id}, which was {gone} since; "
+                           "use a new key for a new upload")
+        if dataset.stage != DatasetStage.AWAITING_UPLOAD.value or self._upload_expired(dataset, utcnow()):
+            raise Conflict(f"Idempotency-Key {key!r} created dataset {dataset.id}, which no longer awaits its upload "
+                           f"(stage {dataset.stage}); no new {urls} issued for it: use a new key for a new upload")
+        return dataset
 
     def _check_upload_limit(self, size: int, field: str) -> None:
         if size > self.settings.max_upload_bytes:
@@ -302,14 +307,7 @@ class DatasetService:
         """The first answer to `key` again: the same dataset and S3 upload, with the URLs of its
         first parts signed now (the first ones are not kept); 409 once the dataset no longer awaits
         its upload (completed, expired, aborted or deleted), as `_replay_initiate`."""
-        dataset = self.session.get(Dataset, first.resource_id) if first.resource_id else None
-        if dataset is None or dataset.owner_id != owner.id:
-            raise Conflict(f"Idempotency-Key {key!r} created dataset {first.resource_id}, which was aborted or deleted "
-                           "since; use a new key for a new upload")
-        if dataset.stage != DatasetStage.AWAITING_UPLOAD.value or self._upload_expired(dataset, utcnow()):
-            raise Conflict(f"Idempotency-Key {key!r} created dataset {dataset.id}, which no longer awaits its upload "
-                           f"(stage {dataset.stage}); no new upload URLs are issued for it: use a new key for a new "
-                           "upload")
+        dataset = self._replayed_dataset(owner, key, first, gone="aborted or deleted", urls="upload URLs are")
         upload_id = str((first.response_body or {}).get("upload_id") or "")
         part_count = self._part_count(dataset) or 1
         expires_in, expires_at = self._part_url_expiry(dataset)
