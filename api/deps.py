@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated, NamedTuple
 
-from fastapi import Depends, HTTPException, Query, Request, status
+from fastapi import Depends, Header, HTTPException, Query, Request, Response, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
@@ -68,6 +68,32 @@ def get_trainings(
 
 
 TrainingsDep = Annotated[TrainingContext, Depends(get_trainings)]
+
+
+class Idempotency:
+    """A create request's `Idempotency-Key` header (`key`, None without one); `answered(replayed)`
+    marks an answer that repeats the key's first answer with `Idempotent-Replayed: true`."""
+
+    def __init__(self, key: str | None, response: Response) -> None:
+        self.key = key
+        self._response = response
+
+    def answered(self, replayed: bool) -> None:
+        if replayed:
+            self._response.headers["Idempotent-Replayed"] = "true"
+
+
+def get_idempotency(
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(
+        alias="Idempotency-Key", description="Any unique string of yours (a UUID) naming this request; retries of "
+        "the request send the same one.")] = None,
+) -> Idempotency:
+    return Idempotency(idempotency_key, response)
+
+
+IdempotencyDep = Annotated[Idempotency, Depends(get_idempotency)]
+
 
 _bearer = HTTPBearer(auto_error=False, description="The `access_token` from `POST /v1/auth/login`.")
 

@@ -5,9 +5,18 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Response, status
+from fastapi import APIRouter, Depends, Response, status
 
-from api.deps import AirflowDep, CurrentUser, PAGED_LIST_ROUTE, PageDep, S3Dep, SessionDep, SettingsDep
+from api.deps import (
+    AirflowDep,
+    CurrentUser,
+    IdempotencyDep,
+    PAGED_LIST_ROUTE,
+    PageDep,
+    S3Dep,
+    SessionDep,
+    SettingsDep,
+)
 from api.routers.openapi_doc import (
     DATASET_DETAIL,
     DATASET_ID,
@@ -85,13 +94,10 @@ ServiceDep = Annotated[DatasetService, Depends(get_service)]
     "signed anew (the first one is not kept), as long as the dataset still awaits its upload (409 once it was "
     "completed, expired or deleted); the same key with another body is 409.",
 )
-def upload_initiate(body: UploadInitiateRequest, user: CurrentUser, service: ServiceDep, response: Response,
-                    idempotency_key: Annotated[str | None, Header(
-                        alias="Idempotency-Key", description="Any unique string of yours (a UUID) naming this "
-                        "request; retries of the request send the same one.")] = None) -> UploadInitiateResponse:
-    dataset, url, replayed = service.initiate(user, body, idempotency_key)
-    if replayed:
-        response.headers["Idempotent-Replayed"] = "true"
+def upload_initiate(body: UploadInitiateRequest, user: CurrentUser, service: ServiceDep,
+                    idempotency: IdempotencyDep) -> UploadInitiateResponse:
+    dataset, url, replayed = service.initiate(user, body, idempotency.key)
+    idempotency.answered(replayed)
     return UploadInitiateResponse(upload_url=url, dataset_id=dataset.id, s3_key=dataset.s3_key)
 
 
@@ -148,13 +154,10 @@ _MULTIPART_BAD = {400: error("Invalid input, unknown upload, upload complete or 
     "dataset still awaits its upload (409 once it was completed, expired, aborted or deleted); the same key with "
     "another body is 409.",
 )
-def multipart_initiate(body: MultipartInitiateRequest, user: CurrentUser, service: ServiceDep, response: Response,
-                       idempotency_key: Annotated[str | None, Header(
-                           alias="Idempotency-Key", description="Any unique string of yours (a UUID) naming this "
-                           "request; retries of the request send the same one.")] = None) -> MultipartInitiateResponse:
-    upload, replayed = service.initiate_multipart(user, body, idempotency_key)
-    if replayed:
-        response.headers["Idempotent-Replayed"] = "true"
+def multipart_initiate(body: MultipartInitiateRequest, user: CurrentUser, service: ServiceDep,
+                       idempotency: IdempotencyDep) -> MultipartInitiateResponse:
+    upload, replayed = service.initiate_multipart(user, body, idempotency.key)
+    idempotency.answered(replayed)
     return MultipartInitiateResponse(
         dataset_id=upload.dataset.id, s3_key=upload.dataset.s3_key, upload_id=upload.upload_id,
         part_size_bytes=upload.part_size, part_count=upload.part_count,

@@ -6,9 +6,9 @@ import re
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, BackgroundTasks, Depends, Header, Query, Request, Response, status
+from fastapi import APIRouter, BackgroundTasks, Depends, Query, Request, Response, status
 
-from api.deps import CurrentUser, PAGED_LIST_ROUTE, PageDep, TrainingsDep
+from api.deps import CurrentUser, IdempotencyDep, PAGED_LIST_ROUTE, PageDep, TrainingsDep
 from api.routers.openapi_doc import (
     JOB_ID,
     TRAINING_DETAIL,
@@ -67,16 +67,13 @@ _NOT_FOUND = {404: error("No such job of yours", "Training job not found")}
     "true`), with another body 409.",
 )
 def start_training(
-    body: TrainingRequest, user: CurrentUser, trainings: TrainingsDep, response: Response, request: Request,
-    background: BackgroundTasks, idempotency_key: Annotated[str | None, Header(
-        alias="Idempotency-Key", description="Any unique string of yours (a UUID) naming this request; "
-        "retries of the request send the same one.")] = None,
+    body: TrainingRequest, user: CurrentUser, trainings: TrainingsDep, request: Request,
+    background: BackgroundTasks, idempotency: IdempotencyDep,
 ) -> TrainingStartResponse:
-    answer, replayed = start_stop.start_job(trainings, user, body, idempotency_key)
+    answer, replayed = start_stop.start_job(trainings, user, body, idempotency.key)
     # after the answer: the user may read the registered model this job's adapter will be
     background.add_task(mlflow_users.after_job_start, mlflow_users.accounts(request), user.username, body.output_name)
-    if replayed:
-        response.headers["Idempotent-Replayed"] = "true"
+    idempotency.answered(replayed)
     return answer
 
 
