@@ -98,6 +98,20 @@ class Client:
             raise ApiError(f"the API answered {method} {path} with something that is not JSON "
                            f"(is {self.api_url} the service's /v1 address?)", resp.status_code) from None
 
+    def _idempotent_post(self, path: str, body: dict[str, Any], idempotency_key: str | None, retries: int) -> Any:
+        """`POST path` with an `Idempotency-Key` (a fresh one unless given), sent again with that
+        same key (after 2 s, 4 s, ...) up to `retries` times while the API is unreachable or
+        answers 502/503/504: a retry that reaches what the first attempt created gets that back."""
+        headers = {"idempotency-key": idempotency_key or uuid.uuid4().hex}
+        for attempt in range(retries + 1):
+            try:
+                return self.request("POST", path, json=body, headers=headers)
+            except ApiError as exc:
+                if not exc.transient or attempt == retries:
+                    raise
+                time.sleep(2.0 * (attempt + 1))
+        raise AssertionError("unreachable")
+
     # --- auth -----------------------------------------------------------------------------
     def signup(self, username: str, email: str, password: str) -> dict[str, Any]:
         return cast(dict[str, Any], self.request("POST", "/auth/signup", auth=False,
@@ -134,16 +148,8 @@ class Client:
                                 "dataset_description": description}
         if file_size_bytes is not None:
             body["file_size_bytes"] = file_size_bytes
-        headers = {"idempotency-key": idempotency_key or uuid.uuid4().hex}
-        for attempt in range(retries + 1):
-            try:
-                return cast(dict[str, str], self.request("POST", "/datasets/upload-initiate", json=body,
-                                                         headers=headers))
-            except ApiError as exc:
-                if not exc.transient or attempt == retries:
-                    raise
-                time.sleep(2.0 * (attempt + 1))
-        raise AssertionError("unreachable")
+        return cast(dict[str, str], self._idempotent_post("/datasets/upload-initiate", body, idempotency_key,
+                                                          retries))
 
     def upload_complete(self, dataset_id: str, s3_key: str) -> dict[str, str]:
         return cast(dict[str, str], self.request("POST", "/datasets/upload-complete",
@@ -157,16 +163,8 @@ class Client:
         upload the first attempt created gets it back (part URLs signed anew), never a second."""
         body = {"file_name": file_name, "file_type": file_type, "dataset_name": dataset_name,
                 "dataset_description": description, "size_bytes": size_bytes, "part_size_bytes": part_size_bytes}
-        headers = {"idempotency-key": idempotency_key or uuid.uuid4().hex}
-        for attempt in range(retries + 1):
-            try:
-                return cast(MultipartStarted, self.request("POST", "/datasets/multipart/initiate", json=body,
-                                                           headers=headers))
-            except ApiError as exc:
-                if not exc.transient or attempt == retries:
-                    raise
-                time.sleep(2.0 * (attempt + 1))
-        raise AssertionError("unreachable")
+        return cast(MultipartStarted, self._idempotent_post("/datasets/multipart/initiate", body, idempotency_key,
+                                                            retries))
 
     def multipart_parts(self, dataset_id: str, upload_id: str, part_numbers: list[int] | None = None) -> MultipartParts:
         return cast(MultipartParts, self.request("POST", "/datasets/multipart/parts", json={
@@ -220,15 +218,7 @@ class Client:
                                 "training_params": training_params or {}}
         if max_runtime_minutes is not None:
             body["max_runtime_minutes"] = max_runtime_minutes
-        headers = {"idempotency-key": idempotency_key or uuid.uuid4().hex}
-        for attempt in range(retries + 1):
-            try:
-                return cast(TrainingStarted, self.request("POST", "/trainings", json=body, headers=headers))
-            except ApiError as exc:
-                if not exc.transient or attempt == retries:
-                    raise
-                time.sleep(2.0 * (attempt + 1))
-        raise AssertionError("unreachable")
+        return cast(TrainingStarted, self._idempotent_post("/trainings", body, idempotency_key, retries))
 
     def list_trainings(self, limit: int | None = None, offset: int = 0) -> list[Training]:
         params = {"limit": limit, "offset": offset} if limit is not None else None
