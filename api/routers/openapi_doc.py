@@ -48,6 +48,8 @@ UNAUTHORIZED = {401: error("No bearer token, or it is invalid or expired: log in
                            "Not authenticated: send `Authorization: Bearer <access_token>`")}
 
 # --- example values (one set, so the examples of the operations tell one story) -------------
+#: the 404 of every `/v1/trainings/{job_id}...` route (`reads.owned_job`)
+JOB_NOT_FOUND = {404: error("No such job of yours", "Training job not found")}
 DATASET_ID = "3f6c2a9e-8d41-4b7a-9c55-0e2b7d1f6a10"
 JOB_ID = "b7e2c1d0-5a3f-4e8b-9f61-2c4d8a7e3b95"
 S3_KEY = f"datasets/{DATASET_ID}/toy.zip"

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query, Response
 
 from api.deps import CurrentUser, TrainingsDep
 from api.routers.openapi_doc import (
+    JOB_NOT_FOUND,
     METRIC_HISTORY,
     TRAINING_EVENTS,
     TRAINING_LOG,
@@ -22,7 +23,7 @@ from api.services.trainings import history, reads
 
 router = APIRouter(prefix="/trainings", tags=["trainings"], responses=UNAUTHORIZED)
 
-_NOT_FOUND = {404: error("No such job of yours", "Training job not found")}
+_NOT_FOUND = JOB_NOT_FOUND
 _BAD_QUERY = {"openapi_extra": {"x-validation-status": 400}}
 MAX_EVENTS = 1000
 MAX_METRIC_STEPS = 10_000

@@ -6,7 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter, status
 
 from api.deps import CurrentUser, TrainingsDep
-from api.routers.openapi_doc import JOB_ID, UNAUTHORIZED, error, ok_example
+from api.routers.openapi_doc import JOB_ID, JOB_NOT_FOUND, UNAUTHORIZED, error, ok_example
 from api.schemas.results import AdapterDownload, CheckpointOut, EvaluationOut
 from api.schemas.trainings import ResumeResponse
 from api.services.trainings import reads, results
@@ -14,7 +14,7 @@ from api.services.trainings import resume as resuming
 
 router = APIRouter(prefix="/trainings", tags=["trainings"], responses=UNAUTHORIZED)
 
-_NOT_FOUND = {404: error("No such job of yours", "Training job not found")}
+_NOT_FOUND = JOB_NOT_FOUND
 _UNAVAILABLE = {503: error("S3 cannot be reached; retry later", "Storage (S3) is unavailable; retry later")}
 _EXPIRES = "2026-11-25T11:02:00Z"
 _URL = "https://s3.example.com/qlora/trainings/" + JOB_ID + "/{path}?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Expires=3600&..."

@@ -11,6 +11,7 @@ from fastapi import APIRouter, BackgroundTasks, Depends, Query, Request, Respons
 from api.deps import CurrentUser, IdempotencyDep, PAGED_LIST_ROUTE, PageDep, TrainingsDep
 from api.routers.openapi_doc import (
     JOB_ID,
+    JOB_NOT_FOUND,
     TRAINING_DETAIL,
     TRAINING_REQUEST,
     TRAINING_SUMMARY,
@@ -35,7 +36,7 @@ TRAINING_STATUSES = ("queued", "running", "completed", "failed", "stopped")
 
 _UNAVAILABLE = {503: error("Airflow cannot be reached; retry later",
                            "The pipeline service (Airflow) is unavailable; retry later")}
-_NOT_FOUND = {404: error("No such job of yours", "Training job not found")}
+_NOT_FOUND = JOB_NOT_FOUND
 
 
 @router.post(
