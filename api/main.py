@@ -29,6 +29,7 @@ from api.clients.s3 import S3Storage, S3Unavailable
 from api.core.config import Settings, get_settings
 from api.core.limits import AuthRateLimit, BodySizeLimit
 from api.core.security import hash_slots
+from api.core.server_timing import ServerTiming, time_statements
 from api.db import database_unreachable, exclusive_pass, make_engine, make_sessionmaker, upgrade_to_head
 from api.routers import auth, datasets, models, training_follow, training_results, trainings, webhooks
 from api.schemas.common import ValidationErrorResponse
@@ -92,6 +93,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = make_engine(settings.database_url)
+        time_statements(engine)  # the `db` part of each answer's Server-Timing header
         app.state.engine = engine
         app.state.sessionmaker = make_sessionmaker(engine)
         if settings.migrate_on_startup:
@@ -150,6 +152,7 @@ def create_app(
     app.add_middleware(AuthRateLimit, prefix=API_PREFIX, per_address=settings.auth_rate_limit_per_address,
                        per_username=settings.auth_rate_limit_per_username, window_s=settings.auth_rate_limit_window_s)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_body_bytes)
+    app.add_middleware(ServerTiming)  # outermost: `app` in the Server-Timing header is the whole time inside
     hash_slots.configure(settings.password_hash_concurrency, settings.password_hash_wait_s)
     for router in (auth.router, datasets.router, models.router, trainings.router, training_follow.router,
                    training_results.router,

@@ -59,6 +59,9 @@ class Tally:
         self.errors: dict[str, Counter] = defaultdict(Counter)
         #: job details per phase: read fresh, or with fields shown as last stored (`stale`)
         self.freshness: dict[str, Counter] = defaultdict(Counter)
+        #: per (phase, kind): each answer's Server-Timing parts (ms) and `outside` (the client's time
+        #: minus `app`: the connection, uvicorn's event loop), with the client's latency
+        self.timings: dict[tuple[str, str], list[tuple[float, dict[str, float]]]] = defaultdict(list)
 
     def call(self, client: httpx.Client, kind: str, method: str, url: str, phase: str | None = None,
              **kwargs) -> httpx.Response | None:
@@ -82,7 +85,38 @@ class Tally:
                 self.errors[kind][detail] += 1
             if phase:
                 self.latency[(phase, kind)].append(elapsed)
+                if (parts := server_timing(resp)) is not None:
+                    parts["outside"] = max(elapsed - parts.get("app", 0.0), 0.0)
+                    self.timings[(phase, kind)].append((elapsed, parts))
         return resp
+
+
+def server_timing(resp: httpx.Response) -> dict[str, float] | None:
+    """The answer's `Server-Timing` parts in ms (api/core/server_timing.py), None without one."""
+    value = resp.headers.get("Server-Timing")
+    if not value:
+        return None
+    parts: dict[str, float] = {}
+    for entry in value.split(","):
+        name, _, dur = entry.strip().partition(";dur=")
+        try:
+            parts[name] = float(dur)
+        except ValueError:
+            continue
+    return parts
+
+
+def print_timings(tally: Tally) -> None:
+    """Where the polls' time went: p50/p99 of each part, and the parts of the slowest 1%."""
+    print("\nwhere the polls' time went (ms; Server-Timing parts, `outside` = client time - app):")
+    for (phase, kind), rows in tally.timings.items():
+        names = sorted({n for _, parts in rows for n in parts}, key=lambda n: (n in ("app", "outside"), n))
+        cells = ", ".join(f"{n} {_pct([p.get(n, 0.0) for _, p in rows], 0.5):.0f}/"
+                          f"{_pct([p.get(n, 0.0) for _, p in rows], 0.99):.0f}" for n in names)
+        print(f"  {phase:58s} {kind:20s} p50/p99: {cells}")
+        slowest = sorted(rows, key=lambda r: r[0])[-max(1, len(rows) // 100):]
+        means = ", ".join(f"{n} {statistics.fmean(p.get(n, 0.0) for _, p in slowest):.0f}" for n in names)
+        print(f"  {'':58s} {'':20s} slowest {len(slowest)} (>= {slowest[0][0]:.0f} ms), mean: {means}")
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -226,6 +260,7 @@ def report(tally: Tally, users: list[User], durations: list[float], summary: dic
     print(f"  {'phase':58s} {'request':20s} {'n':>6s} {'p50':>8s} {'p99':>8s}")
     for (phase, kind), values in tally.latency.items():
         print(f"  {phase:58s} {kind:20s} {len(values):6d} {_pct(values, 0.5):8.1f} {_pct(values, 0.99):8.1f}")
+    print_timings(tally)
     print("\njob details read fresh, or with fields shown as last stored (`stale`: Airflow did not answer in time):")
     for phase, counts in tally.freshness.items():
         print(f"  {phase:58s} " + ", ".join(f"{k}: {n}" for k, n in counts.most_common()))

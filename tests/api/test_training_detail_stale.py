@@ -41,6 +41,7 @@ class SlowAirflow(ThreadingHTTPServer):
         self.runs: dict[str, str] = {}
         self.hang = False
         self.delay_s = 0.0  # every per-job read answers after this long
+        self.per_job_reads = 0  # per-job reads answered (task instances, logs, XCom)
         self.release = threading.Event()
         self.hung: list[str] = []
         self.url = f"http://127.0.0.1:{self.server_address[1]}"
@@ -66,6 +67,7 @@ class SlowAirflow(ThreadingHTTPServer):
             self.hung.append(rest)
             self.release.wait(AIRFLOW_TIMEOUT_S + 5)
         time.sleep(self.delay_s)
+        self.per_job_reads += 1
         if rest == "/taskInstances":
             states = {"validate_inputs": "success", "prepare": "success", "train": "running"}
             return 200, {"task_instances": [{"task_id": t, "state": s, "try_number": 1,
@@ -171,3 +173,29 @@ def test_the_detail_reads_share_one_time_budget(client, auth, slow_airflow) -> N
     slow_airflow.delay_s = DETAIL_TIMEOUT_S * 0.7  # task instances, then the log: 1.4 budgets
     detail = client.get(f"/v1/trainings/{job_id}", headers=auth).json()
     assert "logs" in detail["stale"] and detail["logs"] == "\n".join(TAIL), detail
+
+
+def _timing(resp) -> dict[str, float]:
+    parts = {}
+    for entry in resp.headers["Server-Timing"].split(","):
+        name, _, dur = entry.strip().partition(";dur=")
+        parts[name] = float(dur)
+    return parts
+
+
+def test_the_server_timing_header_says_where_the_detail_spent_its_time(client, auth, slow_airflow) -> None:
+    """`Server-Timing`: the time of Airflow's reads (each delayed here), the database's and the
+    whole time in the API, so an operator sees which service a slow detail waited for."""
+    job_id = start(client, auth, make_dataset(client, auth))
+    slow_airflow.delay_s = 0.1  # each per-job read: task instances, the MLflow run id (XCom), the log
+    slow_airflow.per_job_reads = 0
+    resp = client.get(f"/v1/trainings/{job_id}", headers=auth)
+    assert resp.status_code == 200, resp.text
+    parts = _timing(resp)
+    assert set(parts) >= {"db", "live", "airflow", "app"}, parts
+    assert slow_airflow.per_job_reads >= 2  # within the 0.5 s budget: at least task instances and XCom
+    assert parts["airflow"] >= slow_airflow.per_job_reads * 100, parts  # each delayed read counted there
+    assert parts["app"] >= parts["airflow"] + parts["db"] > parts["airflow"], parts
+    assert "mlflow" not in parts  # no MLflow run known yet: MLflow was not asked
+    listed = client.get("/v1/trainings", headers=auth)  # every answer carries the header
+    assert _timing(listed)["app"] > 0 and "airflow" not in _timing(listed)

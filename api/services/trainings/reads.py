@@ -18,6 +18,7 @@ from sqlalchemy import func, select
 
 from api.clients.airflow import AirflowError, AirflowTimeout, TaskInstance
 from api.clients.mlflow import RunSummary
+from api.core.server_timing import measured
 from api.models import ACTIVE_TRAINING_STATUSES, TrainingJob, TrainingStatus, User
 from api.models.base import utcnow
 from api.services.errors import NotFound
@@ -119,9 +120,10 @@ def read_detail(ctx: TrainingContext, job: TrainingJob) -> DetailReadback:
     if is_settled(job):
         return DetailReadback(logs=job.log_tail or "")
     timeout_s = ctx.settings.detail_airflow_timeout_s
-    quick = replace(ctx, airflow=_WithinDeadline(ctx.airflow, timeout_s)) if hasattr(ctx.airflow, "with_timeout") \
-        else ctx
-    snapshot = live_runs(ctx) if job.status in ACTIVE_TRAINING_STATUSES else None
+    quick = replace(ctx, airflow=_WithinDeadline(ctx.airflow, timeout_s) if hasattr(ctx.airflow, "with_timeout")
+                    else ctx.airflow, mlflow=_Measured(ctx.mlflow, "mlflow") if ctx.mlflow is not None else None)
+    with measured("live"):
+        snapshot = live_runs(ctx) if job.status in ACTIVE_TRAINING_STATUSES else None
     logs, eta = "", None
     unread: tuple[str, ...] = ("status", "stage", "logs")  # what is not read yet (stale if Airflow fails)
     applied = False
@@ -137,7 +139,7 @@ def read_detail(ctx: TrainingContext, job: TrainingJob) -> DetailReadback:
             if job.status == TrainingStatus.RUNNING:
                 unread = ("progress", "eta_seconds", "logs")
                 find_mlflow_run(quick, job, tis)
-                summary = refresh_progress(ctx, [job], single=True)
+                summary = refresh_progress(quick, [job], single=True)
                 if job.stop_requested_at is None:
                     eta = eta_seconds(job, tis, summary)
         else:  # settled before log tails were cached: read it once
@@ -177,7 +179,26 @@ class _WithinDeadline:
             left = self._deadline - time.monotonic()
             if left <= 0:
                 raise AirflowTimeout(f"Airflow did not answer the detail's reads within {self._budget_s:g} s")
-            return getattr(self._airflow.with_timeout(left), name)(*args, **kwargs)
+            with measured("airflow"):  # the answer's Server-Timing header
+                return getattr(self._airflow.with_timeout(left), name)(*args, **kwargs)
+
+        return call
+
+
+class _Measured:
+    """A client whose calls count in the part `part` of the answer's Server-Timing header."""
+
+    def __init__(self, client: Any, part: str) -> None:
+        self._client, self._part = client, part
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with measured(self._part):
+                return attr(*args, **kwargs)
 
         return call
 
