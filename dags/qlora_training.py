@@ -226,7 +226,9 @@ def qlora_training():
         control = TrainControl(job_id, get_current_context()["run_id"], conf.get("max_runtime_minutes"))
         if control.stopped_before_start():
             worker_paths.discard_job(job_id)
-            raise AirflowFailException("training stopped by request before it started; no adapter was saved")
+            reason = "training stopped by request before it started; no adapter was saved"
+            engine_jobs.publish_not_started(job_id, reason)  # the API ends the job now, not at its kill deadline
+            raise AirflowFailException(reason)
         log.info("running: %s", shlex.join(command))
         if tracking:
             mlflow_runs.import_ahead()  # the run's announcement then holds the engine's log back for no import

@@ -431,10 +431,11 @@ def test_a_stop_request_stops_only_the_training_and_a_late_one_changes_nothing(a
     training ended it changes nothing: evaluate and register run, the run succeeds."""
     client = s3.client()
     model_id, dataset_id = _seed_tiny_job(client, s3.bucket, tmp_path, clips=16)
-    stopped, late = f"job-{uuid.uuid4().hex[:8]}", f"job-{uuid.uuid4().hex[:8]}"
+    stopped, late, early = (f"job-{uuid.uuid4().hex[:8]}" for _ in range(3))
     base = {"user": "carol", "model_id": model_id, "dataset_id": dataset_id, "batch_size": 1, "lora_rank": 4}
     confs = {"stopped": {**base, "job_id": stopped, "output_name": "stopped", "epochs": 100},
-             "late": {**base, "job_id": late, "output_name": "late", "epochs": 1}}
+             "late": {**base, "job_id": late, "output_name": "late", "epochs": 1},
+             "early": {**base, "job_id": early, "output_name": "early", "epochs": 1}}
     env = {k: v for k, v in {**airflow_env, **s3.env()}.items() if not k.startswith("MLFLOW_")}  # no tracking
 
     def ask_stop(job_id: str) -> float:
@@ -442,6 +443,7 @@ def test_a_stop_request_stops_only_the_training_and_a_late_one_changes_nothing(a
                           Body=json.dumps({"run_id": None, "requested_at": "now"}).encode())
         return time.monotonic()
 
+    ask_stop(early)  # before its run: the train task finds it before starting an engine
     runner = subprocess.Popen([sys.executable, "-c", textwrap.dedent(RUNNER), str(DAG_FILE), json.dumps(confs)],
                               env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
@@ -475,3 +477,11 @@ def test_a_stop_request_stops_only_the_training_and_a_late_one_changes_nothing(a
     assert "adapter_config.json" in {o["Key"][len(prefix):] for o in
                                      client.list_objects_v2(Bucket=s3.bucket, Prefix=prefix).get("Contents", [])}
     assert second["state"] == "success" and all(second["tis"][t][0] == "success" for t in TASKS), second
+    # stopped before its engine started: no engine, and the final manifest says so at once (the
+    # API's evidence that nothing trains: the job ends `stopped` without waiting for a kill deadline)
+    third = results["early"]
+    assert third["state"] == "failed" and third["tis"]["train"][0] == "failed", third
+    assert not any(early in line and "running:" in line for line in lines)
+    final = json.loads(client.get_object(Bucket=s3.bucket, Key=s3_layout.training_result_key(early))["Body"].read())
+    assert (final["status"], final["exited"], final["error"]) == (
+        "stopped", True, "training stopped by request before it started; no adapter was saved"), final

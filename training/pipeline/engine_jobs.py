@@ -187,6 +187,22 @@ def publish_result(output: Path, key: str, ended: EngineExit) -> EngineResult:
     return result
 
 
+def publish_not_started(job_id: str, reason: str) -> None:
+    """The final manifest of a train task that did not start its engine (a stop request was
+    already there): the last one published for the job (an earlier try's checkpoints stay
+    listed) marked `stopped`, `reason`, `exited: true`, so the API ends the job at once instead of
+    after `QLORA_STOP_KILL_DEADLINE_S`. Logged, never raised: the task fails anyway."""
+    from training import s3
+    from training.pipeline.resume import published_result
+
+    try:
+        result = published_result(job_id) or EngineResult()
+        result.status, result.error = RunStatus.STOPPED, reason
+        _put_result(s3.training_result_key(job_id), result, exited=True)
+    except Exception as exc:  # noqa: BLE001 - the API falls back on its kill deadline
+        log.warning("could not publish that job %s was stopped before its training started: %s", job_id, exc)
+
+
 def _put_result(key: str, result: EngineResult, *, exited: bool) -> None:
     from training import s3
     from training.settings import get_settings

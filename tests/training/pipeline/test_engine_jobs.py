@@ -288,3 +288,30 @@ def test_the_train_command_asks_the_engine_to_evaluate_and_the_task_reads_its_re
     report = {"task": "video_classification", "adapter": {"accuracy": 1.0}, "base": {"accuracy": 0.5}}
     (tmp_path / "metrics.json").write_text(json.dumps(report))
     assert engine_jobs.engine_evaluation(tmp_path) == report
+
+
+@pytest.mark.stack
+def test_a_train_task_stopped_before_its_engine_started_publishes_a_final_manifest(s3_env):
+    """The stop request was there before the engine started: the job's last manifest (an earlier
+    try's checkpoints still listed) becomes the final one, `stopped` with the reason and
+    `exited: true`, the API's evidence that no training process is left (it ends the job at once
+    instead of after QLORA_STOP_KILL_DEADLINE_S)."""
+    from training import s3
+    from training.result import Checkpoint
+
+    def published(job_id: str) -> dict:
+        key = s3.training_result_key(job_id)
+        return json.loads(s3_env.client().get_object(Bucket=s3_env.bucket, Key=key)["Body"].read())
+
+    engine_jobs.publish_not_started("job-fresh", "training stopped by request before it started")
+    assert {k: published("job-fresh")[k] for k in ("status", "error", "exited", "checkpoints")} == {
+        "status": "stopped", "error": "training stopped by request before it started", "exited": True,
+        "checkpoints": []}
+
+    earlier = EngineResult(mlflow_run_id=RUN, step=3, checkpoints=[
+        Checkpoint(step=3, epoch=1.0, name="step-0000003", uri="s3://qlora/x/")])
+    engine_jobs._put_result(s3.training_result_key("job-retried"), earlier, exited=False)  # a try that was lost
+    engine_jobs.publish_not_started("job-retried", "stopped before the retry started")
+    final = published("job-retried")
+    assert (final["status"], final["exited"], final["mlflow_run_id"], [c["name"] for c in final["checkpoints"]]) == (
+        "stopped", True, RUN, ["step-0000003"])
