@@ -149,3 +149,26 @@ def test_lifecycle_page_names_every_state_stage_and_task():
     for task_id, stage in job_spec.TASK_STAGES.items():
         row = next(line for line in page.splitlines() if line.startswith(f"| `{stage.value}` |"))
         assert f"`{task_id}`" in row, f"{task_id} belongs to stage {stage.value}"
+
+
+def _variables(settings_class) -> list[list[str]]:
+    """Each field's environment variable names (its aliases, else the prefixed field name)."""
+    prefix = settings_class.model_config.get("env_prefix", "")
+    names = []
+    for name, field in settings_class.model_fields.items():
+        alias = field.validation_alias
+        choices = [c for c in getattr(alias, "choices", [alias]) if isinstance(c, str)] if alias else []
+        names.append(choices or [f"{prefix}{name}".upper()])
+    return names
+
+
+def test_the_readme_documents_every_setting():
+    """The README's configuration table names every variable the API (`api/core/config.py`) and
+    the pipeline (`training/settings.py`) read; QLORA_JOB_ID is the train task's to its engine."""
+    from api.core.config import Settings
+    from training.settings import PipelineSettings
+
+    readme = (ROOT / "README.md").read_text()
+    missing = [names for names in _variables(Settings) + _variables(PipelineSettings)
+               if not any(f"`{n}`" in readme for n in names) and names != ["QLORA_JOB_ID"]]
+    assert not missing, f"add these to the README's configuration table: {missing}"
