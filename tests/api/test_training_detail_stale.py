@@ -42,6 +42,7 @@ class SlowAirflow(ThreadingHTTPServer):
         self.hang = False
         self.delay_s = 0.0  # every per-job read answers after this long
         self.per_job_reads = 0  # per-job reads answered (task instances, logs, XCom)
+        self.hang_runs: set[str] = set()  # per-job reads of these runs hang like `hang`
         self.release = threading.Event()
         self.hung: list[str] = []
         self.url = f"http://127.0.0.1:{self.server_address[1]}"
@@ -63,7 +64,7 @@ class SlowAirflow(ThreadingHTTPServer):
             return 404, {"detail": f"The DagRun with dag_id: `qlora_training` and run_id: `{run_id}` was not found"}
         if not rest:
             return 200, {"dag_run_id": run_id, "state": self.runs[run_id]}
-        if self.hang:
+        if self.hang or run_id in self.hang_runs:
             self.hung.append(rest)
             self.release.wait(AIRFLOW_TIMEOUT_S + 5)
         time.sleep(self.delay_s)
@@ -199,3 +200,40 @@ def test_the_server_timing_header_says_where_the_detail_spent_its_time(client, a
     assert "mlflow" not in parts  # no MLflow run known yet: MLflow was not asked
     listed = client.get("/v1/trainings", headers=auth)  # every answer carries the header
     assert _timing(listed)["app"] > 0 and "airflow" not in _timing(listed)
+
+
+
+def test_a_reconcile_pass_waiting_on_airflow_does_not_hold_up_the_detail(client, auth, slow_airflow) -> None:
+    """The background pass settles two jobs whose runs failed: the first at once, then Airflow
+    hangs on the second's task instances. Committed job by job, the first job's row is not
+    locked while the pass waits, so its detail answers at once (settled) instead of waiting
+    for the pass (PostgreSQL row locks: the detail of a job it does not see settled writes it)."""
+    from datetime import timedelta
+
+    from api.main import reconcile_once
+    from api.models import TrainingJob
+    from api.models.base import utcnow
+
+    first, second = (start(client, auth, make_dataset(client, auth)) for _ in range(2))
+    with client.app.state.sessionmaker() as session:  # both ended in a pass before, unsettled yet
+        for n, job_id in enumerate((first, second)):
+            job = session.get(TrainingJob, job_id)
+            job.status, job.updated_at = "failed", utcnow() - timedelta(minutes=2 - n)
+            slow_airflow.runs[f"train-{job_id}"] = "failed"
+        session.commit()
+    slow_airflow.hang_runs.add(f"train-{second}")
+    passing = threading.Thread(target=reconcile_once, args=(client.app,), daemon=True)
+    passing.start()
+    deadline = time.monotonic() + 10
+    while "/taskInstances" not in slow_airflow.hung:  # the pass settled `first`, now waits on `second`
+        assert time.monotonic() < deadline and passing.is_alive(), slow_airflow.hung
+        time.sleep(0.05)
+    asked = time.monotonic()
+    detail = client.get(f"/v1/trainings/{first}", headers=auth)
+    waited = time.monotonic() - asked
+    slow_airflow.hang_runs.clear()
+    slow_airflow.release.set()
+    passing.join(AIRFLOW_TIMEOUT_S + 10)
+    assert detail.status_code == 200, detail.text
+    assert (detail.json()["status"], detail.json()["stale"]) == ("failed", []), detail.json()
+    assert waited < AIRFLOW_TIMEOUT_S / 2, f"the detail waited {waited:.1f} s for the reconcile pass"

@@ -136,10 +136,15 @@ def read_detail(ctx: TrainingContext, job: TrainingJob) -> DetailReadback:
             unread = ("stage", "logs")
             tis = refresh_with_run(quick, job, run)  # the run applied once, with its task instances
             applied = True
+            # committed before each next remote read: the job's row stays locked only while it is
+            # written (a concurrent detail, list or reconcile writing it would wait meanwhile)
+            ctx.session.commit()
             if job.status == TrainingStatus.RUNNING:
                 unread = ("progress", "eta_seconds", "logs")
                 find_mlflow_run(quick, job, tis)
+                ctx.session.commit()
                 summary = refresh_progress(quick, [job], single=True)
+                ctx.session.commit()
                 if job.stop_requested_at is None:
                     eta = eta_seconds(job, tis, summary)
         else:  # settled before log tails were cached: read it once

@@ -54,20 +54,22 @@ def refresh_active(ctx: TrainingContext, jobs: Sequence[TrainingJob], with_tasks
     except AirflowError as exc:
         log.warning("cannot refresh %d training jobs from Airflow: %s", len(active), exc)
         return 0
-    changed = 0
-    now = utcnow()
+    # every remote read first, then the writes and their commit: the job rows are locked (until
+    # the commit) only while they are written, never while Airflow or MLflow is waited for
+    tasks: dict[str, dict[str, TaskInstance] | None] = {}
     for job in active:
-        run, tis = runs.get(run_id(job)), None
+        run = runs.get(run_id(job))
         if run is not None and run.state == "running" and with_tasks > 0:
             with_tasks -= 1
             try:
-                tis = ctx.airflow.list_task_instances(ctx.dag_id, run.run_id)
+                tasks[job.id] = ctx.airflow.list_task_instances(ctx.dag_id, run.run_id)
             except AirflowError as exc:
                 log.warning("cannot read the tasks of job %s: %s", job.id, exc)
-        changed += apply_run(ctx, job, run, tis, now)
+    now = utcnow()
+    changed = sum(apply_run(ctx, job, runs.get(run_id(job)), tasks.get(job.id), now) for job in active)
+    ctx.session.commit()
     changed += refresh_progress(ctx, [j for j in active if j.status == TrainingStatus.RUNNING])
-    if changed:
-        ctx.session.commit()
+    ctx.session.commit()
     return changed
 
 
