@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import re
 import shutil
 import signal
 import statistics
@@ -104,6 +105,15 @@ def server_timing(resp: httpx.Response) -> dict[str, float] | None:
         except ValueError:
             continue
     return parts
+
+
+def print_tracebacks(folder: Path, most: int = 3) -> None:
+    """The API's tracebacks (its log is deleted with the stack): what a 500 was."""
+    for log in sorted(folder.rglob("api*.log")):
+        blocks = re.findall(r"(Traceback \(most recent call last\):\n(?:[ \t].*\n)+.*)", log.read_text(errors="replace"))
+        print(f"\n{len(blocks)} traceback(s) in {log.name}" + (f"; the last {most}:" if blocks else ""))
+        for block in blocks[-most:]:
+            print(block[-4000:])
 
 
 def print_timings(tally: Tally) -> None:
@@ -362,6 +372,8 @@ def main() -> None:
     finally:
         ABORT.set()
         report(tally, users, durations, summary, args, t_start)
+        if any(code == 500 for codes in tally.codes.values() for code in codes):
+            print_tracebacks(folder)
         if stack is not None:
             stack.down(log=lambda line: None)
         pg.stop()
