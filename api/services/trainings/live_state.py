@@ -56,6 +56,11 @@ def live_runs(ctx: TrainingContext) -> RunSnapshot | None:
     """The shared snapshot of the unsettled jobs' runs (read now if it expired), or None (logged)
     when Airflow cannot be read and there is no earlier one to serve."""
     live = ctx.live or LiveState.create(0)
+    # the request's database connection goes back to the pool while the state is waited for (up
+    # to `live_state_wait_s`, or read from Airflow): uvicorn's 40 worker threads each holding one
+    # while they wait can empty the pool (10 + 20 overflow), and the other requests then meet
+    # PoolTimeout (503) after 30 s, as under bench.load with the machine loaded further
+    ctx.session.commit()
     try:
         return live.runs.get(lambda: _read_live_runs(ctx), wait_s=ctx.settings.live_state_wait_s)
     except AirflowError as exc:
