@@ -92,7 +92,8 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = make_engine(settings.database_url)
+        engine = make_engine(settings.database_url, settings.database_pool_size, settings.database_max_overflow,
+                             settings.database_pool_timeout_s)
         time_statements(engine)  # the `db` part of each answer's Server-Timing header
         app.state.engine = engine
         app.state.sessionmaker = make_sessionmaker(engine)
@@ -382,6 +383,10 @@ def _install_error_handlers(app: FastAPI) -> None:
                             headers={"Retry-After": "30"})
 
     async def database_error(request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, PoolTimeout):  # the database is up; this process's connections are all in use
+            log.warning("no database connection free on %s %s: %s", request.method, request.url.path, exc)
+            return JSONResponse({"detail": "The service is busy: no database connection came free in time; retry in "
+                                           "a few seconds"}, status_code=503, headers={"Retry-After": "5"})
         if database_unreachable(exc):  # restarted, failed over, out of connections: a state, not a bug
             log.warning("database unavailable on %s %s: %s", request.method, request.url.path,
                         getattr(exc, "orig", exc))

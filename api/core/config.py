@@ -25,6 +25,11 @@ class Settings(BaseSettings):
 
     env: Literal["development", "production"] = "development"
     database_url: str = DEFAULT_DATABASE_URL
+    #: PostgreSQL connections per API process: kept open, opened beyond those under load, and how
+    #: long a request waits for one before it answers 503 ("busy")
+    database_pool_size: int = Field(default=10, ge=1)
+    database_max_overflow: int = Field(default=20, ge=0)
+    database_pool_timeout_s: float = Field(default=30.0, gt=0)
 
     jwt_secret: str = DEV_JWT_SECRET
     access_token_expire_minutes: int = Field(default=60 * 24, ge=1)

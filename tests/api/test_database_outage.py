@@ -43,3 +43,25 @@ def test_only_connection_failures_count_as_an_outage() -> None:
     assert not database_unreachable(OperationalError("SELECT 1", {}, sqlite3.OperationalError("database is locked")))
     assert not database_unreachable(IntegrityError("INSERT", {}, Exception("duplicate key")))
     assert not database_unreachable(ValueError("no"))
+
+
+def test_no_connection_free_in_time_is_503_busy_not_an_outage(postgres_url, s3) -> None:
+    """Every pooled connection in use (QLORA_DATABASE_POOL_SIZE + QLORA_DATABASE_MAX_OVERFLOW)
+    past QLORA_DATABASE_POOL_TIMEOUT_S: 503 saying the service is busy (the database is up),
+    with Retry-After; the next request once one is free: 200."""
+    from api.main import create_app
+    from tests.api.conftest import make_settings, signup_and_login
+
+    settings = make_settings(postgres_url, s3, database_pool_size=1, database_max_overflow=0,
+                             database_pool_timeout_s=0.5)
+    with TestClient(create_app(settings)) as client:
+        auth = signup_and_login(client)
+        held = client.app.state.engine.connect()  # the pool's only connection
+        try:
+            resp = client.get("/v1/trainings", headers=auth)
+        finally:
+            held.close()
+        assert resp.status_code == 503, resp.text
+        assert resp.json()["detail"].startswith("The service is busy: no database connection came free in time")
+        assert resp.headers["Retry-After"] == "5"
+        assert client.get("/v1/trainings", headers=auth).status_code == 200
