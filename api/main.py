@@ -14,6 +14,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio.to_thread
 from fastapi import FastAPI, Request, status
 from fastapi.routing import APIRoute
 from fastapi.exceptions import RequestValidationError
@@ -92,6 +93,10 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # the routes are sync: each runs in one of these threads, most of its time waiting on
+        # Airflow, MLflow or S3 (a job detail up to QLORA_DETAIL_AIRFLOW_TIMEOUT_S); with anyio's
+        # default of 40, lists queued behind waiting details for seconds under bench.load
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
         engine = make_engine(settings.database_url, settings.database_pool_size, settings.database_max_overflow,
                              settings.database_pool_timeout_s)
         time_statements(engine)  # the `db` part of each answer's Server-Timing header

@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     database_pool_size: int = Field(default=10, ge=1)
     database_max_overflow: int = Field(default=20, ge=0)
     database_pool_timeout_s: float = Field(default=30.0, gt=0)
+    #: requests served at once per API process (worker threads: the routes are sync and mostly wait
+    #: on Airflow, MLflow, S3 or the database)
+    api_threads: int = Field(default=100, ge=1, le=1000)
 
     jwt_secret: str = DEV_JWT_SECRET
     access_token_expire_minutes: int = Field(default=60 * 24, ge=1)

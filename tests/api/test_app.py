@@ -99,3 +99,21 @@ def test_a_body_that_is_not_json_is_a_validation_error(client: TestClient) -> No
         resp = client.post("/v1/auth/login", content=body, headers={"content-type": "application/json"})
         assert resp.status_code == 422, (body, resp.text)
         assert resp.json()["detail"] == "body: is not valid JSON", resp.text
+
+
+def test_the_api_serves_as_many_requests_at_once_as_its_threads_setting(postgres_url, s3) -> None:
+    """QLORA_API_THREADS: the sync routes' worker threads of the app's event loop (anyio's
+    default of 40 queued job lists behind details waiting on a slow Airflow)."""
+    import anyio.to_thread
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+    from tests.api.conftest import make_settings
+
+    async def tokens() -> float:
+        return anyio.to_thread.current_default_thread_limiter().total_tokens
+
+    with TestClient(create_app(make_settings(postgres_url, s3, api_threads=7))) as client:
+        assert client.portal.call(tokens) == 7
+    with TestClient(create_app(make_settings(postgres_url, s3))) as client:
+        assert client.portal.call(tokens) == 100
