@@ -57,9 +57,9 @@ def live_runs(ctx: TrainingContext) -> RunSnapshot | None:
     when Airflow cannot be read and there is no earlier one to serve."""
     live = ctx.live or LiveState.create(0)
     # the request's database connection goes back to the pool while the state is waited for (up
-    # to `live_state_wait_s`, or read from Airflow): uvicorn's 40 worker threads each holding one
-    # while they wait can empty the pool (10 + 20 overflow), and the other requests then meet
-    # PoolTimeout (503) after 30 s, as under bench.load with the machine loaded further
+    # to `live_state_wait_s`, or read from Airflow): worker threads (QLORA_API_THREADS) each holding
+    # one while they wait can empty the pool (QLORA_DATABASE_POOL_SIZE + _MAX_OVERFLOW), and the
+    # other requests then get 503 "busy" after QLORA_DATABASE_POOL_TIMEOUT_S
     ctx.session.commit()
     try:
         return live.runs.get(lambda: _read_live_runs(ctx), wait_s=ctx.settings.live_state_wait_s)
