@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from collections.abc import Iterator
 from typing import Annotated, NamedTuple
 
 from fastapi import Depends, Header, HTTPException, Query, Request, Response, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from api.clients.airflow import AirflowApi
@@ -19,14 +22,32 @@ from api.schemas.common import ErrorResponse
 from api.services.trainings.context import TrainingContext
 from api.services.trainings.live_state import LiveState
 
+log = logging.getLogger(__name__)
+
 
 def get_settings_dep(request: Request) -> Settings:
     return request.app.state.settings
 
 
 def get_session(request: Request) -> Iterator[Session]:
-    with request.app.state.sessionmaker() as session:
+    session = request.app.state.sessionmaker()
+    try:
         yield session
+    finally:
+        close_session(session)
+
+
+def close_session(session: Session) -> None:
+    """Closes a request's session. When the database went away mid-request (a restart), closing
+    rolls back on a dead connection and raises; that runs after the answer (a 503) was sent, so
+    the error escaped to uvicorn, which logged it and dropped the client's connection ("connection
+    reset by peer"): the connection is discarded instead."""
+    try:
+        session.close()
+    except DBAPIError as exc:
+        log.info("database connection lost before the session closed (discarded): %s", getattr(exc, "orig", exc))
+        with contextlib.suppress(Exception):
+            session.invalidate()
 
 
 def get_s3(request: Request) -> S3Storage:

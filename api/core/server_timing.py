@@ -49,13 +49,13 @@ def time_statements(engine: Engine) -> None:
 
     @event.listens_for(engine, "before_cursor_execute")
     def _before(conn, cursor, statement, parameters, context, executemany) -> None:  # type: ignore[no-untyped-def]
-        conn.info.setdefault("server_timing_started", []).append(time.perf_counter())
+        conn.info["server_timing_started"] = time.perf_counter()  # one statement at a time per connection
 
     @event.listens_for(engine, "after_cursor_execute")
     def _after(conn, cursor, statement, parameters, context, executemany) -> None:  # type: ignore[no-untyped-def]
-        started = conn.info.get("server_timing_started")
-        if started:
-            add("db", (time.perf_counter() - started.pop()) * 1000)
+        started = conn.info.pop("server_timing_started", None)
+        if started is not None:
+            add("db", (time.perf_counter() - started) * 1000)
 
 
 class ServerTiming:

@@ -65,3 +65,23 @@ def test_no_connection_free_in_time_is_503_busy_not_an_outage(postgres_url, s3) 
         assert resp.json()["detail"].startswith("The service is busy: no database connection came free in time")
         assert resp.headers["Retry-After"] == "5"
         assert client.get("/v1/trainings", headers=auth).status_code == 200
+
+
+def test_a_session_whose_database_went_away_mid_request_closes_quietly(postgres_url) -> None:
+    """A request's session in a transaction when PostgreSQL drops its connection (a restart)
+    after the request's last query: closing it after the answer must not raise (it did: uvicorn logged the error and reset the
+    client's connection, seen as 'Connection reset by peer' in the database-restart fault test)."""
+    from sqlalchemy import text
+
+    from api.db import make_engine
+    from api.deps import close_session
+
+    engine = make_engine(postgres_url)
+    session = make_sessionmaker(engine)()
+    pid = session.execute(text("SELECT pg_backend_pid()")).scalar()  # a transaction is open now
+    with engine.connect() as other:
+        other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    close_session(session)  # its rollback raised OperationalError ("server closed the connection") before
+    with make_sessionmaker(engine)() as fresh:  # the pool serves working connections after it
+        assert fresh.execute(text("SELECT 1")).scalar() == 1
+    engine.dispose()
